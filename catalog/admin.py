@@ -1,0 +1,617 @@
+"""Content ops run the catalog from here. Every save and action goes through catalog.services,
+so the admin enforces exactly the rules the API and the commands do."""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.db.models import Count, QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from catalog import services
+from catalog.manifests import manifest_for, manifest_parse
+from catalog.models import (
+    BASIS_POINTS_TOTAL,
+    Artifact,
+    Category,
+    KeyStatus,
+    Partner,
+    PartnerKey,
+    RoyaltySplit,
+    Sku,
+    SkuStatus,
+)
+from catalog.selectors import sku_activation_blockers
+from catalog.services import StoredArtifact
+from marketplace.exceptions import ApplicationError
+from marketplace.money import format_amount
+
+admin.site.site_header = "Marketplace administration"
+admin.site.site_title = "Marketplace admin"
+admin.site.index_title = "Content, finance, security and support"
+
+
+def _as_form_error(exc: ApplicationError) -> forms.ValidationError:
+    return forms.ValidationError(exc.detail)
+
+
+def _reason_action(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet,
+    *,
+    title: str,
+    apply: Callable[[Any, str], None],
+    done: str,
+) -> HttpResponse | None:
+    """An action that asks for a reason on an intermediate page, then applies to each object
+    and reports per object what was refused."""
+    reason = request.POST.get("reason", "").strip()
+    if "apply" in request.POST and reason:
+        applied = 0
+        for obj in queryset.order_by("pk"):
+            try:
+                apply(obj, reason)
+            except ApplicationError as exc:
+                modeladmin.message_user(request, f"{obj}: {exc.detail}", messages.ERROR)
+            else:
+                applied += 1
+        if applied:
+            modeladmin.message_user(request, done.format(count=applied), messages.SUCCESS)
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "opts": modeladmin.model._meta,
+        "queryset": queryset,
+        "action": request.POST.get("action", ""),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "reason_missing": "apply" in request.POST,
+    }
+    return TemplateResponse(request, "admin/catalog/action_reason.html", context)
+
+
+# --- Partners ----------------------------------------------------------------------------------
+
+
+class PartnerKeyForm(forms.ModelForm):
+    class Meta:
+        model = PartnerKey
+        fields = ["key_id", "public_key"]
+        widgets = {"public_key": forms.Textarea(attrs={"rows": 2, "cols": 60})}
+        help_texts = {"public_key": "Base64 of the raw 32-byte Ed25519 key, or a PEM public key."}
+
+    def clean_public_key(self) -> str:
+        try:
+            services.public_key_parse(self.cleaned_data["public_key"])
+        except ApplicationError as exc:
+            raise _as_form_error(exc) from None
+        return self.cleaned_data["public_key"]
+
+
+class PartnerKeyInline(admin.TabularInline):
+    model = PartnerKey
+    form = PartnerKeyForm
+    extra = 0
+    can_delete = False
+    fields = ["key_id", "public_key", "fingerprint", "status", "created_at", "revoked_reason"]
+    readonly_fields = ["fingerprint", "status", "created_at", "revoked_reason"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a registered key is never edited; revoke it and register another
+
+
+@admin.register(Partner)
+class PartnerAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "kind", "is_active", "key_count", "sku_count", "updated_at"]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name", "slug", "legal_name", "contract_reference", "payout_reference"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [PartnerKeyInline]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "kind", "is_active"]}),
+        ("Contact", {"fields": ["legal_name", "contact_email", "website", "description"]}),
+        ("Contract and payout", {"fields": ["contract_reference", "payout_reference"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Partner]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(key_count=Count("keys", distinct=True), sku_count=Count("skus", distinct=True))
+        )
+
+    @admin.display(description="Keys", ordering="key_count")
+    def key_count(self, partner: Partner) -> int:
+        return partner.key_count
+
+    @admin.display(description="SKUs", ordering="sku_count")
+    def sku_count(self, partner: Partner) -> int:
+        return partner.sku_count
+
+    def save_model(self, request: HttpRequest, obj: Partner, form: Any, change: bool) -> None:
+        services.partner_save(partner=obj)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not PartnerKey:
+            super().save_formset(request, form, formset, change)
+            return
+        for key_form in formset.forms:
+            if key_form.instance.pk is None and key_form.has_changed():
+                services.partner_key_register(
+                    partner=form.instance,
+                    key_id=key_form.cleaned_data["key_id"],
+                    public_key=key_form.cleaned_data["public_key"],
+                )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # partners are deactivated, never deleted: orders and royalties refer to them
+
+
+@admin.register(PartnerKey)
+class PartnerKeyAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "partner", "status", "fingerprint", "created_at", "revoked_at"]
+    list_filter = ["status", "partner"]
+    search_fields = ["key_id", "fingerprint", "partner__slug", "partner__name"]
+    list_select_related = ["partner"]
+    readonly_fields = [
+        "partner",
+        "key_id",
+        "algorithm",
+        "public_key",
+        "fingerprint",
+        "status",
+        "created_at",
+        "revoked_at",
+        "revoked_reason",
+    ]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are registered on their partner's page
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected keys (SKUs they verified leave sale)")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[PartnerKey]) -> HttpResponse | None:
+        return _reason_action(
+            self,
+            request,
+            queryset.filter(status=KeyStatus.ACTIVE),
+            title="Revoke partner signing keys",
+            apply=lambda key, reason: services.partner_key_revoke(key_pk=key.pk, reason=reason),
+            done="{count} key(s) revoked.",
+        )
+
+
+# --- Categories --------------------------------------------------------------------------------
+
+
+class CategoryForm(forms.ModelForm):
+    class Meta:
+        model = Category
+        fields = ["name", "slug", "parent", "description"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        problem = services.category_parent_problem(category=self.instance, parent=data.get("parent"))
+        if problem:
+            self.add_error("parent", problem)
+        return data
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "slug", "name", "parent", "sku_count"]
+    search_fields = ["slug", "name", "path"]
+    list_select_related = ["parent"]
+    prepopulated_fields = {"slug": ["name"]}
+    form = CategoryForm
+    fields = ["name", "slug", "parent", "description", "path"]
+    readonly_fields = ["path"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Category]:
+        return super().get_queryset(request).annotate(sku_count=Count("skus"))
+
+    @admin.display(description="SKUs", ordering="sku_count")
+    def sku_count(self, category: Category) -> int:
+        return category.sku_count
+
+    def save_model(self, request: HttpRequest, obj: Category, form: Any, change: bool) -> None:
+        services.category_save(category=obj)
+
+    def delete_model(self, request: HttpRequest, obj: Category) -> None:
+        services.category_delete(category=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Category]) -> None:
+        # Deepest first, so a subtree selected whole can go.
+        for category in queryset.order_by("-path"):
+            services.category_delete(category=category)
+
+
+
+
+# --- SKUs --------------------------------------------------------------------------------------
+
+
+class RoyaltySplitFormSet(BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        if any(self.errors):
+            return
+        shares = [
+            form.cleaned_data
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE")
+        ]
+        partners = [share["partner"].pk for share in shares]
+        if len(partners) != len(set(partners)):
+            raise forms.ValidationError("Each partner may appear only once.")
+        total = sum(share["basis_points"] for share in shares)
+        if shares and total != BASIS_POINTS_TOTAL:
+            raise forms.ValidationError(
+                f"The shares sum to {total:,} basis points; they must sum to exactly 10,000."
+            )
+        if not shares and self.instance.pk and self.instance.status == SkuStatus.ACTIVE:
+            raise forms.ValidationError("A SKU on sale must keep its royalty splits.")
+
+
+class RoyaltySplitInline(admin.TabularInline):
+    model = RoyaltySplit
+    formset = RoyaltySplitFormSet
+    extra = 1
+    fields = ["partner", "basis_points"]
+    autocomplete_fields = ["partner"]
+    verbose_name = "royalty split"
+    verbose_name_plural = "Royalty splits (basis points, summing to 10,000)"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.status == SkuStatus.RETIRED:
+            return False
+        return super().has_change_permission(request, obj)
+
+    has_add_permission = has_change_permission  # type: ignore[assignment]
+    has_delete_permission = has_change_permission  # type: ignore[assignment]
+
+
+class SkuAdminForm(forms.ModelForm):
+    artifact_file = forms.FileField(
+        required=False,
+        label="Upload artifact",
+        help_text="Streamed to storage; its SHA-256 and size are computed on the way.",
+    )
+    manifest_text = forms.CharField(
+        required=False,
+        label="Manifest",
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 90, "class": "vLargeTextField"}),
+        help_text="The partner's signed manifest (JSON). It must name the artifact's SHA-256.",
+    )
+
+    class Meta:
+        model = Sku
+        fields = [
+            "slug",
+            "title",
+            "summary",
+            "description",
+            "category",
+            "partner",
+            "version",
+            "price_amount",
+            "currency",
+            "manifest_signature",
+            "license_duration_days",
+            "license_seats",
+            "license_entitlements",
+            "license_terms_url",
+            "preview_enabled",
+            "preview_ttl_seconds",
+        ]
+        widgets = {
+            "manifest_signature": forms.Textarea(attrs={"rows": 2, "cols": 90}),
+        }
+        labels = {"manifest_signature": "Manifest signature", "price_amount": "Price (minor units)"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stored_artifact: StoredArtifact | None = None
+        self.manifest: dict[str, Any] | None = None
+        if self.instance.manifest is not None and "manifest_text" in self.fields:
+            self.initial["manifest_text"] = json.dumps(self.instance.manifest, indent=2)
+        if "currency" in self.fields:
+            self.fields["currency"].widget.attrs["style"] = "text-transform: uppercase"
+
+    def clean_currency(self) -> str:
+        return self.cleaned_data["currency"].upper()
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        manifest_changed = bool(
+            {"manifest_text", "manifest_signature"} & set(self.changed_data)
+        ) and "manifest_text" in self.fields
+        if manifest_changed:
+            text = data.get("manifest_text", "").strip()
+            if not text:
+                self.add_error("manifest_text", "Paste the manifest that goes with the signature.")
+            else:
+                try:
+                    self.manifest = manifest_parse(text)
+                except ApplicationError as exc:
+                    self.add_error("manifest_text", exc.detail)
+                try:
+                    data["manifest_signature"] = services.manifest_signature_parse(
+                        data.get("manifest_signature", "")
+                    )
+                except ApplicationError as exc:
+                    self.add_error("manifest_signature", exc.detail)
+        upload = data.get("artifact_file")
+        # Upload last, and only when everything else is valid, so a form sent back with errors
+        # does not leave a stored file behind.
+        if upload and not self.errors:
+            try:
+                self.stored_artifact = services.artifact_store(
+                    content=upload,
+                    filename=upload.name,
+                    content_type=getattr(upload, "content_type", "") or "",
+                )
+            except ApplicationError as exc:
+                self.add_error("artifact_file", exc.detail)
+        return data
+
+
+@admin.register(Sku)
+class SkuAdmin(admin.ModelAdmin):
+    form = SkuAdminForm
+    inlines = [RoyaltySplitInline]
+    list_display = [
+        "title",
+        "slug",
+        "partner",
+        "category",
+        "price",
+        "status",
+        "manifest_status",
+        "artifact_hash",
+        "updated_at",
+    ]
+    list_filter = ["status", "category", "partner", "currency", "manifest_status"]
+    search_fields = ["slug", "title", "summary", "partner__name", "artifact__sha256"]
+    list_select_related = ["partner", "category", "artifact"]
+    autocomplete_fields = ["partner"]
+    actions = ["activate", "suspend", "retire", "verify_manifest"]
+    readonly_fields = [
+        "status",
+        "status_reason",
+        "status_changed_at",
+        "activated_at",
+        "readiness",
+        "artifact_details",
+        "manifest_status",
+        "manifest_detail",
+        "manifest_key_id",
+        "manifest_checked_at",
+        "manifest_to_sign",
+        "created_at",
+        "updated_at",
+    ]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Sku | None = None) -> list[Any]:
+        files = ["artifact_file", "artifact_details", "manifest_to_sign", "manifest_text",
+                 "manifest_signature", "manifest_status", "manifest_detail", "manifest_key_id",
+                 "manifest_checked_at"]  # fmt: skip
+        if obj is None:
+            files = ["artifact_file", "manifest_text", "manifest_signature"]
+        elif obj.status in (SkuStatus.ACTIVE, SkuStatus.RETIRED):
+            files = [name for name in files if name not in ("artifact_file", "manifest_text")]
+        sections = [
+            (None, {"fields": ["title", "slug", "partner", "category", "version"]}),
+            ("Description", {"fields": ["summary", "description"]}),
+            ("Price", {"fields": ["price_amount", "currency"]}),
+            ("Artifact and manifest", {"fields": files}),
+            (
+                "License terms",
+                {
+                    "fields": [
+                        "license_duration_days",
+                        "license_seats",
+                        "license_entitlements",
+                        "license_terms_url",
+                    ]
+                },
+            ),
+            ("Preview", {"fields": ["preview_enabled", "preview_ttl_seconds"]}),
+        ]
+        if obj is not None:
+            sections.insert(
+                1,
+                (
+                    "Status",
+                    {
+                        "fields": [
+                            "status",
+                            "status_reason",
+                            "readiness",
+                            "activated_at",
+                            "status_changed_at",
+                        ]
+                    },
+                ),
+            )
+        return sections
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Sku | None = None) -> list[str]:
+        fields = list(self.readonly_fields)
+        if obj is None:
+            return fields
+        if obj.status == SkuStatus.RETIRED:
+            return [*fields, *SkuAdminForm.Meta.fields]
+        if obj.status == SkuStatus.ACTIVE:
+            fields += ["partner", "version", "manifest_signature"]
+        if obj.activated_at is not None:
+            fields.append("slug")
+        return fields
+
+    def get_prepopulated_fields(self, request: HttpRequest, obj: Sku | None = None) -> dict:
+        return {"slug": ["title"]} if obj is None else {}
+
+    @admin.display(description="Price", ordering="price_amount")
+    def price(self, sku: Sku) -> str:
+        return format_amount(sku.price_amount, sku.currency)
+
+    @admin.display(description="Artifact SHA-256")
+    def artifact_hash(self, sku: Sku) -> str:
+        return f"{sku.artifact.sha256[:12]}…" if sku.artifact else "—"
+
+    @admin.display(description="Artifact")
+    def artifact_details(self, sku: Sku) -> SafeString | str:
+        artifact = sku.artifact
+        if artifact is None:
+            return "No artifact uploaded."
+        integrity = {True: "intact", False: "CHANGED IN STORAGE", None: "not checked yet"}[
+            artifact.integrity_ok
+        ]
+        return format_html(
+            "{} — {} bytes<br>SHA-256 <code>{}</code><br>uploaded {} by {}<br>integrity: {}",
+            artifact.filename,
+            f"{artifact.size:,}",
+            artifact.sha256,
+            artifact.uploaded_at.strftime("%Y-%m-%d %H:%M UTC"),
+            artifact.uploaded_by or "—",
+            integrity,
+        )
+
+    @admin.display(description="Manifest to sign")
+    def manifest_to_sign(self, sku: Sku) -> SafeString | str:
+        if sku.artifact is None:
+            return "Upload the artifact first."
+        return format_html(
+            "<pre style='white-space: pre-wrap'>{}</pre>",
+            json.dumps(manifest_for(sku, sku.artifact), indent=2),
+        )
+
+    @admin.display(description="Ready to activate?")
+    def readiness(self, sku: Sku) -> SafeString | str:
+        if sku.status == SkuStatus.ACTIVE:
+            return "On sale."
+        blockers = sku_activation_blockers(sku)
+        if not blockers:
+            return "Yes: activation will re-verify the manifest and put the SKU on sale."
+        return format_html(
+            "<ul style='margin-left:0'>{}</ul>",
+            format_html_join("", "<li>{}</li>", ((reason,) for reason in blockers)),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Sku, form: SkuAdminForm, change: bool) -> None:
+        services.sku_save(sku=obj)
+        if form.stored_artifact is not None:
+            services.sku_artifact_attach(
+                sku_id=obj.pk, stored=form.stored_artifact, uploaded_by=request.user
+            )
+        if form.manifest is not None:
+            services.sku_manifest_attach(
+                sku_id=obj.pk,
+                manifest=form.manifest,
+                signature=form.cleaned_data["manifest_signature"],
+            )
+        obj.refresh_from_db()
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not RoyaltySplit:
+            super().save_formset(request, form, formset, change)
+            return
+        if not formset.has_changed():
+            return
+        splits = [
+            (split_form.cleaned_data["partner"], split_form.cleaned_data["basis_points"])
+            for split_form in formset.forms
+            if split_form.cleaned_data and not split_form.cleaned_data.get("DELETE")
+        ]
+        services.sku_splits_set(sku_id=form.instance.pk, splits=splits)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # retire instead: orders and licenses refer to SKUs
+
+    def has_publish_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("catalog.publish_sku")
+
+    @admin.action(description="Activate selected SKUs (put on sale)", permissions=["publish"])
+    def activate(self, request: HttpRequest, queryset: QuerySet[Sku]) -> None:
+        activated = 0
+        for sku in queryset.order_by("pk"):
+            try:
+                services.sku_activate(sku_id=sku.pk)
+            except ApplicationError as exc:
+                self.message_user(request, f"{sku.slug} was not activated: {exc.detail}", messages.ERROR)
+            else:
+                activated += 1
+        if activated:
+            self.message_user(request, f"{activated} SKU(s) activated.", messages.SUCCESS)
+
+    @admin.action(description="Suspend selected SKUs (take off sale)", permissions=["publish"])
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Sku]) -> HttpResponse | None:
+        return _reason_action(
+            self,
+            request,
+            queryset,
+            title="Suspend SKUs",
+            apply=lambda sku, reason: services.sku_suspend(sku_id=sku.pk, reason=reason),
+            done="{count} SKU(s) suspended.",
+        )
+
+    @admin.action(description="Retire selected SKUs (for good)", permissions=["publish"])
+    def retire(self, request: HttpRequest, queryset: QuerySet[Sku]) -> HttpResponse | None:
+        return _reason_action(
+            self,
+            request,
+            queryset,
+            title="Retire SKUs",
+            apply=lambda sku, reason: services.sku_retire(sku_id=sku.pk, reason=reason),
+            done="{count} SKU(s) retired.",
+        )
+
+    @admin.action(description="Verify manifests now", permissions=["change"])
+    def verify_manifest(self, request: HttpRequest, queryset: QuerySet[Sku]) -> None:
+        for sku in queryset.order_by("pk"):
+            check = services.sku_manifest_verify(sku_id=sku.pk)
+            if check is None:
+                self.message_user(request, f"{sku.slug}: no manifest to verify.", messages.WARNING)
+            else:
+                level = messages.SUCCESS if check.status == "verified" else messages.ERROR
+                self.message_user(request, f"{sku.slug}: {check.status} — {check.detail}", level)
+
+
+@admin.register(Artifact)
+class ArtifactAdmin(admin.ModelAdmin):
+    list_display = ["filename", "sku", "size", "sha256", "uploaded_at", "uploaded_by", "integrity_ok"]
+    list_filter = ["integrity_ok"]
+    search_fields = ["sha256", "filename", "sku__slug", "uuid"]
+    list_select_related = ["sku", "uploaded_by"]
+    actions = ["check_integrity"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Check integrity in storage (in the background)", permissions=["view"])
+    def check_integrity(self, request: HttpRequest, queryset: QuerySet[Artifact]) -> None:
+        from catalog.tasks import artifact_check_integrity
+
+        for artifact_id in queryset.values_list("pk", flat=True):
+            artifact_check_integrity.delay(artifact_id)
+        self.message_user(request, "Integrity checks queued; results appear on this list.")

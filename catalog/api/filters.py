@@ -1,0 +1,104 @@
+from django import forms
+from django.db.models import Q, QuerySet
+from django_filters import rest_framework as filters
+
+from catalog.models import Category, Partner, Sku
+from marketplace.money import validate_currency
+
+# The `ordering` values the API accepts, and the order_by each stands for. Each ends on a
+# unique column so that cursor pages never skip or repeat a row.
+SKU_ORDERINGS: dict[str, tuple[str, ...]] = {
+    "created": ("created_at", "id"),
+    "-created": ("-created_at", "-id"),
+    "price": ("price_amount", "id"),
+    "-price": ("-price_amount", "-id"),
+    "title": ("title", "id"),
+    "-title": ("-title", "-id"),
+}
+SKU_DEFAULT_ORDERING = "-created"
+
+
+class MinorUnitsFilter(filters.NumberFilter):
+    """An amount in minor units: a whole number, never a decimal."""
+
+    field_class = forms.IntegerField
+
+
+class CurrencyField(forms.CharField):
+    def clean(self, value: str | None) -> str | None:
+        value = super().clean(value)
+        if not value:
+            return None
+        value = value.upper()
+        validate_currency(value)
+        return value
+
+
+class CurrencyFilter(filters.CharFilter):
+    field_class = CurrencyField
+
+
+class SkuFilter(filters.FilterSet):
+    category = filters.ModelChoiceFilter(
+        queryset=Category.objects.all(),
+        to_field_name="slug",
+        method="filter_category",
+        help_text="A category slug; SKUs in its subcategories are included.",
+    )
+    partner = filters.ModelChoiceFilter(
+        queryset=Partner.objects.active(),
+        to_field_name="slug",
+        field_name="partner",
+        help_text="A partner slug.",
+    )
+    q = filters.CharFilter(
+        method="filter_q", max_length=200, help_text="Words in the title, summary or slug."
+    )
+    min_price = MinorUnitsFilter(
+        field_name="price_amount",
+        lookup_expr="gte",
+        min_value=0,
+        help_text="Lowest price, in minor units.",
+    )
+    max_price = MinorUnitsFilter(
+        field_name="price_amount",
+        lookup_expr="lte",
+        min_value=0,
+        help_text="Highest price, in minor units.",
+    )
+    currency = CurrencyFilter(field_name="currency", help_text="ISO 4217 code, e.g. EUR.")
+    ordering = filters.ChoiceFilter(
+        choices=[(value, value) for value in SKU_ORDERINGS],
+        method="filter_nothing",
+        help_text=f"One of {', '.join(SKU_ORDERINGS)}; default {SKU_DEFAULT_ORDERING}.",
+    )
+
+    class Meta:
+        model = Sku
+        fields: list[str] = []
+
+    def filter_category(self, queryset: QuerySet[Sku], name: str, value: Category) -> QuerySet[Sku]:
+        return queryset.filter(category__path__startswith=value.path)
+
+    def filter_q(self, queryset: QuerySet[Sku], name: str, value: str) -> QuerySet[Sku]:
+        for word in value.split()[:8]:
+            queryset = queryset.filter(
+                Q(title__icontains=word) | Q(summary__icontains=word) | Q(slug__icontains=word)
+            )
+        return queryset
+
+    def filter_nothing(self, queryset: QuerySet[Sku], name: str, value: str) -> QuerySet[Sku]:
+        # Ordering is applied by the cursor paginator, which needs to know it.
+        return queryset
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        data = self.form.cleaned_data if valid else {}
+        low, high = data.get("min_price"), data.get("max_price")
+        if low is not None and high is not None and low > high:
+            self.form.add_error("max_price", "Must not be lower than min_price.")
+            return False
+        return valid
+
+    def ordering_fields(self) -> tuple[str, ...]:
+        return SKU_ORDERINGS[self.form.cleaned_data.get("ordering") or SKU_DEFAULT_ORDERING]

@@ -1,0 +1,315 @@
+import base64
+import hashlib
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from marketplace.money import validate_currency
+
+BASIS_POINTS_TOTAL = 10_000
+
+
+class PartnerKind(models.TextChoices):
+    PUBLISHER = "publisher", "Publisher"
+    CREATOR = "creator", "Creator"
+
+
+class PartnerQuerySet(models.QuerySet["Partner"]):
+    def active(self) -> "PartnerQuerySet":
+        return self.filter(is_active=True)
+
+
+class Partner(models.Model):
+    """A publisher or creator whose goods are sold and who is paid royalties."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=PartnerKind.choices)
+    legal_name = models.CharField(max_length=200, blank=True)
+    contact_email = models.EmailField(blank=True)
+    website = models.URLField(blank=True)
+    description = models.TextField(blank=True)
+    contract_reference = models.CharField(
+        max_length=100, blank=True, help_text="The signed contract's id in the contracts system."
+    )
+    payout_reference = models.CharField(
+        max_length=100, blank=True, help_text="The payee's id in Finance, where royalties go."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PartnerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=PartnerKind.values), name="partner_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class KeyStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    REVOKED = "revoked", "Revoked"
+
+
+class PartnerKeyQuerySet(models.QuerySet["PartnerKey"]):
+    def active(self) -> "PartnerKeyQuerySet":
+        return self.filter(status=KeyStatus.ACTIVE)
+
+
+class PartnerKey(models.Model):
+    """An Ed25519 public key with which a partner signs its manifests."""
+
+    partner = models.ForeignKey(Partner, on_delete=models.PROTECT, related_name="keys")
+    key_id = models.SlugField(
+        max_length=64, help_text="The partner's name for the key, unique per partner."
+    )
+    algorithm = models.CharField(max_length=16, default="ed25519", editable=False)
+    public_key = models.CharField(
+        max_length=64, help_text="The raw 32-byte Ed25519 public key, base64."
+    )
+    fingerprint = models.CharField(
+        max_length=64, unique=True, editable=False, help_text="SHA-256 of the raw public key."
+    )
+    status = models.CharField(max_length=16, choices=KeyStatus.choices, default=KeyStatus.ACTIVE)
+    revoked_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PartnerKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "partner signing key"
+        ordering = ["partner_id", "key_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["partner", "key_id"], name="partnerkey_id_unique"),
+            models.CheckConstraint(
+                condition=Q(status__in=KeyStatus.values), name="partnerkey_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.partner.slug}/{self.key_id}"
+
+    def raw_public_key(self) -> bytes:
+        return base64.b64decode(self.public_key)
+
+    @staticmethod
+    def fingerprint_of(raw_public_key: bytes) -> str:
+        return hashlib.sha256(raw_public_key).hexdigest()
+
+
+class Category(models.Model):
+    """A node of the category tree; `path` is the slugs from the root, kept by the services."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    path = models.CharField(max_length=500, unique=True, editable=False)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "categories"
+        ordering = ["path"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(parent__isnull=True) | ~Q(parent=F("pk")),
+                name="category_not_own_parent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.path.strip("/").replace("/", " › ") if self.path else self.name
+
+
+class SkuStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    ACTIVE = "active", "Active"
+    SUSPENDED = "suspended", "Suspended"
+    RETIRED = "retired", "Retired"
+
+
+SKU_TRANSITIONS: dict[str, frozenset[str]] = {
+    SkuStatus.DRAFT: frozenset({SkuStatus.ACTIVE, SkuStatus.RETIRED}),
+    SkuStatus.ACTIVE: frozenset({SkuStatus.SUSPENDED, SkuStatus.RETIRED}),
+    SkuStatus.SUSPENDED: frozenset({SkuStatus.ACTIVE, SkuStatus.RETIRED}),
+    SkuStatus.RETIRED: frozenset(),
+}
+
+
+class ManifestStatus(models.TextChoices):
+    MISSING = "missing", "No manifest"
+    PENDING = "pending", "Not checked yet"
+    VERIFIED = "verified", "Verified"
+    REJECTED = "rejected", "Rejected"
+    UNAVAILABLE = "unavailable", "Kernel unreachable"
+
+
+class SkuQuerySet(models.QuerySet["Sku"]):
+    def active(self) -> "SkuQuerySet":
+        return self.filter(status=SkuStatus.ACTIVE)
+
+
+class Sku(models.Model):
+    """A thing for sale: one version of a partner's package, model or asset pack."""
+
+    slug = models.SlugField(max_length=100, unique=True)
+    title = models.CharField(max_length=200)
+    summary = models.CharField(max_length=300, blank=True)
+    description = models.TextField(blank=True)
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="skus")
+    partner = models.ForeignKey(Partner, on_delete=models.PROTECT, related_name="skus")
+    price_amount = models.BigIntegerField(help_text="In the currency's minor units (cents).")
+    currency = models.CharField(
+        max_length=3, validators=[validate_currency], help_text="ISO 4217 code, e.g. USD."
+    )
+    status = models.CharField(max_length=16, choices=SkuStatus.choices, default=SkuStatus.DRAFT)
+    status_reason = models.CharField(max_length=300, blank=True)
+    version = models.CharField(max_length=50)
+
+    artifact = models.ForeignKey(
+        "Artifact", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    manifest = models.JSONField(null=True, blank=True)
+    manifest_signature = models.TextField(blank=True)
+    manifest_status = models.CharField(
+        max_length=16, choices=ManifestStatus.choices, default=ManifestStatus.MISSING
+    )
+    manifest_detail = models.TextField(blank=True)
+    manifest_key_id = models.CharField(max_length=64, blank=True)
+    manifest_checked_at = models.DateTimeField(null=True, blank=True)
+
+    license_duration_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty for a perpetual license."
+    )
+    license_seats = models.PositiveIntegerField(default=1)
+    license_entitlements = models.JSONField(
+        default=list, blank=True, help_text='Feature names the license grants, e.g. ["pro"].'
+    )
+    license_terms_url = models.URLField(blank=True)
+
+    preview_enabled = models.BooleanField(default=False)
+    preview_ttl_seconds = models.PositiveIntegerField(
+        default=900, help_text="How long a preview session lasts."
+    )
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    activated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    status_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = SkuQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "SKU"
+        ordering = ["-created_at", "-id"]
+        permissions = [("publish_sku", "Can activate, suspend and retire SKUs")]
+        constraints = [
+            models.CheckConstraint(condition=Q(price_amount__gt=0), name="sku_price_positive"),
+            models.CheckConstraint(
+                condition=Q(currency__regex=r"^[A-Z]{3}$"), name="sku_currency_iso4217"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=SkuStatus.values), name="sku_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(manifest_status__in=ManifestStatus.values),
+                name="sku_manifest_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(license_seats__gte=1), name="sku_seats_positive"),
+            models.CheckConstraint(
+                condition=Q(preview_ttl_seconds__gte=60, preview_ttl_seconds__lte=86_400),
+                name="sku_preview_ttl_range",
+            ),
+            # Only a SKU with an artifact and a verified manifest can be on sale.
+            models.CheckConstraint(
+                condition=~Q(status=SkuStatus.ACTIVE)
+                | Q(artifact__isnull=False, manifest_status=ManifestStatus.VERIFIED),
+                name="sku_active_is_complete",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="sku_status_created"),
+            models.Index(fields=["status", "price_amount"], name="sku_status_price"),
+            models.Index(fields=["status", "title"], name="sku_status_title"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.slug})"
+
+    def can_become(self, status: str) -> bool:
+        return status in SKU_TRANSITIONS[self.status]
+
+    @property
+    def is_on_sale(self) -> bool:
+        return self.status == SkuStatus.ACTIVE
+
+    def manifest_artifact_sha256(self) -> str | None:
+        artifact = (self.manifest or {}).get("artifact")
+        if isinstance(artifact, dict) and isinstance(artifact.get("sha256"), str):
+            return artifact["sha256"].lower()
+        return None
+
+
+class Artifact(models.Model):
+    """One uploaded file of a SKU. Rows are never changed: a new upload makes a new row, so
+    whatever refers to an artifact keeps referring to the same bytes."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    sku = models.ForeignKey(Sku, on_delete=models.PROTECT, related_name="artifacts")
+    storage_key = models.CharField(max_length=512, unique=True)
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=100, blank=True)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    uploaded_at = models.DateTimeField(default=timezone.now)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    integrity_checked_at = models.DateTimeField(null=True, blank=True)
+    integrity_ok = models.BooleanField(null=True)
+
+    class Meta:
+        ordering = ["-uploaded_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(sha256__regex=r"^[0-9a-f]{64}$"), name="artifact_sha256_hex"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.sha256[:12]}…)"
+
+
+class RoyaltySplit(models.Model):
+    """A partner's share of a SKU's revenue, in basis points; a SKU's shares sum to 10,000."""
+
+    sku = models.ForeignKey(Sku, on_delete=models.CASCADE, related_name="splits")
+    partner = models.ForeignKey(Partner, on_delete=models.PROTECT, related_name="royalty_splits")
+    basis_points = models.PositiveIntegerField(help_text="1 to 10,000; 10,000 is the whole price.")
+
+    class Meta:
+        ordering = ["sku_id", "-basis_points", "partner_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["sku", "partner"], name="royaltysplit_unique_partner"),
+            models.CheckConstraint(
+                condition=Q(basis_points__gte=1, basis_points__lte=BASIS_POINTS_TOTAL),
+                name="royaltysplit_bp_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.partner.slug}: {self.basis_points / 100:.2f}%"

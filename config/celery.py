@@ -1,0 +1,25 @@
+"""The Celery app: `celery -A config worker` and `celery -A config beat`."""
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("marketplace")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+app.conf.beat_schedule = {
+    # A manifest whose check found the Kernel unreachable is checked again until it answers.
+    "catalog-reverify-manifests": {
+        "task": "catalog.tasks.manifests_reverify_unavailable",
+        "schedule": crontab(minute="*/10"),
+    },
+    # Re-reads every active SKU's artifact from storage and compares it with its recorded hash.
+    "catalog-check-artifact-integrity": {
+        "task": "catalog.tasks.artifacts_check_integrity",
+        "schedule": crontab(hour=3, minute=17),
+    },
+}

@@ -1,0 +1,80 @@
+"""Staging and production: no embedded default and no insecure value is accepted.
+
+Every problem found is collected and reported at once, each naming the variable to set, so an
+operator fixes a deployment in one pass instead of one restart per missing variable.
+"""
+
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+from config.settings.base import *
+
+_problems: list[str] = []
+
+
+def _refuse(variable: str, why: str) -> None:
+    _problems.append(f"{variable}: {why}")
+
+
+if SECRET_KEY == DEV_SECRET_KEY:
+    _refuse("MARKETPLACE_SECRET_KEY", "not set (the development key is refused)")
+elif len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
+    _refuse("MARKETPLACE_SECRET_KEY", "too weak: use at least 50 random characters")
+
+if DEBUG:
+    _refuse("MARKETPLACE_DEBUG", "must be off")
+
+if not env.list("MARKETPLACE_ALLOWED_HOSTS", default=[]):
+    _refuse("MARKETPLACE_ALLOWED_HOSTS", "not set (list the host names the API is served on)")
+elif "*" in ALLOWED_HOSTS:
+    _refuse("MARKETPLACE_ALLOWED_HOSTS", "must not contain '*'")
+
+if not DATABASE_URL:
+    _refuse("MARKETPLACE_DATABASE_URL", "not set (the embedded SQLite database is refused)")
+elif not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    _refuse("MARKETPLACE_DATABASE_URL", "must be a PostgreSQL URL (postgres://...)")
+
+if not REDIS_URL:
+    _refuse("MARKETPLACE_REDIS_URL", "not set (the local-memory cache is refused)")
+
+if urlsplit(BROKER_URL).scheme in ("filesystem", "memory", ""):
+    _refuse("MARKETPLACE_BROKER_URL", "not set (the server-less broker is refused)")
+
+if not S3_BUCKET:
+    _refuse("MARKETPLACE_S3_BUCKET", "not set (local file storage is refused)")
+
+if not KERNEL_URL:
+    _refuse("MARKETPLACE_KERNEL_URL", "not set (the local manifest verifier is refused)")
+elif urlsplit(KERNEL_URL).scheme != "https":
+    _refuse("MARKETPLACE_KERNEL_URL", "must be an https:// URL")
+if not KERNEL_CERT:
+    _refuse("MARKETPLACE_KERNEL_CERT", "not set (the Kernel requires an mTLS client certificate)")
+if not KERNEL_KEY:
+    _refuse("MARKETPLACE_KERNEL_KEY", "not set (the Kernel requires an mTLS client key)")
+
+if _problems:
+    raise ImproperlyConfigured(
+        f"Refusing to start with MARKETPLACE_SERVICE_ENV={SERVICE_ENV}:\n  - "
+        + "\n  - ".join(_problems)
+    )
+
+STORAGES["staticfiles"] = {
+    "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage",
+}
+
+# TLS ends at the load balancer, which sets X-Forwarded-Proto.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = True
+# Probes and scrapers talk plain HTTP inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("MARKETPLACE_HSTS_SECONDS", default=31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = env.bool("MARKETPLACE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+CSRF_COOKIE_HTTPONLY = True
+
+# Preloading HSTS binds the whole domain for months, so it is an operator's explicit choice
+# (MARKETPLACE_HSTS_PRELOAD=1), not something `check --deploy` should force.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]

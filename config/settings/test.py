@@ -1,0 +1,48 @@
+"""The test suite: PostgreSQL and Redis when their URLs are set, embedded defaults otherwise.
+
+Each pytest-xdist worker imports this module on its own, so each gets its own data folder,
+cache key prefix and Celery queue; a worker process started by a test is given the same ones
+through the environment.
+"""
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from config.settings.base import *
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+DATA_DIR = Path(
+    os.environ.get("MARKETPLACE_TEST_DATA_DIR")
+    or tempfile.mkdtemp(prefix=f"marketplace-test-{_worker}-")
+)
+for _folder in ("files", "broker/queue", "broker/control", "static"):
+    (DATA_DIR / _folder).mkdir(parents=True, exist_ok=True)
+
+if not DATABASE_URL:
+    # A file, not ":memory:", so that a worker process started by a test sees the same data.
+    DATABASES["default"]["NAME"] = str(DATA_DIR / "marketplace.sqlite3")
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+
+if not S3_BUCKET:
+    STORAGES["default"]["OPTIONS"]["location"] = str(DATA_DIR / "files")
+
+CACHES["default"]["KEY_PREFIX"] = f"marketplace-test-{_worker}-{os.getpid()}"
+
+if BROKER_URL == "filesystem://":
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(DATA_DIR / "broker/queue"),
+        "data_folder_out": str(DATA_DIR / "broker/queue"),
+        "control_folder": str(DATA_DIR / "broker/control"),
+        "store_processed": False,
+    }
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get(
+    "MARKETPLACE_CELERY_QUEUE", f"test-{_worker}-{uuid.uuid4().hex[:8]}"
+)
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+WHITENOISE_USE_FINDERS = True
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"anon": "100000/min", "user": "100000/min"}

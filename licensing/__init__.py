@@ -1,0 +1,1 @@
+"""Signing keys, licenses, encrypted deliveries, download links and proofs (to come)."""

@@ -1,0 +1,136 @@
+"""RFC 9457 problem details for every error the platform answers.
+
+One DRF exception handler covers domain errors, Django's ValidationError, Http404 and
+PermissionDenied, and DRF's own exceptions; marketplace.views reuses `problem_body` for errors
+raised outside DRF (unknown URLs, server errors).
+"""
+
+from http import HTTPStatus
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+
+from marketplace.exceptions import ApplicationError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:marketplace:problem:"
+
+
+def problem_body(
+    *,
+    status: int,
+    detail: str,
+    code: str | None = None,
+    title: str | None = None,
+    instance: str | None = None,
+    errors: dict[str, list[str]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        # Plain HTTP errors use "about:blank" as RFC 9457 says; ours name their own type.
+        "type": f"{PROBLEM_TYPE_PREFIX}{code}" if code else "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if code:
+        body["code"] = code
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    if extra:
+        body.update(extra)
+    return body
+
+
+def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Turns DRF's nested error detail into {"field.sub.0": ["message", ...]}."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            flat.update(flatten_errors(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(detail, list) and detail and all(
+        isinstance(item, str | drf_exceptions.ErrorDetail) for item in detail
+    ):
+        flat[prefix or api_settings.NON_FIELD_ERRORS_KEY] = [str(item) for item in detail]
+    elif isinstance(detail, list):
+        for index, item in enumerate(detail):
+            if item:
+                flat.update(flatten_errors(item, f"{prefix}.{index}" if prefix else str(index)))
+    else:
+        flat[prefix or api_settings.NON_FIELD_ERRORS_KEY] = [str(detail)]
+    return flat
+
+
+def summarize(errors: dict[str, list[str]]) -> str:
+    parts = [f"{field}: {' '.join(messages).rstrip('.')}" for field, messages in errors.items()]
+    return "Invalid input: " + "; ".join(parts) + "."
+
+
+def _django_validation_errors(exc: DjangoValidationError) -> dict[str, list[str]]:
+    if hasattr(exc, "error_dict"):
+        return {
+            (api_settings.NON_FIELD_ERRORS_KEY if field == "__all__" else field): messages
+            for field, messages in exc.message_dict.items()
+        }
+    return {api_settings.NON_FIELD_ERRORS_KEY: list(exc.messages)}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    request = context.get("request")
+    instance = request.path if request is not None else None
+    headers: dict[str, str] = {}
+
+    if isinstance(exc, ApplicationError):
+        body = problem_body(
+            status=exc.status,
+            code=exc.code,
+            title=exc.title,
+            detail=exc.detail,
+            instance=instance,
+            errors=exc.errors,
+            extra=exc.extra,
+        )
+    elif isinstance(exc, DjangoValidationError | drf_exceptions.ValidationError):
+        errors = (
+            _django_validation_errors(exc)
+            if isinstance(exc, DjangoValidationError)
+            else flatten_errors(exc.detail)
+        )
+        body = problem_body(
+            status=400,
+            code="invalid-input",
+            title="The input is not valid",
+            detail=summarize(errors),
+            instance=instance,
+            errors=errors,
+        )
+    else:
+        if isinstance(exc, Http404):
+            exc = drf_exceptions.NotFound()
+        elif isinstance(exc, DjangoPermissionDenied):
+            exc = drf_exceptions.PermissionDenied()
+        if not isinstance(exc, drf_exceptions.APIException):
+            return None  # an unexpected error: Django's 500 handler answers it
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        body = problem_body(
+            status=exc.status_code,
+            code=str(exc.default_code).replace("_", "-"),
+            title=HTTPStatus(exc.status_code).phrase,
+            detail=detail,
+            instance=instance,
+        )
+
+    return Response(
+        body, status=body["status"], headers=headers, content_type=PROBLEM_CONTENT_TYPE
+    )

@@ -1,0 +1,67 @@
+"""Staff roles. Each is a group whose permissions are kept equal to this table.
+
+Later features add their permissions here; `migrate` applies the table, so a role never
+drifts from the code that relies on it.
+"""
+
+from typing import Any
+
+from django.apps import apps as global_apps
+from django.contrib.auth.management import create_permissions
+from django.contrib.auth.models import Group, Permission
+from django.db.models import Q
+
+CONTENT_OPS = "Content ops"
+FINANCE = "Finance"
+SECURITY = "Security"
+SUPPORT = "Support"
+
+_CATALOG_MODELS = ("partner", "partnerkey", "category", "sku", "royaltysplit")
+
+ROLE_PERMISSIONS: dict[str, set[str]] = {
+    CONTENT_OPS: {
+        *(f"catalog.{verb}_{model}" for model in _CATALOG_MODELS for verb in ("add", "change", "view")),
+        "catalog.delete_royaltysplit",
+        "catalog.delete_category",
+        "catalog.view_artifact",
+        "catalog.publish_sku",
+    },
+    FINANCE: {
+        "catalog.view_partner",
+        "catalog.view_sku",
+        "catalog.view_royaltysplit",
+    },
+    SECURITY: {
+        "catalog.view_partner",
+        "catalog.view_partnerkey",
+        "catalog.change_partnerkey",
+        "catalog.view_sku",
+        "catalog.view_artifact",
+        "marketplace.view_user",
+        "marketplace.view_apitoken",
+        "marketplace.change_apitoken",
+    },
+    SUPPORT: {
+        "catalog.view_partner",
+        "catalog.view_category",
+        "catalog.view_sku",
+        "marketplace.view_user",
+    },
+}
+
+
+def roles_sync() -> None:
+    for role, names in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        query = Q(pk__in=[])
+        for name in names:
+            app_label, codename = name.split(".")
+            query |= Q(content_type__app_label=app_label, codename=codename)
+        group.permissions.set(Permission.objects.filter(query))
+
+
+def roles_sync_after_migrate(using: str = "default", **kwargs: Any) -> None:
+    # post_migrate reaches this app before the apps listed after it have their permissions.
+    for app_config in global_apps.get_app_configs():
+        create_permissions(app_config, verbosity=0, using=using, apps=global_apps)
+    roles_sync()

@@ -1,0 +1,65 @@
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.api.problems import PROBLEM_CONTENT_TYPE, problem_body
+from marketplace.health import health_report
+
+
+class HealthView(APIView):
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+    throttle_classes: list[type] = []
+
+    @extend_schema(
+        summary="Readiness of the database, cache, broker and storage",
+        responses={200: OpenApiResponse(description="All checks passed"),
+                   503: OpenApiResponse(description="At least one check failed")},
+    )
+    def get(self, request: Request) -> Response:
+        report = health_report()
+        response = Response(report, status=200 if report["ok"] else 503)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+health = HealthView.as_view()
+
+
+def _is_admin(request: HttpRequest) -> bool:
+    return request.path.startswith("/admin/")
+
+
+def _problem(request: HttpRequest, status: int, detail: str) -> JsonResponse:
+    body = problem_body(status=status, detail=detail, instance=request.path)
+    return JsonResponse(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.page_not_found(request, exception)
+    return _problem(request, 404, f"Nothing is served at {request.path}.")
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.bad_request(request, exception)
+    return _problem(request, 400, "The request could not be understood.")
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.permission_denied(request, exception)
+    return _problem(request, 403, "You are not allowed to do this.")
+
+
+def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.server_error(request)
+    return _problem(request, 500, "An unexpected error occurred; it has been logged.")

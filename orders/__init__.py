@@ -1,0 +1,1 @@
+"""Checkout, idempotency, payments, webhook events, finance ledger and royalties (to come)."""

@@ -1,0 +1,1 @@
+"""Preview sessions and their sandboxes (to come)."""
