@@ -8,6 +8,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.db import models
 from django.db.models import Count, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
@@ -32,6 +33,9 @@ from catalog.selectors import sku_activation_blockers
 from catalog.services import StoredArtifact
 from marketplace.exceptions import ApplicationError
 from marketplace.money import format_amount
+
+# Links typed without a scheme are taken as https (Django 6's default).
+URL_FIELDS_HTTPS = {models.URLField: {"assume_scheme": "https"}}
 
 admin.site.site_header = "Marketplace administration"
 admin.site.site_title = "Marketplace admin"
@@ -118,6 +122,7 @@ class PartnerAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug", "legal_name", "contract_reference", "payout_reference"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [PartnerKeyInline]
+    formfield_overrides = URL_FIELDS_HTTPS
     fieldsets = [
         (None, {"fields": ["name", "slug", "kind", "is_active"]}),
         ("Contact", {"fields": ["legal_name", "contact_email", "website", "description"]}),
@@ -374,6 +379,7 @@ class SkuAdminForm(forms.ModelForm):
 class SkuAdmin(admin.ModelAdmin):
     form = SkuAdminForm
     inlines = [RoyaltySplitInline]
+    formfield_overrides = URL_FIELDS_HTTPS
     list_display = [
         "title",
         "slug",

@@ -8,7 +8,8 @@ under ``MARKETPLACE_DATA_DIR``. ``production.py`` refuses those defaults.
 from pathlib import Path
 
 import environ
-from boto3.s3.transfer import TransferConfig
+
+from config.storages import s3_storage
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -156,29 +157,9 @@ S3_REGION = env.str("MARKETPLACE_S3_REGION", default="us-east-1")
 S3_KMS_KEY_ID = env.str("MARKETPLACE_S3_KMS_KEY_ID", default="")
 
 if S3_BUCKET:
-    _object_parameters = {}
-    if S3_KMS_KEY_ID:
-        _object_parameters = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": S3_KMS_KEY_ID}
-    _default_storage = {
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": S3_BUCKET,
-            "endpoint_url": S3_ENDPOINT_URL or None,
-            "region_name": S3_REGION,
-            "default_acl": None,
-            "file_overwrite": False,
-            "querystring_auth": True,
-            "querystring_expire": 300,
-            "object_parameters": _object_parameters,
-            # Parts of 8 MiB, at most 4 in flight: an upload's memory is bounded whatever
-            # the artifact's size.
-            "transfer_config": TransferConfig(
-                multipart_threshold=8 * 1024 * 1024,
-                multipart_chunksize=8 * 1024 * 1024,
-                max_concurrency=4,
-            ),
-        },
-    }
+    _default_storage = s3_storage(
+        bucket=S3_BUCKET, endpoint_url=S3_ENDPOINT_URL, region=S3_REGION, kms_key_id=S3_KMS_KEY_ID
+    )
 else:
     _default_storage = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

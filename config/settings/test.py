@@ -29,7 +29,9 @@ if not DATABASE_URL:
 if not S3_BUCKET:
     STORAGES["default"]["OPTIONS"]["location"] = str(DATA_DIR / "files")
 
-CACHES["default"]["KEY_PREFIX"] = f"marketplace-test-{_worker}-{os.getpid()}"
+CACHES["default"]["KEY_PREFIX"] = os.environ.get(
+    "MARKETPLACE_TEST_CACHE_PREFIX", f"marketplace-test-{_worker}-{os.getpid()}"
+)
 
 if BROKER_URL == "filesystem://":
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -43,6 +45,7 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get(
 )
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
+ALLOWED_HOSTS = [*ALLOWED_HOSTS, "testserver"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"anon": "100000/min", "user": "100000/min"}

@@ -1,0 +1,31 @@
+"""Storage options shared by the settings and by whatever builds an S3 storage on its own."""
+
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+
+
+def s3_storage(*, bucket: str, endpoint_url: str, region: str, kms_key_id: str) -> dict[str, Any]:
+    object_parameters: dict[str, str] = {}
+    if kms_key_id:
+        object_parameters = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": endpoint_url or None,
+            "region_name": region,
+            "default_acl": None,
+            "file_overwrite": False,
+            "querystring_auth": True,
+            "querystring_expire": 300,
+            "object_parameters": object_parameters,
+            # Parts of 8 MiB, at most 4 in flight: an upload's memory is bounded whatever
+            # the artifact's size.
+            "transfer_config": TransferConfig(
+                multipart_threshold=8 * 1024 * 1024,
+                multipart_chunksize=8 * 1024 * 1024,
+                max_concurrency=4,
+            ),
+        },
+    }

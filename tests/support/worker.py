@@ -1,0 +1,93 @@
+"""A real Celery worker process, on the broker the tests run against, sharing the test
+database, data folder and cache prefix of the test process that starts it."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.output: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if " ready." in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the worker did not start:\n" + "".join(self.output[-40:]))
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+
+@pytest.fixture
+def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProcess]:
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "MARKETPLACE_DATABASE_URL": _database_url(),
+        "MARKETPLACE_TEST_DATA_DIR": str(settings.DATA_DIR),
+        "MARKETPLACE_TEST_CACHE_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+        "MARKETPLACE_CELERY_QUEUE": queue,
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "config", "worker",
+            "--pool=solo", "-Q", queue, "-n", f"{queue}@%h", "--purge",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
+        ],  # fmt: skip
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    worker = WorkerProcess(process)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(predicate: Any, *, timeout: float = 30, worker: WorkerProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    log = f"\nworker log:\n{worker.log()[-4000:]}" if worker else ""
+    raise AssertionError(f"condition not met within {timeout}s{log}")
