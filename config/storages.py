@@ -5,6 +5,20 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 
+def s3_transfer_config() -> TransferConfig:
+    """Parts of 8 MiB, at most 4 in flight and 4 read ahead: an upload's memory is bounded
+    (under 100 MiB, parts and their copies) whatever the artifact's size."""
+    config = TransferConfig(
+        multipart_threshold=8 * 1024 * 1024,
+        multipart_chunksize=8 * 1024 * 1024,
+        max_concurrency=4,
+    )
+    # Not a constructor argument of boto3's TransferConfig; s3transfer reads it when it
+    # buffers the parts of a stream it cannot seek in (10 by default).
+    config.max_in_memory_upload_chunks = 4
+    return config
+
+
 def s3_storage(*, bucket: str, endpoint_url: str, region: str, kms_key_id: str) -> dict[str, Any]:
     object_parameters: dict[str, str] = {}
     if kms_key_id:
@@ -20,12 +34,6 @@ def s3_storage(*, bucket: str, endpoint_url: str, region: str, kms_key_id: str) 
             "querystring_auth": True,
             "querystring_expire": 300,
             "object_parameters": object_parameters,
-            # Parts of 8 MiB, at most 4 in flight: an upload's memory is bounded whatever
-            # the artifact's size.
-            "transfer_config": TransferConfig(
-                multipart_threshold=8 * 1024 * 1024,
-                multipart_chunksize=8 * 1024 * 1024,
-                max_concurrency=4,
-            ),
+            "transfer_config": s3_transfer_config(),
         },
     }

@@ -43,7 +43,7 @@ def check_broker() -> None:
             if not folder.is_dir():
                 raise CheckFailed(f"broker folder {folder} is missing")
         return
-    with celery_app.connection_for_write(connect_timeout=2) as conn:
+    with celery_app.connection_for_write(url=settings.CELERY_BROKER_URL, connect_timeout=2) as conn:
         conn.ensure_connection(max_retries=0)
 
 

@@ -27,7 +27,11 @@ if not DATABASE_URL:
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 
 if not S3_BUCKET:
-    STORAGES["default"]["OPTIONS"]["location"] = str(DATA_DIR / "files")
+    # Tests give each test its own folder (tests/conftest.py); a worker process they start
+    # is told which one.
+    STORAGES["default"]["OPTIONS"]["location"] = os.environ.get(
+        "MARKETPLACE_TEST_FILES_DIR", str(DATA_DIR / "files")
+    )
 
 CACHES["default"]["KEY_PREFIX"] = os.environ.get(
     "MARKETPLACE_TEST_CACHE_PREFIX", f"marketplace-test-{_worker}-{os.getpid()}"

@@ -58,6 +58,12 @@ def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProce
         "MARKETPLACE_TEST_CACHE_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
         "MARKETPLACE_CELERY_QUEUE": queue,
     }
+    storage = settings.STORAGES["default"]
+    if storage["BACKEND"].endswith("FileSystemStorage"):
+        env["MARKETPLACE_TEST_FILES_DIR"] = storage["OPTIONS"]["location"]
+    else:  # the S3 server the test switched to
+        env["MARKETPLACE_S3_BUCKET"] = storage["OPTIONS"]["bucket_name"]
+        env["MARKETPLACE_S3_ENDPOINT_URL"] = storage["OPTIONS"]["endpoint_url"]
     process = subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "config", "worker",
