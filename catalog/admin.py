@@ -133,7 +133,9 @@ class PartnerAdmin(admin.ModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(key_count=Count("keys", distinct=True), sku_count=Count("skus", distinct=True))
+            .annotate(
+                key_count=Count("keys", distinct=True), sku_count=Count("skus", distinct=True)
+            )
         )
 
     @admin.display(description="Keys", ordering="key_count")
@@ -210,7 +212,9 @@ class CategoryForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        problem = services.category_parent_problem(category=self.instance, parent=data.get("parent"))
+        problem = services.category_parent_problem(
+            category=self.instance, parent=data.get("parent")
+        )
         if problem:
             self.add_error("parent", problem)
         return data
@@ -243,8 +247,6 @@ class CategoryAdmin(admin.ModelAdmin):
         # Deepest first, so a subtree selected whole can go.
         for category in queryset.order_by("-path"):
             services.category_delete(category=category)
-
-
 
 
 # --- SKUs --------------------------------------------------------------------------------------
@@ -342,9 +344,10 @@ class SkuAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        manifest_changed = bool(
-            {"manifest_text", "manifest_signature"} & set(self.changed_data)
-        ) and "manifest_text" in self.fields
+        manifest_changed = (
+            bool({"manifest_text", "manifest_signature"} & set(self.changed_data))
+            and "manifest_text" in self.fields
+        )
         if manifest_changed:
             text = data.get("manifest_text", "").strip()
             if not text:
@@ -536,6 +539,9 @@ class SkuAdmin(admin.ModelAdmin):
         if formset.model is not RoyaltySplit:
             super().save_formset(request, form, formset, change)
             return
+        # The admin's change message reads what formset.save() would have recorded; the service
+        # replaces the splits as a whole, so every old one goes and the new ones are added.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         if not formset.has_changed():
             return
         splits = [
@@ -543,7 +549,8 @@ class SkuAdmin(admin.ModelAdmin):
             for split_form in formset.forms
             if split_form.cleaned_data and not split_form.cleaned_data.get("DELETE")
         ]
-        services.sku_splits_set(sku_id=form.instance.pk, splits=splits)
+        formset.deleted_objects = [split_form.instance for split_form in formset.initial_forms]
+        formset.new_objects = services.sku_splits_set(sku_id=form.instance.pk, splits=splits)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # retire instead: orders and licenses refer to SKUs
@@ -558,7 +565,9 @@ class SkuAdmin(admin.ModelAdmin):
             try:
                 services.sku_activate(sku_id=sku.pk)
             except ApplicationError as exc:
-                self.message_user(request, f"{sku.slug} was not activated: {exc.detail}", messages.ERROR)
+                self.message_user(
+                    request, f"{sku.slug} was not activated: {exc.detail}", messages.ERROR
+                )
             else:
                 activated += 1
         if activated:
@@ -599,7 +608,15 @@ class SkuAdmin(admin.ModelAdmin):
 
 @admin.register(Artifact)
 class ArtifactAdmin(admin.ModelAdmin):
-    list_display = ["filename", "sku", "size", "sha256", "uploaded_at", "uploaded_by", "integrity_ok"]
+    list_display = [
+        "filename",
+        "sku",
+        "size",
+        "sha256",
+        "uploaded_at",
+        "uploaded_by",
+        "integrity_ok",
+    ]
     list_filter = ["integrity_ok"]
     search_fields = ["sha256", "filename", "sku__slug", "uuid"]
     list_select_related = ["sku", "uploaded_by"]
@@ -614,7 +631,9 @@ class ArtifactAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.action(description="Check integrity in storage (in the background)", permissions=["view"])
+    @admin.action(
+        description="Check integrity in storage (in the background)", permissions=["view"]
+    )
     def check_integrity(self, request: HttpRequest, queryset: QuerySet[Artifact]) -> None:
         from catalog.tasks import artifact_check_integrity
 

@@ -44,22 +44,82 @@ CATEGORIES = [
 
 # partner, category, currency, title stems
 LINES = [
-    ("northwind", "developer-tools", "USD", ["Build Cache", "Log Lens", "Schema Diff", "Trace Kit",
-                                             "Query Pilot", "Lint Forge"]),
-    ("northwind", "security-tools", "EUR", ["Secret Scanner", "Cert Watch", "Audit Trail Pro",
-                                            "Key Vault Lite"]),
-    ("tensor-atelier", "language-models", "USD", ["Tiny Summarizer", "Code Completer",
-                                                  "Intent Classifier", "Tone Detector",
-                                                  "Entity Tagger", "Query Rewriter"]),
-    ("tensor-atelier", "vision-models", "EUR", ["Defect Spotter", "Plate Reader", "Shelf Counter",
-                                                "Leaf Health"]),
-    ("polygon-forge", "3d-assets", "USD", ["Low-poly Village", "Sci-fi Corridor", "Medieval Props",
-                                           "Desert Rocks", "Modular Dungeon", "Harbour Boats"]),
-    ("polygon-forge", "textures", "GBP", ["Worn Metal", "Rough Concrete", "Painted Wood",
-                                          "Mossy Stone", "Brushed Steel", "Cracked Asphalt"]),
-    ("lumen-audio", "audio-assets", "USD", ["Ambient Forest", "Retro UI Clicks", "Orchestral Hits",
-                                            "City Night", "Footsteps Library", "Synth Risers"]),
-    ("lumen-audio", "audio-assets", "JPY", ["Taiko Loops", "Temple Bells", "Rain on Roof", "Night Market"]),
+    (
+        "northwind",
+        "developer-tools",
+        "USD",
+        ["Build Cache", "Log Lens", "Schema Diff", "Trace Kit", "Query Pilot", "Lint Forge"],
+    ),
+    (
+        "northwind",
+        "security-tools",
+        "EUR",
+        ["Secret Scanner", "Cert Watch", "Audit Trail Pro", "Key Vault Lite"],
+    ),
+    (
+        "tensor-atelier",
+        "language-models",
+        "USD",
+        [
+            "Tiny Summarizer",
+            "Code Completer",
+            "Intent Classifier",
+            "Tone Detector",
+            "Entity Tagger",
+            "Query Rewriter",
+        ],
+    ),
+    (
+        "tensor-atelier",
+        "vision-models",
+        "EUR",
+        ["Defect Spotter", "Plate Reader", "Shelf Counter", "Leaf Health"],
+    ),
+    (
+        "polygon-forge",
+        "3d-assets",
+        "USD",
+        [
+            "Low-poly Village",
+            "Sci-fi Corridor",
+            "Medieval Props",
+            "Desert Rocks",
+            "Modular Dungeon",
+            "Harbour Boats",
+        ],
+    ),
+    (
+        "polygon-forge",
+        "textures",
+        "GBP",
+        [
+            "Worn Metal",
+            "Rough Concrete",
+            "Painted Wood",
+            "Mossy Stone",
+            "Brushed Steel",
+            "Cracked Asphalt",
+        ],
+    ),
+    (
+        "lumen-audio",
+        "audio-assets",
+        "USD",
+        [
+            "Ambient Forest",
+            "Retro UI Clicks",
+            "Orchestral Hits",
+            "City Night",
+            "Footsteps Library",
+            "Synth Risers",
+        ],
+    ),
+    (
+        "lumen-audio",
+        "audio-assets",
+        "JPY",
+        ["Taiko Loops", "Temple Bells", "Rain on Roof", "Night Market"],
+    ),
 ]
 
 # What the demo leaves off sale, to show each status and a refusal: slug -> status.
@@ -85,7 +145,9 @@ class DemoResult:
 
 
 def partner_demo_key(slug: str) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"demo-key:{slug}".encode()).digest())
+    return Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(f"demo-key:{slug}".encode()).digest()
+    )
 
 
 def _artifact_bytes(slug: str, title: str, version: str) -> bytes:
@@ -137,7 +199,9 @@ def load_catalog_demo(*, keys_dir: Path, log: Callable[[str], None] = print) -> 
         )
         if not partner.keys.filter(key_id="demo-2026").exists():
             services.partner_key_register(
-                partner=partner, key_id="demo-2026", public_key=base64.b64encode(public_raw).decode()
+                partner=partner,
+                key_id="demo-2026",
+                public_key=base64.b64encode(public_raw).decode(),
             )
         (keys_dir / f"{slug}.pem").write_bytes(
             private_key.private_bytes(
@@ -214,7 +278,9 @@ def _create_demo_sku(
     )
     content = _artifact_bytes(slug, title, version)
     artifact = services.sku_artifact_upload(
-        sku=sku, content=io.BytesIO(content), filename=f"{slug}-{version}.zip",
+        sku=sku,
+        content=io.BytesIO(content),
+        filename=f"{slug}-{version}.zip",
         content_type="application/zip",
     )
     sku.refresh_from_db()

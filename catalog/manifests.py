@@ -80,7 +80,11 @@ def manifest_for(sku: "Sku", artifact: "Artifact") -> dict[str, Any]:
         "publisher": sku.partner.slug,
         "sku": sku.slug,
         "version": sku.version,
-        "artifact": {"filename": artifact.filename, "size": artifact.size, "sha256": artifact.sha256},
+        "artifact": {
+            "filename": artifact.filename,
+            "size": artifact.size,
+            "sha256": artifact.sha256,
+        },
     }
 
 

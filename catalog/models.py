@@ -132,7 +132,7 @@ class Category(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.path.strip("/").replace("/", " › ") if self.path else self.name
+        return self.path.strip("/").replace("/", " / ") if self.path else self.name
 
 
 class SkuStatus(models.TextChoices):

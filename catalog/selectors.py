@@ -43,9 +43,9 @@ class CategoryNode:
 
 def category_list_public() -> list[CategoryNode]:
     categories = list(
-        Category.objects.select_related("parent").annotate(
-            own_count=Count("skus", filter=Q(skus__status=SkuStatus.ACTIVE))
-        )
+        Category.objects.select_related("parent")
+        .annotate(own_count=Count("skus", filter=Q(skus__status=SkuStatus.ACTIVE)))
+        .order_by("path")  # Meta.ordering does not apply to a query with GROUP BY
     )
     totals = {category.path: 0 for category in categories}
     for category in categories:
@@ -97,9 +97,7 @@ def sku_activation_blockers(sku: Sku) -> list[str]:
     if not splits["count"]:
         reasons.append("no royalty splits are set")
     elif splits["total"] != BASIS_POINTS_TOTAL:
-        reasons.append(
-            f"the royalty splits sum to {splits['total']:,} basis points, not 10,000"
-        )
+        reasons.append(f"the royalty splits sum to {splits['total']:,} basis points, not 10,000")
     if splits["inactive"]:
         reasons.append(f"{splits['inactive']} partner(s) in the royalty splits are deactivated")
     return reasons

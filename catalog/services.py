@@ -6,7 +6,7 @@ an unreachable Kernel never holds a row lock.
 """
 
 import base64
-import binascii
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,9 +114,7 @@ def partner_key_register(*, partner: Partner, key_id: str, public_key: str) -> P
     except ValidationError as exc:
         raise InvalidPartnerKey(
             "The key cannot be registered: " + "; ".join(exc.messages),
-            errors={
-                field: list(messages) for field, messages in exc.message_dict.items()
-            },
+            errors={field: list(messages) for field, messages in exc.message_dict.items()},
         ) from None
     try:
         with transaction.atomic():
@@ -287,10 +285,8 @@ def _safe_filename(filename: str) -> str:
 
 def _discard(storage_key: str) -> None:
     # A failed upload may have left part of the file behind under its key.
-    try:
+    with contextlib.suppress(OSError, BotoCoreError, ClientError):
         default_storage.delete(storage_key)
-    except (OSError, BotoCoreError, ClientError):
-        pass  # the nightly orphan sweep removes what could not be removed now
 
 
 def artifact_store(*, content: BinaryIO, filename: str, content_type: str = "") -> StoredArtifact:

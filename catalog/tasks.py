@@ -1,6 +1,7 @@
 """Catalog work done by the workers. Tasks load by id and call a service; running one twice is
 harmless because each service re-reads the current state under a lock before writing."""
 
+import contextlib
 import hashlib
 import logging
 
@@ -74,19 +75,19 @@ def artifact_check_integrity(artifact_id: int) -> bool | None:
     )
     if not intact:
         logger.error(
-            "artifact %s (%s) no longer matches its recorded hash", artifact.uuid, artifact.storage_key
+            "artifact %s (%s) no longer matches its recorded hash",
+            artifact.uuid,
+            artifact.storage_key,
         )
         on_sale = Sku.objects.filter(artifact=artifact, status=SkuStatus.ACTIVE).values_list(
             "pk", flat=True
         )
         for sku_id in on_sale:
-            try:
+            with contextlib.suppress(TransitionRefused):  # taken off sale meanwhile
                 sku_suspend(
                     sku_id=sku_id,
                     reason=f"artifact {artifact.filename} changed in storage since upload",
                 )
-            except TransitionRefused:
-                pass  # taken off sale meanwhile
 
     return intact
 

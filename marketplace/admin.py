@@ -52,11 +52,27 @@ class UserAdmin(DjangoUserAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["hint", "user", "name", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_display = [
+        "hint",
+        "user",
+        "name",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["hint", "user__email", "name"]
     list_select_related = ["user"]
-    readonly_fields = ["user", "name", "hint", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    readonly_fields = [
+        "user",
+        "name",
+        "hint",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
     fields = readonly_fields
     actions = ["revoke"]
 
@@ -70,5 +86,3 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         count = sum(1 for token in queryset if api_token_revoke(token_pk=token.pk))
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
-
-

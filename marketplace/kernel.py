@@ -123,10 +123,19 @@ class HttpKernel:
             "registered_key_ids": [key.key_id for key in publisher_keys],
         }
         try:
+            # A redirect is not part of the Kernel's API. Following one would send the manifest
+            # and our client certificate to wherever it points and take that answer as the
+            # Kernel's.
             response = requests.post(
-                url, json=payload, cert=self.cert, verify=self.verify, timeout=self.timeout
+                url,
+                json=payload,
+                cert=self.cert,
+                verify=self.verify,
+                timeout=self.timeout,
+                allow_redirects=False,
             )
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
+            # OSError: the client certificate, key or CA file cannot be read.
             raise KernelUnavailable(f"the Kernel at {self.base_url} is unreachable: {exc}") from exc
         if response.status_code >= 500:
             raise KernelUnavailable(
@@ -139,15 +148,28 @@ class HttpKernel:
                 f"the Kernel at {self.base_url} answered HTTP {response.status_code} "
                 "with a body that is not JSON"
             ) from None
-        if response.status_code == 200 and body.get("verified") is True:
-            return ManifestVerdict(
-                True, body.get("reason") or "verified by the Kernel", str(body.get("key_id", ""))
+        if not isinstance(body, dict):
+            raise KernelUnavailable(
+                f"the Kernel at {self.base_url} answered HTTP {response.status_code} "
+                "with JSON that is not an object"
             )
-        if response.status_code in (200, 400, 409, 422):
+        verified = body.get("verified")
+        if response.status_code == 200 and verified is True:
+            return ManifestVerdict(
+                True, body.get("reason") or "verified by the Kernel", str(body.get("key_id") or "")
+            )
+        # Only an explicit "verified": false (or a 4xx about the request) is a rejection; an
+        # answer that says neither is a fault on the Kernel's side, and must not take SKUs
+        # off sale.
+        if (response.status_code == 200 and verified is False) or response.status_code in (
+            400,
+            409,
+            422,
+        ):
             reason = body.get("reason") or body.get("detail") or "no reason given"
             return ManifestVerdict(False, f"the Kernel rejected the manifest: {reason}")
         raise KernelUnavailable(
-            f"the Kernel at {self.base_url} answered an unexpected HTTP {response.status_code}"
+            f"the Kernel at {self.base_url} answered HTTP {response.status_code} without a verdict"
         )
 
 

@@ -20,7 +20,11 @@ _CATALOG_MODELS = ("partner", "partnerkey", "category", "sku", "royaltysplit")
 
 ROLE_PERMISSIONS: dict[str, set[str]] = {
     CONTENT_OPS: {
-        *(f"catalog.{verb}_{model}" for model in _CATALOG_MODELS for verb in ("add", "change", "view")),
+        *(
+            f"catalog.{verb}_{model}"
+            for model in _CATALOG_MODELS
+            for verb in ("add", "change", "view")
+        ),
         "catalog.delete_royaltysplit",
         "catalog.delete_category",
         "catalog.view_artifact",

@@ -19,8 +19,10 @@ class HealthView(APIView):
 
     @extend_schema(
         summary="Readiness of the database, cache, broker and storage",
-        responses={200: OpenApiResponse(description="All checks passed"),
-                   503: OpenApiResponse(description="At least one check failed")},
+        responses={
+            200: OpenApiResponse(description="All checks passed"),
+            503: OpenApiResponse(description="At least one check failed"),
+        },
     )
     def get(self, request: Request) -> Response:
         report = health_report()

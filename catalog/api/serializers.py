@@ -65,7 +65,9 @@ class LicenseTermsSerializer(serializers.Serializer):
         source="license_duration_days", allow_null=True, help_text="null: perpetual."
     )
     seats = serializers.IntegerField(source="license_seats")
-    entitlements = serializers.ListField(source="license_entitlements", child=serializers.CharField())
+    entitlements = serializers.ListField(
+        source="license_entitlements", child=serializers.CharField()
+    )
     terms_url = serializers.URLField(source="license_terms_url")
 
 

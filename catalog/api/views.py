@@ -62,7 +62,9 @@ class SkuListView(generics.ListAPIView):
     def _page(self, request: Request) -> dict[str, Any]:
         filterset = SkuFilter(request.query_params, queryset=self.get_queryset(), request=request)
         if not filterset.is_valid():
-            raise ValidationError({field: list(errors) for field, errors in filterset.errors.items()})
+            raise ValidationError(
+                {field: list(errors) for field, errors in filterset.errors.items()}
+            )
         self.cursor_ordering = filterset.ordering_fields()
         page = self.paginate_queryset(filterset.qs)
         return self.get_paginated_response(self.get_serializer(page, many=True).data).data

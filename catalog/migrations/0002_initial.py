@@ -6,126 +6,216 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('catalog', '0001_initial'),
+        ("catalog", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='artifact',
-            name='uploaded_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="artifact",
+            name="uploaded_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='category',
-            name='parent',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='children', to='catalog.category'),
+            model_name="category",
+            name="parent",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="children",
+                to="catalog.category",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='partner',
-            constraint=models.CheckConstraint(condition=models.Q(('kind__in', ['publisher', 'creator'])), name='partner_kind_valid'),
+            model_name="partner",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("kind__in", ["publisher", "creator"])),
+                name="partner_kind_valid",
+            ),
         ),
         migrations.AddField(
-            model_name='partnerkey',
-            name='partner',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='keys', to='catalog.partner'),
+            model_name="partnerkey",
+            name="partner",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="keys",
+                to="catalog.partner",
+            ),
         ),
         migrations.AddField(
-            model_name='royaltysplit',
-            name='partner',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='royalty_splits', to='catalog.partner'),
+            model_name="royaltysplit",
+            name="partner",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="royalty_splits",
+                to="catalog.partner",
+            ),
         ),
         migrations.AddField(
-            model_name='sku',
-            name='artifact',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='catalog.artifact'),
+            model_name="sku",
+            name="artifact",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="catalog.artifact",
+            ),
         ),
         migrations.AddField(
-            model_name='sku',
-            name='category',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='skus', to='catalog.category'),
+            model_name="sku",
+            name="category",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="skus",
+                to="catalog.category",
+            ),
         ),
         migrations.AddField(
-            model_name='sku',
-            name='partner',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='skus', to='catalog.partner'),
+            model_name="sku",
+            name="partner",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="skus",
+                to="catalog.partner",
+            ),
         ),
         migrations.AddField(
-            model_name='royaltysplit',
-            name='sku',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='splits', to='catalog.sku'),
+            model_name="royaltysplit",
+            name="sku",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="splits", to="catalog.sku"
+            ),
         ),
         migrations.AddField(
-            model_name='artifact',
-            name='sku',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='artifacts', to='catalog.sku'),
+            model_name="artifact",
+            name="sku",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="artifacts",
+                to="catalog.sku",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='category',
-            constraint=models.CheckConstraint(condition=models.Q(('parent__isnull', True), models.Q(('parent', models.F('pk')), _negated=True), _connector='OR'), name='category_not_own_parent'),
+            model_name="category",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("parent__isnull", True),
+                    models.Q(("parent", models.F("pk")), _negated=True),
+                    _connector="OR",
+                ),
+                name="category_not_own_parent",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='partnerkey',
-            constraint=models.UniqueConstraint(fields=('partner', 'key_id'), name='partnerkey_id_unique'),
+            model_name="partnerkey",
+            constraint=models.UniqueConstraint(
+                fields=("partner", "key_id"), name="partnerkey_id_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='partnerkey',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['active', 'revoked'])), name='partnerkey_status_valid'),
+            model_name="partnerkey",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["active", "revoked"])),
+                name="partnerkey_status_valid",
+            ),
         ),
         migrations.AddIndex(
-            model_name='sku',
-            index=models.Index(fields=['status', '-created_at'], name='sku_status_created'),
+            model_name="sku",
+            index=models.Index(fields=["status", "-created_at"], name="sku_status_created"),
         ),
         migrations.AddIndex(
-            model_name='sku',
-            index=models.Index(fields=['status', 'price_amount'], name='sku_status_price'),
+            model_name="sku",
+            index=models.Index(fields=["status", "price_amount"], name="sku_status_price"),
         ),
         migrations.AddIndex(
-            model_name='sku',
-            index=models.Index(fields=['status', 'title'], name='sku_status_title'),
+            model_name="sku",
+            index=models.Index(fields=["status", "title"], name="sku_status_title"),
         ),
         migrations.AddConstraint(
-            model_name='sku',
-            constraint=models.CheckConstraint(condition=models.Q(('price_amount__gt', 0)), name='sku_price_positive'),
+            model_name="sku",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("price_amount__gt", 0)), name="sku_price_positive"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sku',
-            constraint=models.CheckConstraint(condition=models.Q(('currency__regex', '^[A-Z]{3}$')), name='sku_currency_iso4217'),
+            model_name="sku",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("currency__regex", "^[A-Z]{3}$")), name="sku_currency_iso4217"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sku',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['draft', 'active', 'suspended', 'retired'])), name='sku_status_valid'),
+            model_name="sku",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["draft", "active", "suspended", "retired"])),
+                name="sku_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sku',
-            constraint=models.CheckConstraint(condition=models.Q(('manifest_status__in', ['missing', 'pending', 'verified', 'rejected', 'unavailable'])), name='sku_manifest_status_valid'),
+            model_name="sku",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "manifest_status__in",
+                        ["missing", "pending", "verified", "rejected", "unavailable"],
+                    )
+                ),
+                name="sku_manifest_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sku',
-            constraint=models.CheckConstraint(condition=models.Q(('license_seats__gte', 1)), name='sku_seats_positive'),
+            model_name="sku",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("license_seats__gte", 1)), name="sku_seats_positive"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sku',
-            constraint=models.CheckConstraint(condition=models.Q(('preview_ttl_seconds__gte', 60), ('preview_ttl_seconds__lte', 86400)), name='sku_preview_ttl_range'),
+            model_name="sku",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("preview_ttl_seconds__gte", 60), ("preview_ttl_seconds__lte", 86400)
+                ),
+                name="sku_preview_ttl_range",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sku',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('status', 'active'), _negated=True), models.Q(('artifact__isnull', False), ('manifest_status', 'verified')), _connector='OR'), name='sku_active_is_complete'),
+            model_name="sku",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("status", "active"), _negated=True),
+                    models.Q(("artifact__isnull", False), ("manifest_status", "verified")),
+                    _connector="OR",
+                ),
+                name="sku_active_is_complete",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='royaltysplit',
-            constraint=models.UniqueConstraint(fields=('sku', 'partner'), name='royaltysplit_unique_partner'),
+            model_name="royaltysplit",
+            constraint=models.UniqueConstraint(
+                fields=("sku", "partner"), name="royaltysplit_unique_partner"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='royaltysplit',
-            constraint=models.CheckConstraint(condition=models.Q(('basis_points__gte', 1), ('basis_points__lte', 10000)), name='royaltysplit_bp_range'),
+            model_name="royaltysplit",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("basis_points__gte", 1), ("basis_points__lte", 10000)),
+                name="royaltysplit_bp_range",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='artifact',
-            constraint=models.CheckConstraint(condition=models.Q(('sha256__regex', '^[0-9a-f]{64}$')), name='artifact_sha256_hex'),
+            model_name="artifact",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("sha256__regex", "^[0-9a-f]{64}$")), name="artifact_sha256_hex"
+            ),
         ),
     ]

@@ -24,7 +24,7 @@ if not DATA_DIR.is_absolute():
     DATA_DIR = BASE_DIR / DATA_DIR
 
 # A fixed, well-known key: fine on a laptop, refused by production.py.
-DEV_SECRET_KEY = "dev-only-marketplace-secret-key-refused-in-production-0123456789abcdef"
+DEV_SECRET_KEY = "dev-only-marketplace-secret-key-refused-in-production-0123456789abcdef"  # noqa: S105
 SECRET_KEY = env.str("MARKETPLACE_SECRET_KEY", default=DEV_SECRET_KEY)
 
 DEBUG = env.bool("MARKETPLACE_DEBUG", default=False)

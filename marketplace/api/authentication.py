@@ -23,9 +23,7 @@ class BearerTokenAuthentication(BaseAuthentication):
             raise AuthenticationFailed("The bearer token must be ASCII.") from None
 
         api_token = (
-            ApiToken.objects.select_related("user")
-            .filter(digest=ApiToken.digest_of(token))
-            .first()
+            ApiToken.objects.select_related("user").filter(digest=ApiToken.digest_of(token)).first()
         )
         now = timezone.now()
         if api_token is None or not api_token.is_usable_at(now) or not api_token.user.is_active:

@@ -36,7 +36,11 @@ class SignedCursorPagination(CursorPagination):
             size = 0
         if not 1 <= size <= self.max_page_size:
             raise ValidationError(
-                {self.page_size_query_param: [f"Must be a whole number from 1 to {self.max_page_size}."]}
+                {
+                    self.page_size_query_param: [
+                        f"Must be a whole number from 1 to {self.max_page_size}."
+                    ]
+                }
             )
         return size
 
@@ -62,16 +66,20 @@ class SignedCursorPagination(CursorPagination):
             offset, reverse, position, ordering = signing.loads(encoded, salt=self._salt)
         except (signing.BadSignature, ValueError, TypeError):
             raise ValidationError(
-                {self.cursor_query_param: [
-                    "Not a cursor this API issued (it was altered or made up); "
-                    "start again from the first page."
-                ]}
+                {
+                    self.cursor_query_param: [
+                        "Not a cursor this API issued (it was altered or made up); "
+                        "start again from the first page."
+                    ]
+                }
             ) from None
         if ordering != self._ordering_key():
             raise ValidationError(
-                {self.cursor_query_param: [
-                    "This cursor belongs to another ordering; keep `ordering` unchanged while "
-                    "following next/previous links."
-                ]}
+                {
+                    self.cursor_query_param: [
+                        "This cursor belongs to another ordering; keep `ordering` unchanged while "
+                        "following next/previous links."
+                    ]
+                }
             )
         return Cursor(offset=int(offset), reverse=bool(reverse), position=position)

@@ -55,8 +55,10 @@ def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     if isinstance(detail, dict):
         for key, value in detail.items():
             flat.update(flatten_errors(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(detail, list) and detail and all(
-        isinstance(item, str | drf_exceptions.ErrorDetail) for item in detail
+    elif (
+        isinstance(detail, list)
+        and detail
+        and all(isinstance(item, str | drf_exceptions.ErrorDetail) for item in detail)
     ):
         flat[prefix or api_settings.NON_FIELD_ERRORS_KEY] = [str(item) for item in detail]
     elif isinstance(detail, list):
@@ -131,6 +133,4 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             instance=instance,
         )
 
-    return Response(
-        body, status=body["status"], headers=headers, content_type=PROBLEM_CONTENT_TYPE
-    )
+    return Response(body, status=body["status"], headers=headers, content_type=PROBLEM_CONTENT_TYPE)

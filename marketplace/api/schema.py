@@ -19,4 +19,6 @@ class ProblemSerializer(serializers.Serializer):
 
 
 def problem(description: str) -> OpenApiResponse:
-    return OpenApiResponse(ProblemSerializer, description=f"{description} (application/problem+json)")
+    return OpenApiResponse(
+        ProblemSerializer, description=f"{description} (application/problem+json)"
+    )

@@ -18,7 +18,6 @@ from tests.catalog.factories import (
     CategoryFactory,
     PartnerFactory,
     SkuFactory,
-    make_publisher,
     publish_sku,
 )
 from tests.support.keys import new_signing_key, public_key_b64, public_key_pem, sign_manifest
@@ -286,9 +285,7 @@ def test_splits_that_do_not_sum_to_10000_are_refused_and_nothing_is_written(
     partners = [publisher.partner, PartnerFactory()]
 
     with pytest.raises(InvalidSplits) as caught:
-        services.sku_splits_set(
-            sku_id=sku.pk, splits=list(zip(partners, shares, strict=False))
-        )
+        services.sku_splits_set(sku_id=sku.pk, splits=list(zip(partners, shares, strict=False)))
 
     assert any(message.endswith(problem) for message in caught.value.errors["splits"])
     assert list(RoyaltySplit.objects.values_list("partner__slug", "basis_points")) == [

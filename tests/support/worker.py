@@ -66,10 +66,23 @@ def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProce
         env["MARKETPLACE_S3_ENDPOINT_URL"] = storage["OPTIONS"]["endpoint_url"]
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "config", "worker",
-            "--pool=solo", "-Q", queue, "-n", f"{queue}@%h", "--purge",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+            "-n",
+            f"{queue}@%h",
+            "--purge",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=INFO",
+        ],
         cwd=BASE_DIR,
         env=env,
         stdout=subprocess.PIPE,

@@ -18,7 +18,9 @@ class Command(BaseCommand):
             "--expires-days", type=int, default=None, help="Days until the token expires."
         )
 
-    def handle(self, *args: Any, email: str, name: str, expires_days: int | None, **kw: Any) -> None:
+    def handle(
+        self, *args: Any, email: str, name: str, expires_days: int | None, **kw: Any
+    ) -> None:
         if expires_days is not None and expires_days <= 0:
             raise CommandError("--expires-days must be a positive number of days.")
         expires_at = timezone.now() + timedelta(days=expires_days) if expires_days else None

@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--staff-password",
             default=None,
-            help="Password for the staff account; a fresh random one is set and printed if omitted.",
+            help="The staff account's password; by default a fresh random one, printed.",
         )
 
     def handle(self, *args: Any, staff_email: str, staff_password: str | None, **kw: Any) -> None:
@@ -41,7 +41,9 @@ class Command(BaseCommand):
         password = staff_password or secrets.token_urlsafe(12)
         with transaction.atomic():
             roles_sync()
-            staff = User.objects.filter(email__iexact=staff_email).first() or User(email=staff_email)
+            staff = User.objects.filter(email__iexact=staff_email).first() or User(
+                email=staff_email
+            )
             staff.is_staff = True
             staff.is_superuser = True
             staff.set_password(password)

@@ -1,0 +1,74 @@
+"""Catalog work that crosses the queue, run by a real worker process."""
+
+from pathlib import Path
+
+import pytest
+from django.core.files.storage import default_storage
+
+from catalog import services
+from catalog.manifests import manifest_for
+from catalog.models import Artifact, ManifestStatus, Sku, SkuStatus
+from catalog.selectors import sku_activation_blockers
+from catalog.tasks import artifact_check_integrity, artifacts_check_integrity
+from tests.catalog.factories import publish_sku
+from tests.support.keys import sign_manifest
+from tests.support.worker import wait_until
+
+pytestmark = pytest.mark.worker
+
+
+def test_an_attached_manifest_is_verified_by_the_worker(celery_worker, publisher):
+    sku = publish_sku(publisher, activate=False)
+    manifest = manifest_for(sku, sku.artifact) | {"note": "second build"}
+    Sku.objects.filter(pk=sku.pk).update(manifest_status=ManifestStatus.MISSING)
+
+    # Commits, then queues the check: nothing here verifies it.
+    services.sku_manifest_attach(
+        sku_id=sku.pk, manifest=manifest, signature=sign_manifest(publisher.key, manifest)
+    )
+    assert Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.PENDING
+
+    wait_until(
+        lambda: Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.VERIFIED,
+        worker=celery_worker,
+    )
+    sku.refresh_from_db()
+    assert sku.manifest_key_id == "k1"
+    assert "sku_verify_manifest" in celery_worker.log()
+
+
+def test_a_tampered_artifact_is_found_by_the_nightly_check_and_taken_off_sale(
+    celery_worker, publisher
+):
+    intact = publish_sku(publisher, slug="intact")
+    tampered = publish_sku(publisher, slug="tampered")
+    stored = Path(default_storage.path(tampered.artifact.storage_key))
+    stored.write_bytes(stored.read_bytes()[:-1] + b"!")
+
+    artifacts_check_integrity.delay()
+
+    wait_until(
+        lambda: Artifact.objects.filter(integrity_ok__isnull=False).count() == 2,
+        worker=celery_worker,
+    )
+    assert Artifact.objects.get(pk=intact.artifact_id).integrity_ok is True
+    assert Artifact.objects.get(pk=tampered.artifact_id).integrity_ok is False
+    tampered.refresh_from_db()
+    assert tampered.status == SkuStatus.SUSPENDED
+    assert tampered.status_reason == "artifact package.zip changed in storage since upload"
+    assert Sku.objects.get(pk=intact.pk).status == SkuStatus.ACTIVE
+
+
+@pytest.mark.django_db
+def test_integrity_check_runs_twice_without_harm(publisher):
+    sku = publish_sku(publisher)
+    Path(default_storage.path(sku.artifact.storage_key)).unlink()
+
+    assert artifact_check_integrity(sku.artifact_id) is False
+    assert artifact_check_integrity(sku.artifact_id) is False  # already suspended: no error
+
+    sku.refresh_from_db()
+    assert sku.status == SkuStatus.SUSPENDED
+    assert "the artifact failed its last integrity check; upload it again" in (
+        sku_activation_blockers(sku)
+    )
