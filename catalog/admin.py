@@ -17,6 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from catalog import services
+from catalog.exceptions import TransitionRefused
 from catalog.manifests import manifest_for, manifest_parse
 from catalog.models import (
     BASIS_POINTS_TOTAL,
@@ -120,6 +121,9 @@ class PartnerAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "kind", "is_active", "key_count", "sku_count", "updated_at"]
     list_filter = ["kind", "is_active"]
     search_fields = ["name", "slug", "legal_name", "contract_reference", "payout_reference"]
+    # Explicit: Meta.ordering does not reach the annotated (GROUP BY) queryset, and the
+    # partner autocomplete pages through it.
+    ordering = ["slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [PartnerKeyInline]
     formfield_overrides = URL_FIELDS_HTTPS
@@ -153,13 +157,18 @@ class PartnerAdmin(admin.ModelAdmin):
         if formset.model is not PartnerKey:
             super().save_formset(request, form, formset, change)
             return
-        for key_form in formset.forms:
-            if key_form.instance.pk is None and key_form.has_changed():
-                services.partner_key_register(
-                    partner=form.instance,
-                    key_id=key_form.cleaned_data["key_id"],
-                    public_key=key_form.cleaned_data["public_key"],
-                )
+        # The admin's change message reads what formset.save() would have recorded.
+        formset.new_objects = [
+            services.partner_key_register(
+                partner=form.instance,
+                key_id=key_form.cleaned_data["key_id"],
+                public_key=key_form.cleaned_data["public_key"],
+            )
+            for key_form in formset.forms
+            if key_form.instance.pk is None and key_form.has_changed()
+        ]
+        formset.changed_objects = []
+        formset.deleted_objects = []
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # partners are deactivated, never deleted: orders and royalties refer to them
@@ -225,6 +234,7 @@ class CategoryAdmin(admin.ModelAdmin):
     list_display = ["__str__", "slug", "name", "parent", "sku_count"]
     search_fields = ["slug", "name", "path"]
     list_select_related = ["parent"]
+    ordering = ["path"]  # Meta.ordering does not reach the annotated (GROUP BY) queryset
     prepopulated_fields = {"slug": ["name"]}
     form = CategoryForm
     fields = ["name", "slug", "parent", "description", "path"]
@@ -292,6 +302,14 @@ class RoyaltySplitInline(admin.TabularInline):
     has_delete_permission = has_change_permission  # type: ignore[assignment]
 
 
+class HttpsURLField(forms.URLField):
+    """Takes a link typed without a scheme as https, as Django 6 will."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("assume_scheme", "https")
+        super().__init__(**kwargs)
+
+
 class SkuAdminForm(forms.ModelForm):
     artifact_file = forms.FileField(
         required=False,
@@ -327,7 +345,9 @@ class SkuAdminForm(forms.ModelForm):
         ]
         widgets = {
             "manifest_signature": forms.Textarea(attrs={"rows": 2, "cols": 90}),
+            "license_terms_url": forms.URLInput(attrs={"size": 60}),
         }
+        field_classes = {"license_terms_url": HttpsURLField}
         labels = {"manifest_signature": "Manifest signature", "price_amount": "Price (minor units)"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -564,9 +584,12 @@ class SkuAdmin(admin.ModelAdmin):
         for sku in queryset.order_by("pk"):
             try:
                 services.sku_activate(sku_id=sku.pk)
+            except TransitionRefused as exc:
+                reasons = "; ".join(exc.reasons)
+                self.message_user(request, f"Not activated: {sku.slug}: {reasons}.", messages.ERROR)
             except ApplicationError as exc:
                 self.message_user(
-                    request, f"{sku.slug} was not activated: {exc.detail}", messages.ERROR
+                    request, f"Not activated: {sku.slug}: {exc.detail}", messages.ERROR
                 )
             else:
                 activated += 1

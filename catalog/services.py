@@ -10,6 +10,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -372,6 +373,32 @@ def sku_artifact_upload(
     except BaseException:
         _discard(stored.storage_key)
         raise
+
+
+def _stored_artifact_keys() -> list[str]:
+    try:
+        folders, _ = default_storage.listdir("artifacts")
+    except FileNotFoundError:
+        return []
+    return [
+        f"artifacts/{folder}/{name}"
+        for folder in folders
+        for name in default_storage.listdir(f"artifacts/{folder}")[1]
+    ]
+
+
+def artifact_orphans_delete(*, older_than: datetime) -> list[str]:
+    """Deletes stored artifact files that no artifact refers to and that are older than
+    `older_than`: uploads whose admin form was sent back with errors, or whose transaction
+    rolled back. Younger files are spared, as their upload may be about to be attached."""
+    referenced = set(Artifact.objects.values_list("storage_key", flat=True))
+    removed: list[str] = []
+    for key in _stored_artifact_keys():
+        if key in referenced or default_storage.get_modified_time(key) > older_than:
+            continue
+        default_storage.delete(key)
+        removed.append(key)
+    return removed
 
 
 def manifest_signature_parse(signature: str) -> str:

@@ -4,6 +4,7 @@ harmless because each service re-reads the current state under a lock before wri
 import contextlib
 import hashlib
 import logging
+from datetime import timedelta
 
 from celery import shared_task
 from django.core.files.storage import default_storage
@@ -11,11 +12,13 @@ from django.utils import timezone
 
 from catalog.exceptions import TransitionRefused
 from catalog.models import Artifact, ManifestStatus, Sku, SkuStatus
-from catalog.services import sku_manifest_verify, sku_suspend
+from catalog.services import artifact_orphans_delete, sku_manifest_verify, sku_suspend
 
 logger = logging.getLogger(__name__)
 
 INTEGRITY_CHUNK_BYTES = 1024 * 1024
+# Long enough that no upload still waiting to be attached is taken for an orphan.
+ORPHAN_GRACE = timedelta(days=1)
 
 
 @shared_task(
@@ -102,3 +105,11 @@ def artifacts_check_integrity() -> int:
     for artifact_id in artifact_ids:
         artifact_check_integrity.delay(artifact_id)
     return len(artifact_ids)
+
+
+@shared_task(soft_time_limit=600, time_limit=900)
+def artifacts_sweep_orphans() -> int:
+    removed = artifact_orphans_delete(older_than=timezone.now() - ORPHAN_GRACE)
+    if removed:
+        logger.info("removed %d stored artifact file(s) that nothing refers to", len(removed))
+    return len(removed)

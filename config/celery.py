@@ -22,4 +22,9 @@ app.conf.beat_schedule = {
         "task": "catalog.tasks.artifacts_check_integrity",
         "schedule": crontab(hour=3, minute=17),
     },
+    # Removes stored uploads that no artifact refers to (a form sent back after its upload).
+    "catalog-sweep-orphan-artifacts": {
+        "task": "catalog.tasks.artifacts_sweep_orphans",
+        "schedule": crontab(hour=4, minute=7),
+    },
 }

@@ -37,7 +37,7 @@ def check_cache() -> None:
 
 def check_broker() -> None:
     transport_options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-    if settings.CELERY_BROKER_URL == "filesystem://":
+    if settings.CELERY_BROKER_URL.startswith("filesystem:"):
         for option in ("data_folder_in", "control_folder"):
             folder = Path(transport_options[option])
             if not folder.is_dir():

@@ -1,4 +1,6 @@
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
@@ -10,7 +12,12 @@ from marketplace.roles import CONTENT_OPS, FINANCE, roles_sync
 from marketplace.services import api_token_issue
 from tests.catalog.factories import Publisher, make_publisher
 
-pytest_plugins = ["tests.support.moto", "tests.support.worker"]
+pytest_plugins = [
+    "tests.support.browser",
+    "tests.support.kernel",
+    "tests.support.moto",
+    "tests.support.worker",
+]
 
 STAFF_PASSWORD = "correct horse battery staple"
 
@@ -29,6 +36,19 @@ def _fresh_cache() -> Iterator[None]:
     _clear_cache()
     yield
     _clear_cache()
+
+
+@pytest.fixture(autouse=True)
+def _own_file_storage(settings: Any, tmp_path: Path) -> None:
+    """Each test gets an empty folder for stored files (unless it switches to S3)."""
+    default = settings.STORAGES["default"]
+    if default["BACKEND"].endswith("FileSystemStorage"):
+        location = tmp_path / "files"
+        location.mkdir()
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "default": {**default, "OPTIONS": {**default["OPTIONS"], "location": str(location)}},
+        }
 
 
 @pytest.fixture

@@ -180,10 +180,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 # --- Celery ------------------------------------------------------------------------------------
 
-BROKER_URL = env.str("MARKETPLACE_BROKER_URL", default="") or REDIS_URL or "filesystem://"
+BROKER_URL = env.str("MARKETPLACE_BROKER_URL", default="") or REDIS_URL or "filesystem://localhost/"
 CELERY_BROKER_URL = BROKER_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-if BROKER_URL == "filesystem://":
+if BROKER_URL.startswith("filesystem:"):
     _broker_dir = DATA_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),

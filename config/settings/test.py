@@ -37,7 +37,7 @@ CACHES["default"]["KEY_PREFIX"] = os.environ.get(
     "MARKETPLACE_TEST_CACHE_PREFIX", f"marketplace-test-{_worker}-{os.getpid()}"
 )
 
-if BROKER_URL == "filesystem://":
+if BROKER_URL.startswith("filesystem:"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(DATA_DIR / "broker/queue"),
         "data_folder_out": str(DATA_DIR / "broker/queue"),

@@ -171,3 +171,18 @@ def test_local_upload_reads_in_bounded_chunks(publisher):
     assert os.path.getsize(Path(default_storage.location) / sku.artifacts.get().storage_key) == (
         5 * MiB
     )
+
+
+def test_orphaned_uploads_are_swept_after_the_grace_period(publisher, storage_backend):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    kept = publish_sku(publisher).artifact
+    orphan = services.artifact_store(content=io.BytesIO(b"form sent back"), filename="o.zip")
+
+    assert services.artifact_orphans_delete(older_than=timezone.now() - timedelta(days=1)) == []
+    assert services.artifact_orphans_delete(older_than=timezone.now() + timedelta(seconds=5)) == [
+        orphan.storage_key
+    ]
+    assert stored_keys(storage_backend) == [kept.storage_key]

@@ -1,0 +1,97 @@
+"""Production refuses embedded defaults and insecure values, naming each variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+PRODUCTION = {
+    "MARKETPLACE_SERVICE_ENV": "prod",
+    "MARKETPLACE_SECRET_KEY": "k3y-" + "x7Gq2LmZ9vR4tW8pN1sB6cD0fH5jK3" * 2,
+    "MARKETPLACE_ALLOWED_HOSTS": "api.marketplace.example",
+    "MARKETPLACE_DATABASE_URL": "postgres://marketplace@db.internal:5432/marketplace",
+    "MARKETPLACE_REDIS_URL": "redis://cache.internal:6379/0",
+    "MARKETPLACE_S3_BUCKET": "marketplace-deliveries",
+    "MARKETPLACE_KERNEL_URL": "https://kernel.internal",
+    "MARKETPLACE_KERNEL_CERT": "/etc/marketplace/kernel.crt",
+    "MARKETPLACE_KERNEL_KEY": "/etc/marketplace/kernel.key",
+}
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPLACE_")}
+    clean.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_production_with_nothing_set_names_every_missing_variable():
+    result = manage("check", MARKETPLACE_SERVICE_ENV="prod")
+
+    assert result.returncode != 0
+    assert "Refusing to start with MARKETPLACE_SERVICE_ENV=prod" in result.stderr
+    for variable in (
+        "MARKETPLACE_SECRET_KEY",
+        "MARKETPLACE_ALLOWED_HOSTS",
+        "MARKETPLACE_DATABASE_URL",
+        "MARKETPLACE_REDIS_URL",
+        "MARKETPLACE_BROKER_URL",
+        "MARKETPLACE_S3_BUCKET",
+        "MARKETPLACE_KERNEL_URL",
+        "MARKETPLACE_KERNEL_CERT",
+        "MARKETPLACE_KERNEL_KEY",
+    ):
+        assert f"{variable}: " in result.stderr, variable
+    assert "Traceback" not in result.stderr.split("ImproperlyConfigured")[-1]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"MARKETPLACE_DEBUG": "1"}, "MARKETPLACE_DEBUG: must be off"),
+        ({"MARKETPLACE_ALLOWED_HOSTS": "*"}, "MARKETPLACE_ALLOWED_HOSTS: must not contain '*'"),
+        ({"MARKETPLACE_SECRET_KEY": "short"}, "MARKETPLACE_SECRET_KEY: too weak"),
+        (
+            {"MARKETPLACE_DATABASE_URL": "sqlite:////tmp/db.sqlite3"},
+            "MARKETPLACE_DATABASE_URL: must be a PostgreSQL URL",
+        ),
+        (
+            {"MARKETPLACE_KERNEL_URL": "http://kernel.internal"},
+            "MARKETPLACE_KERNEL_URL: must be an https:// URL",
+        ),
+        (
+            {"MARKETPLACE_BROKER_URL": "filesystem://"},
+            "MARKETPLACE_BROKER_URL: not set (the server-less broker is refused)",
+        ),
+    ],
+)
+def test_production_refuses_insecure_values(override, message):
+    result = manage("check", **{**PRODUCTION, **override})
+
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert result.stderr.count("\n  - ") == 1  # only the bad value is reported
+
+
+def test_production_like_settings_pass_check_deploy():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
+
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_an_unknown_service_env_is_refused():
+    result = manage("check", MARKETPLACE_SERVICE_ENV="production")
+    assert result.returncode != 0
+    assert "MARKETPLACE_SERVICE_ENV must be dev, staging or prod" in result.stderr
