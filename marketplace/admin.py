@@ -9,6 +9,10 @@ from django.http import HttpRequest
 from marketplace.models import ApiToken, User
 from marketplace.services import api_token_revoke
 
+admin.site.site_header = "Marketplace administration"
+admin.site.site_title = "Marketplace admin"
+admin.site.index_title = "Content, finance, security and support"
+
 
 class UserCreationForm(BaseUserCreationForm):
     class Meta:

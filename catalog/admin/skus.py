@@ -1,31 +1,22 @@
-"""Content ops run the catalog from here. Every save and action goes through catalog.services,
-so the admin enforces exactly the rules the API and the commands do."""
+"""SKUs: the form content ops publish with, splits inline, and the status actions."""
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
-from django.db import models
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from catalog import services
+from catalog.admin.common import URL_FIELDS_HTTPS, HttpsURLField, reason_action
 from catalog.exceptions import TransitionRefused
 from catalog.manifests import manifest_for, manifest_parse
 from catalog.models import (
     BASIS_POINTS_TOTAL,
-    Artifact,
-    Category,
-    KeyStatus,
-    Partner,
-    PartnerKey,
     RoyaltySplit,
     Sku,
     SkuStatus,
@@ -34,230 +25,6 @@ from catalog.selectors import sku_activation_blockers
 from catalog.services import StoredArtifact
 from marketplace.exceptions import ApplicationError
 from marketplace.money import format_amount
-
-# Links typed without a scheme are taken as https (Django 6's default).
-URL_FIELDS_HTTPS = {models.URLField: {"assume_scheme": "https"}}
-
-admin.site.site_header = "Marketplace administration"
-admin.site.site_title = "Marketplace admin"
-admin.site.index_title = "Content, finance, security and support"
-
-
-def _as_form_error(exc: ApplicationError) -> forms.ValidationError:
-    return forms.ValidationError(exc.detail)
-
-
-def _reason_action(
-    modeladmin: admin.ModelAdmin,
-    request: HttpRequest,
-    queryset: QuerySet,
-    *,
-    title: str,
-    apply: Callable[[Any, str], None],
-    done: str,
-) -> HttpResponse | None:
-    """An action that asks for a reason on an intermediate page, then applies to each object
-    and reports per object what was refused."""
-    reason = request.POST.get("reason", "").strip()
-    if "apply" in request.POST and reason:
-        applied = 0
-        for obj in queryset.order_by("pk"):
-            try:
-                apply(obj, reason)
-            except ApplicationError as exc:
-                modeladmin.message_user(request, f"{obj}: {exc.detail}", messages.ERROR)
-            else:
-                applied += 1
-        if applied:
-            modeladmin.message_user(request, done.format(count=applied), messages.SUCCESS)
-        return None
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "opts": modeladmin.model._meta,
-        "queryset": queryset,
-        "action": request.POST.get("action", ""),
-        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "reason_missing": "apply" in request.POST,
-    }
-    return TemplateResponse(request, "admin/catalog/action_reason.html", context)
-
-
-# --- Partners ----------------------------------------------------------------------------------
-
-
-class PartnerKeyForm(forms.ModelForm):
-    class Meta:
-        model = PartnerKey
-        fields = ["key_id", "public_key"]
-        widgets = {"public_key": forms.Textarea(attrs={"rows": 2, "cols": 60})}
-        help_texts = {"public_key": "Base64 of the raw 32-byte Ed25519 key, or a PEM public key."}
-
-    def clean_public_key(self) -> str:
-        try:
-            services.public_key_parse(self.cleaned_data["public_key"])
-        except ApplicationError as exc:
-            raise _as_form_error(exc) from None
-        return self.cleaned_data["public_key"]
-
-
-class PartnerKeyInline(admin.TabularInline):
-    model = PartnerKey
-    form = PartnerKeyForm
-    extra = 0
-    can_delete = False
-    fields = ["key_id", "public_key", "fingerprint", "status", "created_at", "revoked_reason"]
-    readonly_fields = ["fingerprint", "status", "created_at", "revoked_reason"]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return self.readonly_fields
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # a registered key is never edited; revoke it and register another
-
-
-@admin.register(Partner)
-class PartnerAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "kind", "is_active", "key_count", "sku_count", "updated_at"]
-    list_filter = ["kind", "is_active"]
-    search_fields = ["name", "slug", "legal_name", "contract_reference", "payout_reference"]
-    # Explicit: Meta.ordering does not reach the annotated (GROUP BY) queryset, and the
-    # partner autocomplete pages through it.
-    ordering = ["slug"]
-    prepopulated_fields = {"slug": ["name"]}
-    inlines = [PartnerKeyInline]
-    formfield_overrides = URL_FIELDS_HTTPS
-    fieldsets = [
-        (None, {"fields": ["name", "slug", "kind", "is_active"]}),
-        ("Contact", {"fields": ["legal_name", "contact_email", "website", "description"]}),
-        ("Contract and payout", {"fields": ["contract_reference", "payout_reference"]}),
-    ]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Partner]:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                key_count=Count("keys", distinct=True), sku_count=Count("skus", distinct=True)
-            )
-        )
-
-    @admin.display(description="Keys", ordering="key_count")
-    def key_count(self, partner: Partner) -> int:
-        return partner.key_count
-
-    @admin.display(description="SKUs", ordering="sku_count")
-    def sku_count(self, partner: Partner) -> int:
-        return partner.sku_count
-
-    def save_model(self, request: HttpRequest, obj: Partner, form: Any, change: bool) -> None:
-        services.partner_save(partner=obj)
-
-    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
-        if formset.model is not PartnerKey:
-            super().save_formset(request, form, formset, change)
-            return
-        # The admin's change message reads what formset.save() would have recorded.
-        formset.new_objects = [
-            services.partner_key_register(
-                partner=form.instance,
-                key_id=key_form.cleaned_data["key_id"],
-                public_key=key_form.cleaned_data["public_key"],
-            )
-            for key_form in formset.forms
-            if key_form.instance.pk is None and key_form.has_changed()
-        ]
-        formset.changed_objects = []
-        formset.deleted_objects = []
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # partners are deactivated, never deleted: orders and royalties refer to them
-
-
-@admin.register(PartnerKey)
-class PartnerKeyAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "partner", "status", "fingerprint", "created_at", "revoked_at"]
-    list_filter = ["status", "partner"]
-    search_fields = ["key_id", "fingerprint", "partner__slug", "partner__name"]
-    list_select_related = ["partner"]
-    readonly_fields = [
-        "partner",
-        "key_id",
-        "algorithm",
-        "public_key",
-        "fingerprint",
-        "status",
-        "created_at",
-        "revoked_at",
-        "revoked_reason",
-    ]
-    actions = ["revoke"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # keys are registered on their partner's page
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.action(description="Revoke selected keys (SKUs they verified leave sale)")
-    def revoke(self, request: HttpRequest, queryset: QuerySet[PartnerKey]) -> HttpResponse | None:
-        return _reason_action(
-            self,
-            request,
-            queryset.filter(status=KeyStatus.ACTIVE),
-            title="Revoke partner signing keys",
-            apply=lambda key, reason: services.partner_key_revoke(key_pk=key.pk, reason=reason),
-            done="{count} key(s) revoked.",
-        )
-
-
-# --- Categories --------------------------------------------------------------------------------
-
-
-class CategoryForm(forms.ModelForm):
-    class Meta:
-        model = Category
-        fields = ["name", "slug", "parent", "description"]
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        problem = services.category_parent_problem(
-            category=self.instance, parent=data.get("parent")
-        )
-        if problem:
-            self.add_error("parent", problem)
-        return data
-
-
-@admin.register(Category)
-class CategoryAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "slug", "name", "parent", "sku_count"]
-    search_fields = ["slug", "name", "path"]
-    list_select_related = ["parent"]
-    ordering = ["path"]  # Meta.ordering does not reach the annotated (GROUP BY) queryset
-    prepopulated_fields = {"slug": ["name"]}
-    form = CategoryForm
-    fields = ["name", "slug", "parent", "description", "path"]
-    readonly_fields = ["path"]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Category]:
-        return super().get_queryset(request).annotate(sku_count=Count("skus"))
-
-    @admin.display(description="SKUs", ordering="sku_count")
-    def sku_count(self, category: Category) -> int:
-        return category.sku_count
-
-    def save_model(self, request: HttpRequest, obj: Category, form: Any, change: bool) -> None:
-        services.category_save(category=obj)
-
-    def delete_model(self, request: HttpRequest, obj: Category) -> None:
-        services.category_delete(category=obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Category]) -> None:
-        # Deepest first, so a subtree selected whole can go.
-        for category in queryset.order_by("-path"):
-            services.category_delete(category=category)
-
 
 # --- SKUs --------------------------------------------------------------------------------------
 
@@ -300,14 +67,6 @@ class RoyaltySplitInline(admin.TabularInline):
 
     has_add_permission = has_change_permission  # type: ignore[assignment]
     has_delete_permission = has_change_permission  # type: ignore[assignment]
-
-
-class HttpsURLField(forms.URLField):
-    """Takes a link typed without a scheme as https, as Django 6 will."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("assume_scheme", "https")
-        super().__init__(**kwargs)
 
 
 class SkuAdminForm(forms.ModelForm):
@@ -598,7 +357,7 @@ class SkuAdmin(admin.ModelAdmin):
 
     @admin.action(description="Suspend selected SKUs (take off sale)", permissions=["publish"])
     def suspend(self, request: HttpRequest, queryset: QuerySet[Sku]) -> HttpResponse | None:
-        return _reason_action(
+        return reason_action(
             self,
             request,
             queryset,
@@ -609,7 +368,7 @@ class SkuAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retire selected SKUs (for good)", permissions=["publish"])
     def retire(self, request: HttpRequest, queryset: QuerySet[Sku]) -> HttpResponse | None:
-        return _reason_action(
+        return reason_action(
             self,
             request,
             queryset,
@@ -627,39 +386,3 @@ class SkuAdmin(admin.ModelAdmin):
             else:
                 level = messages.SUCCESS if check.status == "verified" else messages.ERROR
                 self.message_user(request, f"{sku.slug}: {check.status} — {check.detail}", level)
-
-
-@admin.register(Artifact)
-class ArtifactAdmin(admin.ModelAdmin):
-    list_display = [
-        "filename",
-        "sku",
-        "size",
-        "sha256",
-        "uploaded_at",
-        "uploaded_by",
-        "integrity_ok",
-    ]
-    list_filter = ["integrity_ok"]
-    search_fields = ["sha256", "filename", "sku__slug", "uuid"]
-    list_select_related = ["sku", "uploaded_by"]
-    actions = ["check_integrity"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.action(
-        description="Check integrity in storage (in the background)", permissions=["view"]
-    )
-    def check_integrity(self, request: HttpRequest, queryset: QuerySet[Artifact]) -> None:
-        from catalog.tasks import artifact_check_integrity
-
-        for artifact_id in queryset.values_list("pk", flat=True):
-            artifact_check_integrity.delay(artifact_id)
-        self.message_user(request, "Integrity checks queued; results appear on this list.")

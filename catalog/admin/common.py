@@ -1,0 +1,65 @@
+"""Pieces the catalog's admin pages share."""
+
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.db import models
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from marketplace.exceptions import ApplicationError
+
+# Links typed without a scheme are taken as https (Django 6's default).
+URL_FIELDS_HTTPS = {models.URLField: {"assume_scheme": "https"}}
+
+
+def as_form_error(exc: ApplicationError) -> forms.ValidationError:
+    return forms.ValidationError(exc.detail)
+
+
+def reason_action(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet,
+    *,
+    title: str,
+    apply: Callable[[Any, str], None],
+    done: str,
+) -> HttpResponse | None:
+    """An action that asks for a reason on an intermediate page, then applies to each object
+    and reports per object what was refused."""
+    reason = request.POST.get("reason", "").strip()
+    if "apply" in request.POST and reason:
+        applied = 0
+        for obj in queryset.order_by("pk"):
+            try:
+                apply(obj, reason)
+            except ApplicationError as exc:
+                modeladmin.message_user(request, f"{obj}: {exc.detail}", messages.ERROR)
+            else:
+                applied += 1
+        if applied:
+            modeladmin.message_user(request, done.format(count=applied), messages.SUCCESS)
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "opts": modeladmin.model._meta,
+        "queryset": queryset,
+        "action": request.POST.get("action", ""),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "reason_missing": "apply" in request.POST,
+    }
+    return TemplateResponse(request, "admin/catalog/action_reason.html", context)
+
+
+class HttpsURLField(forms.URLField):
+    """Takes a link typed without a scheme as https, as Django 6 will."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("assume_scheme", "https")
+        super().__init__(**kwargs)

@@ -1,0 +1,144 @@
+"""Partners and their manifest-signing keys."""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse
+
+from catalog import services
+from catalog.admin.common import URL_FIELDS_HTTPS, as_form_error, reason_action
+from catalog.models import (
+    KeyStatus,
+    Partner,
+    PartnerKey,
+)
+from marketplace.exceptions import ApplicationError
+
+# --- Partners ----------------------------------------------------------------------------------
+
+
+class PartnerKeyForm(forms.ModelForm):
+    class Meta:
+        model = PartnerKey
+        fields = ["key_id", "public_key"]
+        widgets = {"public_key": forms.Textarea(attrs={"rows": 2, "cols": 60})}
+        help_texts = {"public_key": "Base64 of the raw 32-byte Ed25519 key, or a PEM public key."}
+
+    def clean_public_key(self) -> str:
+        try:
+            services.public_key_parse(self.cleaned_data["public_key"])
+        except ApplicationError as exc:
+            raise as_form_error(exc) from None
+        return self.cleaned_data["public_key"]
+
+
+class PartnerKeyInline(admin.TabularInline):
+    model = PartnerKey
+    form = PartnerKeyForm
+    extra = 0
+    can_delete = False
+    fields = ["key_id", "public_key", "fingerprint", "status", "created_at", "revoked_reason"]
+    readonly_fields = ["fingerprint", "status", "created_at", "revoked_reason"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a registered key is never edited; revoke it and register another
+
+
+@admin.register(Partner)
+class PartnerAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "kind", "is_active", "key_count", "sku_count", "updated_at"]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name", "slug", "legal_name", "contract_reference", "payout_reference"]
+    # Explicit: Meta.ordering does not reach the annotated (GROUP BY) queryset, and the
+    # partner autocomplete pages through it.
+    ordering = ["slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [PartnerKeyInline]
+    formfield_overrides = URL_FIELDS_HTTPS
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "kind", "is_active"]}),
+        ("Contact", {"fields": ["legal_name", "contact_email", "website", "description"]}),
+        ("Contract and payout", {"fields": ["contract_reference", "payout_reference"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Partner]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                key_count=Count("keys", distinct=True), sku_count=Count("skus", distinct=True)
+            )
+        )
+
+    @admin.display(description="Keys", ordering="key_count")
+    def key_count(self, partner: Partner) -> int:
+        return partner.key_count
+
+    @admin.display(description="SKUs", ordering="sku_count")
+    def sku_count(self, partner: Partner) -> int:
+        return partner.sku_count
+
+    def save_model(self, request: HttpRequest, obj: Partner, form: Any, change: bool) -> None:
+        services.partner_save(partner=obj)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not PartnerKey:
+            super().save_formset(request, form, formset, change)
+            return
+        # The admin's change message reads what formset.save() would have recorded.
+        formset.new_objects = [
+            services.partner_key_register(
+                partner=form.instance,
+                key_id=key_form.cleaned_data["key_id"],
+                public_key=key_form.cleaned_data["public_key"],
+            )
+            for key_form in formset.forms
+            if key_form.instance.pk is None and key_form.has_changed()
+        ]
+        formset.changed_objects = []
+        formset.deleted_objects = []
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # partners are deactivated, never deleted: orders and royalties refer to them
+
+
+@admin.register(PartnerKey)
+class PartnerKeyAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "partner", "status", "fingerprint", "created_at", "revoked_at"]
+    list_filter = ["status", "partner"]
+    search_fields = ["key_id", "fingerprint", "partner__slug", "partner__name"]
+    list_select_related = ["partner"]
+    readonly_fields = [
+        "partner",
+        "key_id",
+        "algorithm",
+        "public_key",
+        "fingerprint",
+        "status",
+        "created_at",
+        "revoked_at",
+        "revoked_reason",
+    ]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are registered on their partner's page
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected keys (SKUs they verified leave sale)")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[PartnerKey]) -> HttpResponse | None:
+        return reason_action(
+            self,
+            request,
+            queryset.filter(status=KeyStatus.ACTIVE),
+            title="Revoke partner signing keys",
+            apply=lambda key, reason: services.partner_key_revoke(key_pk=key.pk, reason=reason),
+            done="{count} key(s) revoked.",
+        )

@@ -1,0 +1,62 @@
+"""Writes to the catalog. The admin, the API, the tasks and the commands all come through here.
+
+Every write retires the cached catalog reads once it commits (catalog.cache.catalog_changed).
+Calls to storage and to the Kernel happen outside database transactions, so a slow upload or
+an unreachable Kernel never holds a row lock.
+"""
+
+from catalog.services.artifacts import (
+    StoredArtifact,
+    artifact_orphans_delete,
+    artifact_store,
+    sku_artifact_attach,
+    sku_artifact_upload,
+)
+from catalog.services.categories import (
+    category_delete,
+    category_parent_problem,
+    category_save,
+)
+from catalog.services.partners import (
+    partner_key_register,
+    partner_key_revoke,
+    partner_save,
+    public_key_parse,
+)
+from catalog.services.skus import (
+    ManifestCheck,
+    manifest_signature_parse,
+    sku_activate,
+    sku_manifest_attach,
+    sku_manifest_verify,
+    sku_retire,
+    sku_save,
+    sku_splits_set,
+    sku_suspend,
+    splits_problems,
+)
+
+__all__ = [
+    "ManifestCheck",
+    "StoredArtifact",
+    "artifact_orphans_delete",
+    "artifact_store",
+    "category_delete",
+    "category_parent_problem",
+    "category_save",
+    "manifest_signature_parse",
+    "partner_key_register",
+    "partner_key_revoke",
+    "partner_save",
+    "public_key_parse",
+    "sku_activate",
+    "sku_artifact_attach",
+    "sku_artifact_upload",
+    "sku_manifest_attach",
+    "sku_manifest_verify",
+    "sku_retire",
+    "sku_save",
+    "sku_splits_set",
+    "sku_suspend",
+    "splits_problems",
+]

@@ -1,0 +1,71 @@
+"""The category tree."""
+
+from django.db import transaction
+from django.db.models import ProtectedError
+
+from catalog.cache import catalog_changed
+from catalog.exceptions import (
+    InvalidCategory,
+)
+from catalog.models import (
+    Category,
+)
+
+CATEGORY_MAX_DEPTH = 8
+
+
+# --- Categories --------------------------------------------------------------------------------
+
+
+def category_parent_problem(*, category: Category, parent: Category | None) -> str | None:
+    """Why `parent` cannot hold `category`, or None: no cycles, at most 8 levels."""
+    depth = 1
+    ancestor = parent
+    while ancestor is not None:
+        if category.pk is not None and ancestor.pk == category.pk:
+            return "A category cannot be placed under itself or one of its own subcategories."
+        depth += 1
+        if depth > CATEGORY_MAX_DEPTH:
+            return f"Categories nest at most {CATEGORY_MAX_DEPTH} levels deep."
+        ancestor = ancestor.parent
+    return None
+
+
+@transaction.atomic
+def category_save(*, category: Category) -> Category:
+    """Saves a category and keeps the materialised paths of it and its subtree right."""
+    problem = category_parent_problem(category=category, parent=category.parent)
+    if problem:
+        raise InvalidCategory(problem, errors={"parent": [problem]})
+
+    old_path = (
+        Category.objects.filter(pk=category.pk).values_list("path", flat=True).first()
+        if category.pk
+        else None
+    )
+    category.path = (category.parent.path if category.parent else "") + category.slug + "/"
+    category.full_clean()
+    category.save()
+
+    if old_path and old_path != category.path:
+        subtree = list(
+            Category.objects.filter(path__startswith=old_path)
+            .exclude(pk=category.pk)
+            .order_by("path")
+        )
+        for node in subtree:
+            node.path = category.path + node.path[len(old_path) :]
+        Category.objects.bulk_update(subtree, ["path"])
+    catalog_changed()
+    return category
+
+
+@transaction.atomic
+def category_delete(*, category: Category) -> None:
+    try:
+        category.delete()
+    except ProtectedError:
+        raise InvalidCategory(
+            f"{category} still has subcategories or SKUs; move them first."
+        ) from None
+    catalog_changed()

@@ -1,0 +1,115 @@
+"""Partners and the keys with which they sign manifests."""
+
+import base64
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from catalog.cache import catalog_changed
+from catalog.exceptions import (
+    InvalidPartnerKey,
+)
+from catalog.models import (
+    KeyStatus,
+    ManifestStatus,
+    Partner,
+    PartnerKey,
+    Sku,
+    SkuStatus,
+)
+from marketplace.kernel import decode_signature
+
+# --- Partners ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def partner_save(*, partner: Partner) -> Partner:
+    partner.full_clean()
+    partner.save()
+    catalog_changed()
+    return partner
+
+
+def public_key_parse(text: str) -> bytes:
+    """Returns the raw Ed25519 public key from base64 (32 bytes) or a PEM SubjectPublicKeyInfo."""
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(text.encode())
+        except ValueError as exc:
+            raise InvalidPartnerKey(f"The PEM public key cannot be read: {exc}.") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise InvalidPartnerKey("The PEM key is not an Ed25519 public key.")
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    try:
+        raw = decode_signature(text)
+    except ValueError:
+        raise InvalidPartnerKey("The public key is neither base64 nor PEM.") from None
+    if len(raw) != 32:
+        raise InvalidPartnerKey(f"An Ed25519 public key is 32 bytes; this one is {len(raw)}.")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise InvalidPartnerKey(f"The public key is not a valid Ed25519 key: {exc}.") from None
+    return raw
+
+
+@transaction.atomic
+def partner_key_register(*, partner: Partner, key_id: str, public_key: str) -> PartnerKey:
+    raw = public_key_parse(public_key)
+    key = PartnerKey(
+        partner=partner,
+        key_id=key_id,
+        public_key=base64.b64encode(raw).decode(),
+        fingerprint=PartnerKey.fingerprint_of(raw),
+    )
+    try:
+        key.full_clean()
+    except ValidationError as exc:
+        raise InvalidPartnerKey(
+            "The key cannot be registered: " + "; ".join(exc.messages),
+            errors={field: list(messages) for field, messages in exc.message_dict.items()},
+        ) from None
+    try:
+        with transaction.atomic():
+            key.save()
+    except IntegrityError:
+        # A concurrent registration of the same key or key id won the race.
+        raise InvalidPartnerKey("This key or key id is already registered.") from None
+    return key
+
+
+@transaction.atomic
+def partner_key_revoke(*, key_pk: int, reason: str) -> PartnerKey:
+    """Revokes a key. Manifests it verified no longer count: their SKUs leave sale."""
+    key = PartnerKey.objects.select_for_update().select_related("partner").get(pk=key_pk)
+    if key.status == KeyStatus.REVOKED:
+        return key
+    now = timezone.now()
+    key.status = KeyStatus.REVOKED
+    key.revoked_at = now
+    key.revoked_reason = reason
+    key.save(update_fields=["status", "revoked_at", "revoked_reason"])
+
+    affected = (
+        Sku.objects.select_for_update(of=("self",))
+        .filter(
+            partner=key.partner, manifest_key_id=key.key_id, manifest_status=ManifestStatus.VERIFIED
+        )
+        .order_by("pk")
+    )
+    for sku in affected:
+        sku.manifest_status = ManifestStatus.REJECTED
+        sku.manifest_detail = f"signed with key {key.key_id!r}, revoked: {reason or 'no reason'}"
+        fields = ["manifest_status", "manifest_detail", "updated_at"]
+        if sku.status == SkuStatus.ACTIVE:
+            sku.status = SkuStatus.SUSPENDED
+            sku.status_reason = f"manifest signing key {key.key_id!r} was revoked"
+            sku.status_changed_at = now
+            fields += ["status", "status_reason", "status_changed_at"]
+        sku.save(update_fields=fields)
+    catalog_changed()
+    return key

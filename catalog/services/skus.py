@@ -1,0 +1,313 @@
+"""SKUs: their fields, manifests, status and royalty splits."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from catalog.cache import catalog_changed
+from catalog.exceptions import (
+    InvalidManifest,
+    InvalidSplits,
+    SkuLocked,
+    TransitionRefused,
+)
+from catalog.manifests import manifest_parse
+from catalog.models import (
+    BASIS_POINTS_TOTAL,
+    ManifestStatus,
+    Partner,
+    RoyaltySplit,
+    Sku,
+    SkuStatus,
+)
+from catalog.selectors import sku_activation_blockers
+from catalog.services.locks import sku_lock
+from marketplace.kernel import KernelUnavailable, PublisherKey, decode_signature, get_kernel
+
+# --- SKUs --------------------------------------------------------------------------------------
+
+# Fields only their own services change; a plain save keeps what the database holds.
+_SERVICE_OWNED_FIELDS = (
+    "status",
+    "status_reason",
+    "status_changed_at",
+    "activated_at",
+    "artifact_id",
+    "manifest",
+    "manifest_signature",
+    "manifest_status",
+    "manifest_detail",
+    "manifest_key_id",
+    "manifest_checked_at",
+)
+
+
+@transaction.atomic
+def sku_save(*, sku: Sku) -> Sku:
+    """Creates a SKU as a draft, or saves changes to its descriptive fields and price.
+
+    What identifies the goods on sale (partner, version) cannot change while the SKU is active,
+    and the slug cannot change once the SKU has ever been on sale: orders refer to it.
+    """
+    if sku.pk is None:
+        sku.status = SkuStatus.DRAFT
+        sku.artifact = None
+        sku.manifest = None
+        sku.manifest_signature = ""
+        sku.manifest_status = ManifestStatus.MISSING
+    else:
+        before = sku_lock(sku.pk)
+        if before.status == SkuStatus.RETIRED:
+            raise SkuLocked(f"{before.slug} is retired and can no longer be changed.")
+        if before.status == SkuStatus.ACTIVE:
+            for field in ("partner_id", "version"):
+                if getattr(sku, field) != getattr(before, field):
+                    raise SkuLocked(
+                        f"The {field.removesuffix('_id')} of {before.slug} cannot change while "
+                        "it is on sale; suspend it first."
+                    )
+        if before.activated_at is not None and sku.slug != before.slug:
+            raise SkuLocked(f"{before.slug} has been on sale, so its slug can no longer change.")
+        for field in _SERVICE_OWNED_FIELDS:
+            setattr(sku, field, getattr(before, field))
+    sku.full_clean()
+    sku.save()
+    catalog_changed()
+    return sku
+
+
+def manifest_signature_parse(signature: str) -> str:
+    signature = "".join(signature.split())
+    if not signature:
+        raise InvalidManifest(
+            "The manifest's signature is missing.", errors={"manifest_signature": ["Required."]}
+        )
+    try:
+        decode_signature(signature)
+    except ValueError:
+        raise InvalidManifest(
+            "The manifest's signature is not base64.",
+            errors={"manifest_signature": ["Not base64."]},
+        ) from None
+    return signature
+
+
+@transaction.atomic
+def sku_manifest_attach(*, sku_id: int, manifest: str | dict[str, Any], signature: str) -> Sku:
+    """Attaches a manifest and its signature; a worker then verifies them."""
+    manifest = manifest_parse(manifest)
+    signature = manifest_signature_parse(signature)
+    sku = sku_lock(sku_id)
+    if sku.status not in (SkuStatus.DRAFT, SkuStatus.SUSPENDED):
+        raise SkuLocked(
+            f"{sku.slug} is {sku.status}: its manifest can only change while it is a draft "
+            "or suspended."
+        )
+    sku.manifest = manifest
+    sku.manifest_signature = signature
+    sku.manifest_status = ManifestStatus.PENDING
+    sku.manifest_detail = ""
+    sku.manifest_key_id = ""
+    sku.manifest_checked_at = None
+    sku.save(
+        update_fields=[
+            "manifest",
+            "manifest_signature",
+            "manifest_status",
+            "manifest_detail",
+            "manifest_key_id",
+            "manifest_checked_at",
+            "updated_at",
+        ]
+    )
+    catalog_changed()
+
+    from catalog.tasks import sku_verify_manifest
+
+    transaction.on_commit(lambda: sku_verify_manifest.delay(sku.pk))
+    return sku
+
+
+@dataclass(frozen=True)
+class ManifestCheck:
+    status: str
+    detail: str
+
+
+def sku_manifest_verify(*, sku_id: int) -> ManifestCheck | None:
+    """Asks the Kernel whether the SKU's manifest signature is good and records the answer.
+
+    Returns None when there is no manifest, or when it changed while the Kernel was asked
+    (the newer manifest gets its own check). An unreachable Kernel is recorded as such for a
+    SKU that is not on sale; an active SKU keeps its earlier verdict through an outage.
+    """
+    sku = Sku.objects.select_related("partner").get(pk=sku_id)
+    if sku.manifest is None:
+        return None
+    asked_about = (sku.manifest, sku.manifest_signature)
+    keys = [
+        PublisherKey(key_id=key.key_id, public_key=key.raw_public_key())
+        for key in sku.partner.keys.active()
+    ]
+    key_id = ""
+    try:
+        verdict = get_kernel().verify_manifest(
+            publisher=sku.partner.slug,
+            publisher_keys=keys,
+            manifest=sku.manifest,
+            signature=sku.manifest_signature,
+        )
+    except KernelUnavailable as exc:
+        check = ManifestCheck(ManifestStatus.UNAVAILABLE, str(exc))
+    else:
+        status = ManifestStatus.VERIFIED if verdict.verified else ManifestStatus.REJECTED
+        check = ManifestCheck(status, verdict.reason)
+        key_id = verdict.key_id
+
+    with transaction.atomic():
+        sku = sku_lock(sku_id)
+        if (sku.manifest, sku.manifest_signature) != asked_about:
+            return None
+        now = timezone.now()
+        if sku.status == SkuStatus.ACTIVE and check.status == ManifestStatus.UNAVAILABLE:
+            return check
+        sku.manifest_status = check.status
+        sku.manifest_detail = check.detail
+        sku.manifest_key_id = key_id
+        sku.manifest_checked_at = now
+        fields = [
+            "manifest_status",
+            "manifest_detail",
+            "manifest_key_id",
+            "manifest_checked_at",
+            "updated_at",
+        ]
+        if sku.status == SkuStatus.ACTIVE and check.status == ManifestStatus.REJECTED:
+            sku.status = SkuStatus.SUSPENDED
+            sku.status_reason = f"manifest rejected on re-verification: {check.detail}"[:300]
+            sku.status_changed_at = now
+            fields += ["status", "status_reason", "status_changed_at"]
+        sku.save(update_fields=fields)
+        catalog_changed()
+    return check
+
+
+def sku_activate(*, sku_id: int) -> Sku:
+    """Puts a draft or suspended SKU on sale, after a fresh check of its manifest.
+
+    Raises TransitionRefused listing every unmet condition.
+    """
+    sku = Sku.objects.get(pk=sku_id)
+    if not sku.can_become(SkuStatus.ACTIVE):
+        raise TransitionRefused(
+            slug=sku.slug,
+            target=SkuStatus.ACTIVE,
+            reasons=[f"a {sku.status} SKU cannot be activated"],
+        )
+    if sku.manifest is not None:
+        sku_manifest_verify(sku_id=sku_id)
+
+    with transaction.atomic():
+        sku = sku_lock(sku_id)
+        reasons = sku_activation_blockers(sku)
+        if reasons:
+            raise TransitionRefused(slug=sku.slug, target=SkuStatus.ACTIVE, reasons=reasons)
+        now = timezone.now()
+        sku.status = SkuStatus.ACTIVE
+        sku.status_reason = ""
+        sku.status_changed_at = now
+        sku.activated_at = sku.activated_at or now
+        sku.save(
+            update_fields=[
+                "status",
+                "status_reason",
+                "status_changed_at",
+                "activated_at",
+                "updated_at",
+            ]
+        )
+        catalog_changed()
+    return sku
+
+
+def _sku_transition(*, sku_id: int, target: str, reason: str, refusal: str) -> Sku:
+    sku = sku_lock(sku_id)
+    if not sku.can_become(target):
+        raise TransitionRefused(
+            slug=sku.slug, target=target, reasons=[refusal.format(status=sku.status)]
+        )
+    sku.status = target
+    sku.status_reason = reason[:300]
+    sku.status_changed_at = timezone.now()
+    sku.save(update_fields=["status", "status_reason", "status_changed_at", "updated_at"])
+    catalog_changed()
+    return sku
+
+
+@transaction.atomic
+def sku_suspend(*, sku_id: int, reason: str = "") -> Sku:
+    """Takes an active SKU off sale; it can be activated again."""
+    return _sku_transition(
+        sku_id=sku_id,
+        target=SkuStatus.SUSPENDED,
+        reason=reason,
+        refusal="only an active SKU can be suspended; this one is {status}",
+    )
+
+
+@transaction.atomic
+def sku_retire(*, sku_id: int, reason: str = "") -> Sku:
+    """Takes a SKU off sale for good."""
+    return _sku_transition(
+        sku_id=sku_id,
+        target=SkuStatus.RETIRED,
+        reason=reason,
+        refusal="this SKU is already {status}",
+    )
+
+
+def splits_problems(splits: Sequence[tuple[Partner, int]]) -> list[str]:
+    problems: list[str] = []
+    seen: set[int] = set()
+    for partner, basis_points in splits:
+        if not 1 <= basis_points <= BASIS_POINTS_TOTAL:
+            problems.append(
+                f"{partner.slug} has {basis_points} basis points; each share is 1 to 10,000"
+            )
+        if partner.pk in seen:
+            problems.append(f"{partner.slug} appears more than once")
+        seen.add(partner.pk)
+    total = sum(basis_points for _, basis_points in splits)
+    if splits and total != BASIS_POINTS_TOTAL:
+        problems.append(f"the shares sum to {total:,} basis points, not 10,000")
+    return problems
+
+
+@transaction.atomic
+def sku_splits_set(*, sku_id: int, splits: Sequence[tuple[Partner, int]]) -> list[RoyaltySplit]:
+    """Replaces the SKU's royalty splits as a whole.
+
+    The shares must sum to exactly 10,000 basis points; only a SKU that is not on sale may be
+    left without splits.
+    """
+    sku = sku_lock(sku_id)
+    if sku.status == SkuStatus.RETIRED:
+        raise SkuLocked(f"{sku.slug} is retired; its splits can no longer change.")
+    problems = splits_problems(splits)
+    if not splits and sku.status == SkuStatus.ACTIVE:
+        problems.append("a SKU on sale must have royalty splits")
+    if problems:
+        raise InvalidSplits(
+            "The royalty splits were not changed: " + "; ".join(problems) + ".",
+            errors={"splits": problems},
+        )
+    RoyaltySplit.objects.filter(sku=sku).delete()
+    created = RoyaltySplit.objects.bulk_create(
+        RoyaltySplit(sku=sku, partner=partner, basis_points=basis_points)
+        for partner, basis_points in splits
+    )
+    catalog_changed()
+    return created
