@@ -1,17 +1,19 @@
 """The public catalog: anyone may read it, and only SKUs on sale are visible.
 
-Answers are cached per URL (catalog.cache); a write anywhere in the catalog retires them all.
+Answers are cached per URL (catalog.cache), rendered; a write anywhere in the catalog retires
+them all.
 """
 
 from collections.abc import Callable
 from typing import Any
 
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog.api.filters import SkuFilter
@@ -33,13 +35,20 @@ from marketplace.api.pagination import SignedCursorPagination
 from marketplace.api.schema import problem
 
 
-def cached_response(request: Request, kind: str, build: Callable[[], Any]) -> Response:
-    key = cache_key(kind, request.build_absolute_uri())
-    data = cache_get(key)
-    if data is None:
-        data = build()
-        cache_set(key, data)
-    return Response(data)
+def cached_response(request: Request, kind: str, build: Callable[[], Any]) -> HttpResponse:
+    """The JSON answer to a catalog read, from the cache when it holds it.
+
+    The cache keeps the rendered bytes, not the data: a hit is one read, with no unpickling of
+    the page's dicts and no encoding them again. JSON is the API's only renderer, so there is
+    no other representation to keep. The ".json" in the key keeps entries cached as data by
+    earlier code from being served as bytes during a deploy.
+    """
+    key = cache_key(f"{kind}.json", request.build_absolute_uri())
+    body = cache_get(key)
+    if body is None:
+        body = JSONRenderer().render(build())
+        cache_set(key, body)
+    return HttpResponse(body, content_type=JSONRenderer.media_type)
 
 
 class SkuListView(generics.ListAPIView):
@@ -56,7 +65,7 @@ class SkuListView(generics.ListAPIView):
         summary="SKUs on sale",
         responses={200: SkuSerializer(many=True), 400: problem("A filter did not parse")},
     )
-    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
         return cached_response(request, "skus", lambda: self._page(request))
 
     def _page(self, request: Request) -> dict[str, Any]:
@@ -77,7 +86,7 @@ class SkuDetailView(APIView):
         summary="One SKU on sale",
         responses={200: SkuDetailSerializer, 404: problem("No SKU with that slug is on sale")},
     )
-    def get(self, request: Request, slug: str) -> Response:
+    def get(self, request: Request, slug: str) -> HttpResponse:
         def build() -> dict[str, Any]:
             sku = sku_get_public(slug=slug)
             if sku is None:
@@ -98,7 +107,7 @@ class PartnerListView(generics.ListAPIView):
         return partner_list_public()
 
     @extend_schema(summary="Partners", responses={200: PartnerSerializer(many=True)})
-    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
         return cached_response(request, "partners", lambda: self.list(request).data)
 
 
@@ -109,7 +118,7 @@ class CategoryListView(APIView):
         summary="The category tree, flattened in path order",
         responses={200: CategorySerializer(many=True)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: Request) -> HttpResponse:
         return cached_response(
             request,
             "categories",

@@ -228,12 +228,16 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "marketplace.api.throttling.SignedInRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("MARKETPLACE_THROTTLE_ANON", default="1200/min"),
         "user": env.str("MARKETPLACE_THROTTLE_USER", default="2400/min"),
     },
+    # Clients are told apart by REMOTE_ADDR, or by the X-Forwarded-For entry that this many
+    # trusted proxies in front of the platform add; the rest of that header is the client's
+    # own say and is not trusted.
+    "NUM_PROXIES": env.int("MARKETPLACE_NUM_PROXIES", default=0),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "marketplace.api.problems.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

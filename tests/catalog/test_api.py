@@ -232,6 +232,15 @@ def test_cached_reads_skip_the_database(api_client, catalog):
     assert len(queries) == 0
 
 
+def test_a_cached_read_answers_what_the_first_read_did(api_client, catalog):
+    first = api_client.get("/api/v1/skus?page_size=3")
+    second = api_client.get("/api/v1/skus?page_size=3")
+
+    assert second.status_code == 200
+    assert second["Content-Type"] == first["Content-Type"] == "application/json"
+    assert second.content == first.content
+
+
 @pytest.mark.django_db(transaction=True)
 def test_any_catalog_change_retires_cached_reads(api_client, publisher):
     sku = publish_sku(publisher, slug="alpha", title="Alpha")
