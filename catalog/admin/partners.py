@@ -28,9 +28,12 @@ class PartnerKeyForm(forms.ModelForm):
 
     def clean_public_key(self) -> str:
         try:
-            services.public_key_parse(self.cleaned_data["public_key"])
+            raw = services.public_key_parse(self.cleaned_data["public_key"])
         except ApplicationError as exc:
             raise as_form_error(exc) from None
+        holder = PartnerKey.objects.filter(fingerprint=PartnerKey.fingerprint_of(raw)).first()
+        if holder is not None:
+            raise forms.ValidationError(f"This key is already registered as {holder}.")
         return self.cleaned_data["public_key"]
 
 

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django import forms
 from django.db.models import Q, QuerySet
 from django_filters import rest_framework as filters
@@ -19,9 +21,14 @@ SKU_DEFAULT_ORDERING = "-created"
 
 
 class MinorUnitsFilter(filters.NumberFilter):
-    """An amount in minor units: a whole number, never a decimal."""
+    """An amount in minor units: a whole number, never a decimal, within a 64-bit column."""
 
     field_class = forms.IntegerField
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 0)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
 
 
 class CurrencyField(forms.CharField):
@@ -57,13 +64,11 @@ class SkuFilter(filters.FilterSet):
     min_price = MinorUnitsFilter(
         field_name="price_amount",
         lookup_expr="gte",
-        min_value=0,
         help_text="Lowest price, in minor units.",
     )
     max_price = MinorUnitsFilter(
         field_name="price_amount",
         lookup_expr="lte",
-        min_value=0,
         help_text="Highest price, in minor units.",
     )
     currency = CurrencyFilter(field_name="currency", help_text="ISO 4217 code, e.g. EUR.")

@@ -226,6 +226,10 @@ def test_partner_keys_are_registered_on_the_partner_page(ops_client, publisher):
     assert "An Ed25519 public key is 32 bytes" in refused.content.decode()
     assert PartnerKey.objects.count() == 1
 
+    taken = ops_client.post(url, base | {"keys-1-public_key": public_key_b64(publisher.key)})
+    assert "This key is already registered as acme/k1." in taken.content.decode()
+    assert PartnerKey.objects.count() == 1
+
     accepted = ops_client.post(url, base | {"keys-1-public_key": public_key_b64(new_signing_key())})
     assert accepted.status_code == 302
     assert sorted(PartnerKey.objects.values_list("key_id", flat=True)) == ["k1", "k2"]

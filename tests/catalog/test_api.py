@@ -155,6 +155,7 @@ def test_previous_links_walk_back(api_client, catalog):
         ("min_price=abc", "min_price", "Enter a whole number."),
         ("min_price=9.99", "min_price", "Enter a whole number."),
         ("max_price=-1", "max_price", "greater than or equal to 0"),
+        ("min_price=9223372036854775808", "min_price", "less than or equal to"),
         ("min_price=10&max_price=5", "max_price", "Must not be lower than min_price."),
         ("ordering=popularity", "ordering", "popularity is not one of the available choices"),
         ("page_size=101", "page_size", "Must be a whole number from 1 to 100."),
