@@ -23,8 +23,14 @@ PRODUCTION = {
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPLACE_")}
-    clean.pop("DJANGO_SETTINGS_MODULE", None)
+    # Only what the test sets: not the suite's own settings, nor the browser tests' lifting
+    # of Django's async check, which `check --deploy` rightly flags.
+    inherited = ("DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MARKETPLACE_") and k not in inherited
+    }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=BASE_DIR,
