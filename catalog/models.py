@@ -3,6 +3,7 @@ import hashlib
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -10,6 +11,16 @@ from django.utils import timezone
 from marketplace.money import validate_currency
 
 BASIS_POINTS_TOTAL = 10_000
+
+
+def validate_entitlements(value: object) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and item.strip() for item in value
+    ):
+        raise ValidationError(
+            'Entitlements are a JSON list of feature names, e.g. ["standard", "commercial"].',
+            code="invalid_entitlements",
+        )
 
 
 class PartnerKind(models.TextChoices):
@@ -197,7 +208,10 @@ class Sku(models.Model):
     )
     license_seats = models.PositiveIntegerField(default=1)
     license_entitlements = models.JSONField(
-        default=list, blank=True, help_text='Feature names the license grants, e.g. ["pro"].'
+        default=list,
+        blank=True,
+        validators=[validate_entitlements],
+        help_text='Feature names the license grants, e.g. ["pro"].',
     )
     license_terms_url = models.URLField(blank=True)
 
@@ -252,16 +266,6 @@ class Sku(models.Model):
 
     def can_become(self, status: str) -> bool:
         return status in SKU_TRANSITIONS[self.status]
-
-    @property
-    def is_on_sale(self) -> bool:
-        return self.status == SkuStatus.ACTIVE
-
-    def manifest_artifact_sha256(self) -> str | None:
-        artifact = (self.manifest or {}).get("artifact")
-        if isinstance(artifact, dict) and isinstance(artifact.get("sha256"), str):
-            return artifact["sha256"].lower()
-        return None
 
 
 class Artifact(models.Model):

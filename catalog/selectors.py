@@ -77,10 +77,6 @@ def category_list_public() -> list[CategoryNode]:
     return [CategoryNode(category, totals[category.path]) for category in categories]
 
 
-def category_path(*, slug: str) -> str | None:
-    return Category.objects.filter(slug=slug).values_list("path", flat=True).first()
-
-
 def sku_activation_blockers(sku: Sku) -> list[str]:
     """Every reason the SKU cannot go on sale now, in plain words; empty when it can.
 

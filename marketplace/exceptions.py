@@ -38,9 +38,3 @@ class Conflict(ApplicationError):
     code = "conflict"
     title = "The request conflicts with the current state"
     status = 409
-
-
-class ServiceUnavailable(ApplicationError):
-    code = "service-unavailable"
-    title = "A service the request needs is unavailable"
-    status = 503

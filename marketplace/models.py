@@ -54,13 +54,6 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.email
 
 
-class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
-    def usable_at(self, moment: datetime) -> "ApiTokenQuerySet":
-        return self.filter(revoked_at__isnull=True).filter(
-            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=moment)
-        )
-
-
 class ApiToken(models.Model):
     """A bearer token for the API. Only its SHA-256 digest is stored; the token is shown once."""
 
@@ -76,8 +69,6 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
-
-    objects = ApiTokenQuerySet.as_manager()
 
     class Meta:
         verbose_name = "API token"

@@ -19,12 +19,8 @@ def currency_codes() -> frozenset[str]:
     return frozenset(codes)
 
 
-def is_currency(code: str) -> bool:
-    return code in currency_codes()
-
-
 def validate_currency(code: str) -> None:
-    if not is_currency(code):
+    if code not in currency_codes():
         raise ValidationError(
             "%(code)s is not an ISO 4217 currency code in use (e.g. USD, EUR, JPY).",
             code="invalid_currency",

@@ -10,45 +10,35 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.text import capfirst
 
 from catalog import services
-from catalog.admin.common import URL_FIELDS_HTTPS, HttpsURLField, reason_action
+from catalog.admin.common import HttpsURLField, reason_action
 from catalog.exceptions import TransitionRefused
 from catalog.manifests import manifest_for, manifest_parse
-from catalog.models import (
-    BASIS_POINTS_TOTAL,
-    RoyaltySplit,
-    Sku,
-    SkuStatus,
-)
+from catalog.models import Partner, RoyaltySplit, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
 from catalog.services import StoredArtifact
 from marketplace.exceptions import ApplicationError
 from marketplace.money import format_amount
 
-# --- SKUs --------------------------------------------------------------------------------------
-
 
 class RoyaltySplitFormSet(BaseInlineFormSet):
+    def shares(self) -> list[tuple[Partner, int]]:
+        return [
+            (form.cleaned_data["partner"], form.cleaned_data["basis_points"])
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE")
+        ]
+
     def clean(self) -> None:
         super().clean()
         if any(self.errors):
             return
-        shares = [
-            form.cleaned_data
-            for form in self.forms
-            if form.cleaned_data and not form.cleaned_data.get("DELETE")
-        ]
-        partners = [share["partner"].pk for share in shares]
-        if len(partners) != len(set(partners)):
-            raise forms.ValidationError("Each partner may appear only once.")
-        total = sum(share["basis_points"] for share in shares)
-        if shares and total != BASIS_POINTS_TOTAL:
-            raise forms.ValidationError(
-                f"The shares sum to {total:,} basis points; they must sum to exactly 10,000."
-            )
-        if not shares and self.instance.pk and self.instance.status == SkuStatus.ACTIVE:
-            raise forms.ValidationError("A SKU on sale must keep its royalty splits.")
+        on_sale = self.instance.pk is not None and self.instance.status == SkuStatus.ACTIVE
+        problems = services.splits_problems(self.shares(), on_sale=on_sale)
+        if problems:
+            raise forms.ValidationError([f"{capfirst(problem)}." for problem in problems])
 
 
 class RoyaltySplitInline(admin.TabularInline):
@@ -161,7 +151,6 @@ class SkuAdminForm(forms.ModelForm):
 class SkuAdmin(admin.ModelAdmin):
     form = SkuAdminForm
     inlines = [RoyaltySplitInline]
-    formfield_overrides = URL_FIELDS_HTTPS
     list_display = [
         "title",
         "slug",
@@ -323,13 +312,10 @@ class SkuAdmin(admin.ModelAdmin):
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         if not formset.has_changed():
             return
-        splits = [
-            (split_form.cleaned_data["partner"], split_form.cleaned_data["basis_points"])
-            for split_form in formset.forms
-            if split_form.cleaned_data and not split_form.cleaned_data.get("DELETE")
-        ]
         formset.deleted_objects = [split_form.instance for split_form in formset.initial_forms]
-        formset.new_objects = services.sku_splits_set(sku_id=form.instance.pk, splits=splits)
+        formset.new_objects = services.sku_splits_set(
+            sku_id=form.instance.pk, splits=formset.shares()
+        )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # retire instead: orders and licenses refer to SKUs

@@ -269,7 +269,8 @@ def sku_retire(*, sku_id: int, reason: str = "") -> Sku:
     )
 
 
-def splits_problems(splits: Sequence[tuple[Partner, int]]) -> list[str]:
+def splits_problems(splits: Sequence[tuple[Partner, int]], *, on_sale: bool) -> list[str]:
+    """Everything wrong with a SKU's would-be splits; empty when they may be saved."""
     problems: list[str] = []
     seen: set[int] = set()
     for partner, basis_points in splits:
@@ -283,6 +284,8 @@ def splits_problems(splits: Sequence[tuple[Partner, int]]) -> list[str]:
     total = sum(basis_points for _, basis_points in splits)
     if splits and total != BASIS_POINTS_TOTAL:
         problems.append(f"the shares sum to {total:,} basis points, not 10,000")
+    if not splits and on_sale:
+        problems.append("a SKU on sale must have royalty splits")
     return problems
 
 
@@ -296,9 +299,7 @@ def sku_splits_set(*, sku_id: int, splits: Sequence[tuple[Partner, int]]) -> lis
     sku = sku_lock(sku_id)
     if sku.status == SkuStatus.RETIRED:
         raise SkuLocked(f"{sku.slug} is retired; its splits can no longer change.")
-    problems = splits_problems(splits)
-    if not splits and sku.status == SkuStatus.ACTIVE:
-        problems.append("a SKU on sale must have royalty splits")
+    problems = splits_problems(splits, on_sale=sku.status == SkuStatus.ACTIVE)
     if problems:
         raise InvalidSplits(
             "The royalty splits were not changed: " + "; ".join(problems) + ".",

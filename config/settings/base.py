@@ -32,8 +32,6 @@ DEBUG = env.bool("MARKETPLACE_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("MARKETPLACE_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("MARKETPLACE_CSRF_TRUSTED_ORIGINS", default=[])
 
-PORT = env.int("MARKETPLACE_PORT", default=8085)
-
 # --- Applications ------------------------------------------------------------------------------
 
 INSTALLED_APPS = [

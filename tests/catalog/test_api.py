@@ -1,7 +1,7 @@
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from catalog import services
@@ -280,11 +280,21 @@ def test_any_catalog_change_retires_cached_reads(api_client, publisher):
     assert api_client.get("/api/v1/partners").json() != partners_before
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_rolled_back_change_keeps_the_cache(api_client, catalog):
-    api_client.get("/api/v1/skus")
+    before = slugs(api_client.get("/api/v1/skus"))
+
+    def suspend_then_fail() -> None:
+        with transaction.atomic():
+            services.sku_suspend(sku_id=catalog["alpha"].pk, reason="never happened")
+            raise RuntimeError("the rest of the admin's transaction failed")
+
+    with pytest.raises(RuntimeError):
+        suspend_then_fail()
+
     with CaptureQueriesContext(connection) as queries:
-        api_client.get("/api/v1/skus")
-    assert len(queries) == 0  # inside this test's transaction nothing commits, so no bump
+        assert slugs(api_client.get("/api/v1/skus")) == before
+    assert len(queries) == 0  # the suspension rolled back, and so did its invalidation
 
 
 def test_categories_list_the_tree_with_counts_of_skus_on_sale(api_client, catalog):

@@ -400,3 +400,15 @@ def test_a_category_with_skus_cannot_be_deleted(publisher):
     sku = SkuFactory(partner=publisher.partner)
     with pytest.raises(InvalidCategory, match="still has"):
         services.category_delete(category=sku.category)
+
+
+@pytest.mark.parametrize("entitlements", [{"pro": True}, "pro", ["pro", ""], [1]])
+def test_entitlements_must_be_a_list_of_names(publisher, entitlements):
+    from django.core.exceptions import ValidationError
+
+    sku = SkuFactory(partner=publisher.partner)
+    sku.license_entitlements = entitlements
+
+    with pytest.raises(ValidationError, match="list of feature names"):
+        services.sku_save(sku=sku)
+    assert Sku.objects.get(pk=sku.pk).license_entitlements == []
