@@ -88,3 +88,54 @@ class ApiToken(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > moment
+
+
+class SigningKeyPurpose(models.TextChoices):
+    AUDIT = "audit", "Audit checkpoints and export digests"
+    LICENSE = "license", "Licenses and delivery proofs"
+
+
+class SigningKeyStatus(models.TextChoices):
+    # Active keys sign; retired keys still verify what they signed; revoked keys verify nothing.
+    ACTIVE = "active", "Active"
+    RETIRED = "retired", "Retired"
+    REVOKED = "revoked", "Revoked"
+
+
+class SigningKeyQuerySet(models.QuerySet["SigningKey"]):
+    def verifying(self) -> "SigningKeyQuerySet":
+        return self.exclude(status=SigningKeyStatus.REVOKED)
+
+
+class SigningKey(models.Model):
+    """A key the platform signs with. The local key store keeps the private key here, sealed
+    with AES-256-GCM under the key-store master key; other backends keep only a reference."""
+
+    kid = models.CharField("key id", max_length=64, unique=True, editable=False)
+    purpose = models.CharField(max_length=16, choices=SigningKeyPurpose.choices)
+    algorithm = models.CharField(max_length=16, editable=False, help_text="JOSE name: EdDSA.")
+    backend = models.CharField(max_length=16, default="local", editable=False)
+    status = models.CharField(
+        max_length=16, choices=SigningKeyStatus.choices, default=SigningKeyStatus.ACTIVE
+    )
+    public_key = models.BinaryField(editable=False, help_text="SubjectPublicKeyInfo, DER.")
+    private_key_sealed = models.BinaryField(editable=False, blank=True, default=b"")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    retired_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_reason = models.CharField(max_length=500, blank=True, editable=False)
+
+    objects = SigningKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["purpose", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["purpose"],
+                condition=models.Q(status="active"),
+                name="signing_key_one_active_per_purpose",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kid} ({self.purpose}, {self.status})"

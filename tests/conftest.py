@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.core.cache import cache
+from django.db import connection
 from rest_framework.test import APIClient
 
 from marketplace.models import User
@@ -49,6 +50,47 @@ def _own_file_storage(settings: Any, tmp_path: Path) -> None:
             **settings.STORAGES,
             "default": {**default, "OPTIONS": {**default["OPTIONS"], "location": str(location)}},
         }
+
+
+_APPEND_ONLY_TABLES = ("audit_event", "audit_checkpoint", "audit_export")
+_audit_triggers_disabled = False
+
+
+def _audit_triggers(state: str) -> None:
+    global _audit_triggers_disabled
+    with connection.cursor() as cursor:
+        for table in _APPEND_ONLY_TABLES:
+            cursor.execute(f"ALTER TABLE {table} {state} TRIGGER USER")
+    _audit_triggers_disabled = state == "DISABLE"
+
+
+@pytest.fixture(autouse=True)
+def _audit_tables_append_only(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The audit tables' triggers refuse TRUNCATE, which is how a transactional test empties
+    the database afterwards; so they are switched off just for that flush and back on before
+    the next test that uses the database."""
+    uses_db = request.node.get_closest_marker("django_db") or {
+        "db",
+        "transactional_db",
+        "live_server",
+    } & set(request.fixturenames)
+    if not uses_db:
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")
+    if connection.vendor != "postgresql":
+        yield
+        return
+    transactional = not connection.in_atomic_block
+    if _audit_triggers_disabled:
+        # In a non-transactional test this runs inside the test's transaction and is rolled
+        # back with it, so the triggers are on for the test and off again afterwards.
+        _audit_triggers("ENABLE")
+        if not transactional:
+            globals()["_audit_triggers_disabled"] = True
+    yield
+    if transactional:
+        _audit_triggers("DISABLE")
 
 
 @pytest.fixture

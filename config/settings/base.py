@@ -214,6 +214,16 @@ KERNEL_CA = env.str("MARKETPLACE_KERNEL_CA", default="")
 KERNEL_TIMEOUT_SECONDS = env.float("MARKETPLACE_KERNEL_TIMEOUT_SECONDS", default=10.0)
 
 LICENSE_SIGNER_KEY_ID = env.str("MARKETPLACE_LICENSE_SIGNER_KEY_ID", default="")
+# The local key store's master key (32 bytes, base64); unset, a key file in DATA_DIR/keys.
+KEYSTORE_MASTER_KEY = env.str("MARKETPLACE_KEYSTORE_MASTER_KEY", default="")
+
+# --- Audit -------------------------------------------------------------------------------------
+
+AUDIT_BUCKET = env.str("MARKETPLACE_AUDIT_BUCKET", default="")
+AUDIT_S3_ENDPOINT_URL = env.str("MARKETPLACE_AUDIT_S3_ENDPOINT_URL", default="") or S3_ENDPOINT_URL
+AUDIT_RETENTION_DAYS = env.int("MARKETPLACE_AUDIT_RETENTION_DAYS", default=2557)
+AUDIT_EXPORT_DIR = Path(env.str("MARKETPLACE_AUDIT_EXPORT_DIR", default=str(DATA_DIR / "audit")))
+AUDIT_CHECKPOINT_MINUTES = env.int("MARKETPLACE_AUDIT_CHECKPOINT_MINUTES", default=5)
 SIGNING_ENDPOINT = env.str("MARKETPLACE_SIGNING_ENDPOINT", default="")
 
 # --- API ---------------------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""The audit log: an append-only, hash-chained table of events, the signed checkpoints of its
+head, and the register of daily exports.
+
+Events, checkpoints and exports refuse update and delete here, and on PostgreSQL a trigger
+(migration 0002) refuses UPDATE, DELETE and TRUNCATE on their tables, so raw SQL fails too.
+The chain's encoding lives in audit.chain; appends go through audit.services.audit_append.
+"""
+
+from typing import Any, NoReturn
+
+from django.db import models
+from django.utils import timezone
+
+from audit.chain import GENESIS_HASH
+
+
+class AppendOnly(Exception):
+    """Something tried to change or remove an audit record."""
+
+
+def _refuse(what: str) -> NoReturn:
+    raise AppendOnly(f"audit records are append-only: {what} is refused")
+
+
+class AppendOnlyQuerySet(models.QuerySet[Any]):
+    def update(self, **kwargs: Any) -> NoReturn:
+        _refuse("update")
+
+    def delete(self) -> NoReturn:
+        _refuse("delete")
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _refuse("update")
+
+
+class AppendOnlyModel(models.Model):
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            _refuse(f"changing {self._meta.verbose_name} {self.pk}")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _refuse(f"deleting {self._meta.verbose_name} {self.pk}")
+
+
+class ActorType(models.TextChoices):
+    STAFF = "staff", "Staff user"
+    BUYER = "buyer", "Buyer"
+    SERVICE = "service", "Service"
+    SYSTEM = "system", "System"
+
+
+class AuditEvent(AppendOnlyModel):
+    """One event. `sequence` is gapless from 1; `hash` covers the record and `prev_hash`."""
+
+    sequence = models.PositiveBigIntegerField(primary_key=True, editable=False)
+    occurred_at = models.DateTimeField(editable=False)
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices, editable=False)
+    actor_id = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="A user's uuid, or a service name."
+    )
+    action = models.CharField(max_length=64, editable=False)
+    subject_type = models.CharField(max_length=32, editable=False)
+    subject_id = models.CharField(max_length=64, editable=False)
+    data = models.JSONField(default=dict, editable=False)
+    prev_hash = models.CharField(max_length=64, editable=False)
+    hash = models.CharField(max_length=64, editable=False)
+
+    class Meta:
+        db_table = "audit_event"
+        verbose_name = "audit event"
+        ordering = ["-sequence"]
+        indexes = [
+            models.Index(fields=["occurred_at"], name="audit_event_time"),
+            models.Index(fields=["action", "sequence"], name="audit_event_action"),
+            models.Index(fields=["subject_type", "subject_id"], name="audit_event_subject"),
+            models.Index(fields=["actor_type", "actor_id"], name="audit_event_actor"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.action} {self.subject_type}:{self.subject_id}"
+
+
+class ChainHead(models.Model):
+    """The last appended event, one row. Appends lock it, which is what keeps the sequence
+    gapless and the chain linear when many processes write at once."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    sequence = models.PositiveBigIntegerField(default=0)
+    hash = models.CharField(max_length=64, default=GENESIS_HASH)
+    occurred_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "audit_chain_head"
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="audit_head_one_row")]
+
+    def __str__(self) -> str:
+        return f"head at #{self.sequence}"
+
+
+class Checkpoint(AppendOnlyModel):
+    """A signature over the chain head: whoever holds the public key can tell that events up
+    to `sequence` have not been rewritten since `signed_at`."""
+
+    sequence = models.PositiveBigIntegerField(unique=True, editable=False)
+    hash = models.CharField(max_length=64, editable=False)
+    signed_at = models.DateTimeField(editable=False)
+    key_id = models.CharField(max_length=64, editable=False)
+    signature = models.CharField(max_length=128, editable=False, help_text="Ed25519, base64url.")
+
+    class Meta:
+        db_table = "audit_checkpoint"
+        ordering = ["-sequence"]
+
+    def __str__(self) -> str:
+        return f"checkpoint at #{self.sequence}"
+
+
+class AuditExport(AppendOnlyModel):
+    """A day's events, exported and stored under object lock. Registered only once both the
+    file and its digest are stored, so a row always points at a complete export."""
+
+    day = models.DateField(unique=True, editable=False)
+    period_start = models.DateTimeField(editable=False)
+    period_end = models.DateTimeField(editable=False)
+    previous_sequence = models.PositiveBigIntegerField(editable=False)
+    first_sequence = models.PositiveBigIntegerField(null=True, editable=False)
+    last_sequence = models.PositiveBigIntegerField(null=True, editable=False)
+    event_count = models.PositiveIntegerField(editable=False)
+    file_sha256 = models.CharField(max_length=64, editable=False)
+    file_size = models.PositiveBigIntegerField(editable=False)
+    digest_sha256 = models.CharField(max_length=64, editable=False)
+    key_id = models.CharField(max_length=64, editable=False)
+    location = models.CharField(
+        max_length=500, editable=False, help_text="s3://bucket/key or a local path."
+    )
+    retain_until = models.DateTimeField(null=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        db_table = "audit_export"
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return f"audit export {self.day}"
+
+
+class KernelCursor(models.Model):
+    """How far the Kernel has acknowledged the chain. One row; the fan-out worker moves it."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    acknowledged_sequence = models.PositiveBigIntegerField(default=0)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Failed pushes since the last ack.")
+    last_error = models.TextField(blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "audit_kernel_cursor"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="audit_cursor_one_row")
+        ]
+
+    def __str__(self) -> str:
+        return f"Kernel acknowledged #{self.acknowledged_sequence}"

@@ -1,0 +1,141 @@
+"""Checking the audit log in the database: every event's hash and link, the chain head, and
+every checkpoint's signature against the hash it signed."""
+
+import hashlib
+from dataclasses import dataclass, field
+
+from audit.chain import ChainCheck, Failure, checkpoint_message, record_of, signature_problem
+from audit.models import AuditEvent, ChainHead, Checkpoint
+from marketplace.canonical import canonical_json
+from marketplace.keystore import PublicKey, public_keys_from_store
+from marketplace.models import SigningKeyPurpose
+
+_COLUMNS = (
+    "sequence",
+    "occurred_at",
+    "actor_type",
+    "actor_id",
+    "action",
+    "subject_type",
+    "subject_id",
+    "data",
+    "prev_hash",
+    "hash",
+)
+
+
+@dataclass
+class ChainReport:
+    events: int = 0
+    last_sequence: int = 0
+    checkpoints: int = 0
+    failure: Failure | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def summary(self) -> str:
+        if self.failure is not None:
+            return f"FAILED at {self.failure}"
+        return (
+            f"OK: {self.events} events (last #{self.last_sequence}) chain, "
+            f"{self.checkpoints} checkpoint signature(s) verify"
+        )
+
+
+def chain_verify(
+    *, keys: dict[str, PublicKey] | None = None, chunk_size: int = 5000
+) -> ChainReport:
+    """Reads the whole chain once, in sequence order, with a server-side cursor."""
+    if keys is None:
+        keys = public_keys_from_store(purpose=SigningKeyPurpose.AUDIT)
+    report = ChainReport()
+    checkpoints = list(Checkpoint.objects.order_by("sequence"))
+    signed = {checkpoint.sequence: checkpoint for checkpoint in checkpoints}
+
+    check = ChainCheck()
+    sha256 = hashlib.sha256
+    rows = AuditEvent.objects.order_by("sequence").values_list(*_COLUMNS)
+    for (
+        seq,
+        occurred_at,
+        actor_type,
+        actor_id,
+        action,
+        s_type,
+        s_id,
+        data,
+        prev,
+        stored,
+    ) in rows.iterator(chunk_size=chunk_size):
+        record = record_of(
+            sequence=seq,
+            occurred_at=occurred_at,
+            actor_type=actor_type,
+            actor_id=actor_id,
+            action=action,
+            subject_type=s_type,
+            subject_id=s_id,
+            data=data,
+            prev_hash=prev,
+        )
+        check.add(seq, prev, stored, sha256(canonical_json(record)).hexdigest())
+        if check.settled:
+            break
+        checkpoint = signed.get(seq)
+        if checkpoint is not None and checkpoint.hash != stored and check.failure is None:
+            check.failure = Failure(
+                "hash_mismatch",
+                f"the event's hash is not the one checkpoint {checkpoint.pk} signed at "
+                f"{checkpoint.signed_at:%Y-%m-%d %H:%M:%S} UTC: the chain was rewritten from "
+                "here on",
+                seq,
+            )
+            break
+    check.finish()
+    report.events = check.count
+    report.last_sequence = check.last_sequence or 0
+    report.failure = check.failure
+    if report.failure is not None:
+        return report
+
+    head = ChainHead.objects.filter(id=1).first()
+    head_sequence = head.sequence if head else 0
+    if head_sequence != report.last_sequence or (
+        head and head.sequence and head.hash != check.last_hash
+    ):
+        report.failure = Failure(
+            "truncated",
+            f"the chain head says event {head_sequence} is the last, but the table ends at "
+            f"{report.last_sequence}: events were removed from the end",
+            min(head_sequence, report.last_sequence) + 1,
+        )
+        return report
+
+    for checkpoint in checkpoints:
+        message = checkpoint_message(
+            sequence=checkpoint.sequence,
+            chain_hash=checkpoint.hash,
+            signed_at=checkpoint.signed_at,
+            key_id=checkpoint.key_id,
+        )
+        problem = signature_problem(message, checkpoint.signature, checkpoint.key_id, keys)
+        if problem is not None:
+            report.failure = Failure(
+                "unknown_key" if checkpoint.key_id not in keys else "bad_signature",
+                f"checkpoint {checkpoint.pk} is {problem}",
+                checkpoint.sequence,
+            )
+            return report
+        if checkpoint.sequence > report.last_sequence:
+            report.failure = Failure(
+                "truncated",
+                f"checkpoint {checkpoint.pk} signed event {checkpoint.sequence}, but the chain "
+                f"ends at {report.last_sequence}: events were removed from the end",
+                report.last_sequence + 1,
+            )
+            return report
+        report.checkpoints += 1
+    return report
