@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from marketplace.canonical import canonical_json
-from marketplace.keystore import PublicKey, b64url, b64url_decode
+from marketplace.jwk import PublicKey, b64url, b64url_decode
 
 GENESIS_HASH = "0" * 64
 CHECKPOINT_TYPE = "marketplace.audit.checkpoint"

@@ -1,0 +1,67 @@
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from audit.models import AuditEvent, ChainHead
+from audit.verify import chain_verify
+from tests.support.worker import BASE_DIR, _database_url
+
+WRITERS = 8
+EVENTS_EACH = 40
+
+
+@pytest.mark.django_db(transaction=True)
+def test_eight_processes_appending_at_once_keep_one_gapless_chain(settings: Any) -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "MARKETPLACE_DATABASE_URL": _database_url(),
+        "MARKETPLACE_TEST_DATA_DIR": str(settings.DATA_DIR),
+    }
+    start_at = time.time() + 3  # every process has loaded Django by then
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.audit.appender",
+                f"w{n}",
+                str(EVENTS_EACH),
+                str(start_at),
+            ],
+            cwd=BASE_DIR,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(WRITERS)
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=120)
+        assert process.returncode == 0, errors
+
+    total = WRITERS * EVENTS_EACH
+    sequences = list(AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True))
+    assert sequences == list(range(1, total + 1))
+    writers = Counter(AuditEvent.objects.values_list("actor_id", flat=True))
+    assert writers == {f"w{n}": EVENTS_EACH for n in range(WRITERS)}
+    # Each writer's own events keep their order within the chain.
+    for n in range(WRITERS):
+        indexes = [
+            event.data["index"]
+            for event in AuditEvent.objects.filter(actor_id=f"w{n}").order_by("sequence")
+        ]
+        assert indexes == list(range(EVENTS_EACH))
+    # The writers really did interleave, or the test would prove nothing about the lock.
+    order = list(AuditEvent.objects.order_by("sequence").values_list("actor_id", flat=True))
+    switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
+    assert switches >= WRITERS
+    assert ChainHead.objects.get().sequence == total
+    report = chain_verify()
+    assert report.ok, report.summary()
