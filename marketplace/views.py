@@ -10,6 +10,8 @@ from rest_framework.views import APIView
 
 from marketplace.api.problems import PROBLEM_CONTENT_TYPE, problem_body
 from marketplace.health import health_report
+from marketplace.keystore import jwks_of
+from marketplace.models import SigningKey
 
 
 class HealthView(APIView):
@@ -32,6 +34,28 @@ class HealthView(APIView):
 
 
 health = HealthView.as_view()
+
+
+class JwksView(APIView):
+    """RFC 7517 JWK Set of every key that still verifies (active and retired), for licenses,
+    proofs and the audit log's checkpoints and digests alike."""
+
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+    throttle_classes: list[type] = []
+
+    @extend_schema(
+        summary="Public keys of every non-revoked signer (JWK Set)",
+        responses={200: OpenApiResponse(description="A JWK Set")},
+    )
+    def get(self, request: Request) -> Response:
+        response = Response(jwks_of(list(SigningKey.objects.verifying().order_by("created_at"))))
+        # Short enough that a revocation reaches verifiers within minutes.
+        response["Cache-Control"] = "public, max-age=300"
+        return response
+
+
+jwks = JwksView.as_view()
 
 
 def _is_admin(request: HttpRequest) -> bool:

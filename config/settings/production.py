@@ -4,6 +4,8 @@ Every problem found is collected and reported at once, each naming the variable 
 operator fixes a deployment in one pass instead of one restart per missing variable.
 """
 
+import base64
+import binascii
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -52,6 +54,24 @@ if not KERNEL_CERT:
     _refuse("MARKETPLACE_KERNEL_CERT", "not set (the Kernel requires an mTLS client certificate)")
 if not KERNEL_KEY:
     _refuse("MARKETPLACE_KERNEL_KEY", "not set (the Kernel requires an mTLS client key)")
+
+if not KEYSTORE_MASTER_KEY:
+    _refuse(
+        "MARKETPLACE_KEYSTORE_MASTER_KEY",
+        "not set (the development master-key file is refused; 32 random bytes, base64)",
+    )
+else:
+    try:
+        _master_key_length = len(base64.b64decode(KEYSTORE_MASTER_KEY, validate=True))
+    except binascii.Error:
+        _master_key_length = 0
+    if _master_key_length != 32:
+        _refuse("MARKETPLACE_KEYSTORE_MASTER_KEY", "must be 32 random bytes in base64")
+
+if not AUDIT_BUCKET:
+    _refuse("MARKETPLACE_AUDIT_BUCKET", "not set (audit exports to local files are refused)")
+elif AUDIT_RETENTION_DAYS < 1:
+    _refuse("MARKETPLACE_AUDIT_RETENTION_DAYS", "must be at least 1 day")
 
 if _problems:
     raise ImproperlyConfigured(

@@ -19,6 +19,8 @@ PRODUCTION = {
     "MARKETPLACE_KERNEL_URL": "https://kernel.internal",
     "MARKETPLACE_KERNEL_CERT": "/etc/marketplace/kernel.crt",
     "MARKETPLACE_KERNEL_KEY": "/etc/marketplace/kernel.key",
+    "MARKETPLACE_KEYSTORE_MASTER_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    "MARKETPLACE_AUDIT_BUCKET": "marketplace-audit",
 }
 
 
@@ -57,6 +59,8 @@ def test_production_with_nothing_set_names_every_missing_variable():
         "MARKETPLACE_KERNEL_URL",
         "MARKETPLACE_KERNEL_CERT",
         "MARKETPLACE_KERNEL_KEY",
+        "MARKETPLACE_KEYSTORE_MASTER_KEY",
+        "MARKETPLACE_AUDIT_BUCKET",
     ):
         assert f"{variable}: " in result.stderr, variable
     assert "Traceback" not in result.stderr.split("ImproperlyConfigured")[-1]
@@ -66,6 +70,10 @@ def test_production_with_nothing_set_names_every_missing_variable():
     ("override", "message"),
     [
         ({"MARKETPLACE_DEBUG": "1"}, "MARKETPLACE_DEBUG: must be off"),
+        (
+            {"MARKETPLACE_KEYSTORE_MASTER_KEY": "c2hvcnQ="},
+            "MARKETPLACE_KEYSTORE_MASTER_KEY: must be 32 random bytes in base64",
+        ),
         ({"MARKETPLACE_ALLOWED_HOSTS": "*"}, "MARKETPLACE_ALLOWED_HOSTS: must not contain '*'"),
         ({"MARKETPLACE_SECRET_KEY": "short"}, "MARKETPLACE_SECRET_KEY: too weak"),
         (
