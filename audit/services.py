@@ -120,12 +120,13 @@ def _after_append() -> None:
 def checkpoint_create() -> Checkpoint | None:
     """Signs the last committed event with the audit key. None when nothing new was appended
     since the last checkpoint."""
-    last = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
-    if last is None:
+    if not AuditEvent.objects.exists():
         return None
-    if Checkpoint.objects.filter(sequence__gte=last["sequence"]).exists():
-        return None
+    # The key first: creating it appends an event, which this checkpoint then covers.
     signer = signer_for(signing_key_active(purpose=SigningKeyPurpose.AUDIT))
+    last = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
+    if last is None or Checkpoint.objects.filter(sequence__gte=last["sequence"]).exists():
+        return None
     signed_at = timezone.now()
     message = checkpoint_message(
         sequence=last["sequence"], chain_hash=last["hash"], signed_at=signed_at, key_id=signer.kid

@@ -104,13 +104,25 @@ def _new_kid(purpose: str) -> str:
     return f"{purpose}-{timezone.now():%Y%m%d}-{secrets.token_hex(4)}"
 
 
-def _key_create(purpose: str) -> SigningKey:
+def _audit(actor: Any, action: str, key: SigningKey, data: dict[str, Any]) -> None:
+    # Imported here: the audit app builds on this module (it signs with these keys).
+    from audit.services import Actor, audit_append
+
+    audit_append(
+        actor=actor or Actor.system("keystore"),
+        action=action,
+        subject=("signing_key", key.kid),
+        data={"purpose": key.purpose, "algorithm": key.algorithm, **data},
+    )
+
+
+def _key_create(purpose: str, actor: Any = None) -> SigningKey:
     private_key = Ed25519PrivateKey.generate()
     kid = _new_kid(purpose)
     raw = private_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    return SigningKey.objects.create(
+    key = SigningKey.objects.create(
         kid=kid,
         purpose=purpose,
         algorithm=ED25519,
@@ -120,6 +132,8 @@ def _key_create(purpose: str) -> SigningKey:
         ),
         private_key_sealed=_seal(kid, raw),
     )
+    _audit(actor, "signing_key.created", key, {"backend": key.backend})
+    return key
 
 
 def signing_key_active(*, purpose: SigningKeyPurpose) -> SigningKey:
@@ -143,7 +157,9 @@ def signer_for(key: SigningKey) -> Signer:
 
 
 @transaction.atomic
-def signing_key_rotate(*, purpose: SigningKeyPurpose) -> tuple[SigningKey, SigningKey | None]:
+def signing_key_rotate(
+    *, purpose: SigningKeyPurpose, actor: Any = None
+) -> tuple[SigningKey, SigningKey | None]:
     """Makes a new active key and retires the previous one, which goes on verifying.
 
     Returns the new key and the retired one (None when there was none).
@@ -157,11 +173,12 @@ def signing_key_rotate(*, purpose: SigningKeyPurpose) -> tuple[SigningKey, Signi
         previous.status = SigningKeyStatus.RETIRED
         previous.retired_at = timezone.now()
         previous.save(update_fields=["status", "retired_at"])
-    return _key_create(purpose), previous
+        _audit(actor, "signing_key.retired", previous, {})
+    return _key_create(purpose, actor), previous
 
 
 @transaction.atomic
-def signing_key_revoke(*, kid: str, reason: str) -> SigningKey:
+def signing_key_revoke(*, kid: str, reason: str, actor: Any = None) -> SigningKey:
     """Revokes a key: what it signed no longer verifies. A revoked active key leaves its
     purpose without one until the next signature creates (or a rotation makes) a new key."""
     key = SigningKey.objects.select_for_update().get(kid=kid)
@@ -170,6 +187,7 @@ def signing_key_revoke(*, kid: str, reason: str) -> SigningKey:
         key.revoked_at = timezone.now()
         key.revoked_reason = reason
         key.save(update_fields=["status", "revoked_at", "revoked_reason"])
+        _audit(actor, "signing_key.revoked", key, {"reason": reason})
     return key
 
 

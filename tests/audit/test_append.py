@@ -1,3 +1,4 @@
+import io
 from datetime import timedelta
 
 import pytest
@@ -134,17 +135,18 @@ def test_postgresql_refuses_raw_sql_that_changes_the_record(sql: str) -> None:
 def test_verify_passes_on_an_untouched_chain_with_checkpoints() -> None:
     for index in range(5):
         append(subject_id=index)
-    first = checkpoint_create()
+    first = checkpoint_create()  # creates the audit key first, which is event 6
     assert checkpoint_create() is None  # nothing new to sign
     append()
     second = checkpoint_create()
     assert first is not None
     assert second is not None
-    assert (first.sequence, second.sequence) == (5, 6)
+    assert (first.sequence, second.sequence) == (6, 7)
+    assert AuditEvent.objects.get(sequence=6).action == "signing_key.created"
 
     report = chain_verify()
     assert report.ok, report.summary()
-    assert (report.events, report.checkpoints) == (6, 2)
+    assert (report.events, report.checkpoints) == (7, 2)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +154,8 @@ def test_verify_passes_on_an_untouched_chain_with_checkpoints() -> None:
     [
         ("UPDATE audit_event SET data = %s WHERE sequence = 3", "hash_mismatch", 3),
         ("DELETE FROM audit_event WHERE sequence = 3", "gap", 3),
-        ("DELETE FROM audit_event WHERE sequence = 5", "truncated", 5),
+        # Event 6 is the audit key's creation, which the checkpoint signs.
+        ("DELETE FROM audit_event WHERE sequence = 6", "truncated", 6),
     ],
 )
 def test_verify_names_the_first_bad_event_after_raw_tampering(
@@ -201,7 +204,8 @@ def test_a_rewritten_history_is_caught_by_the_checkpoint() -> None:
 
     report = chain_verify()
     assert report.failure is not None
-    assert (report.failure.code, report.failure.sequence) == ("hash_mismatch", 3)
+    # The checkpoint signed event 4 (the audit key's creation came after the three).
+    assert (report.failure.code, report.failure.sequence) == ("hash_mismatch", 4)
     assert "checkpoint" in report.failure.reason
 
 
@@ -221,7 +225,13 @@ def test_checkpoints_signed_by_a_retired_key_verify_and_by_a_revoked_key_do_not(
     signing_key_revoke(kid=first.key_id, reason="key leaked")
     report = chain_verify()
     assert report.failure is not None
-    assert (report.failure.code, report.failure.sequence) == ("unknown_key", 1)
+    assert (report.failure.code, report.failure.sequence) == ("unknown_key", first.sequence)
+    assert [e.action for e in AuditEvent.objects.filter(subject_type="signing_key")] == [
+        "signing_key.revoked",
+        "signing_key.created",
+        "signing_key.retired",
+        "signing_key.created",
+    ]
 
 
 def test_a_checkpoint_whose_signed_fields_were_changed_is_refused() -> None:
@@ -238,4 +248,16 @@ def test_a_checkpoint_whose_signed_fields_were_changed_is_refused() -> None:
 
     report = chain_verify()
     assert report.failure is not None
-    assert (report.failure.code, report.failure.sequence) == ("bad_signature", 1)
+    assert (report.failure.code, report.failure.sequence) == ("bad_signature", 2)
+
+
+def test_the_checkpoint_command_signs_the_head_once() -> None:
+    append()
+    out = io.StringIO()
+    call_command("audit_checkpoint", stdout=out)
+    checkpoint = Checkpoint.objects.get()
+    assert out.getvalue() == (f"Signed event 2 ({checkpoint.hash}) with {checkpoint.key_id}.\n")
+    out = io.StringIO()
+    call_command("audit_checkpoint", stdout=out)
+    assert "Nothing new to sign" in out.getvalue()
+    assert Checkpoint.objects.count() == 1

@@ -1,10 +1,13 @@
 import base64
+import io
 import os
 import stat
 
 import pytest
+from django.core.management import call_command
 from joserfc.jwk import KeySet
 
+from audit.models import AuditEvent
 from marketplace.jwk import public_keys_from_jwks
 from marketplace.keystore import (
     KeyStoreError,
@@ -98,3 +101,19 @@ def test_the_jwks_lists_active_and_retired_keys_but_not_revoked_ones(api_client)
 def test_an_unusable_jwks_is_refused_with_a_reason(document, message) -> None:
     with pytest.raises(ValueError, match=message):
         public_keys_from_jwks(document)
+
+
+def test_rotate_signer_prints_the_new_key_and_audits_the_rotation() -> None:
+    old = signing_key_active(purpose=SigningKeyPurpose.AUDIT)
+    out, err = io.StringIO(), io.StringIO()
+    call_command("rotate_signer", "--purpose", "audit", stdout=out, stderr=err)
+
+    new = signing_key_active(purpose=SigningKeyPurpose.AUDIT)
+    assert out.getvalue() == f"{new.kid}\n"
+    assert f"Retired {old.kid}" in err.getvalue()
+    events = AuditEvent.objects.filter(subject_type="signing_key").order_by("sequence")
+    assert [(e.action, e.subject_id, e.actor_type, e.actor_id) for e in events] == [
+        ("signing_key.created", old.kid, "system", "keystore"),
+        ("signing_key.retired", old.kid, "system", "rotate_signer"),
+        ("signing_key.created", new.kid, "system", "rotate_signer"),
+    ]
