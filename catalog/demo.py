@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.services import Actor
 from catalog import services
 from catalog.manifests import manifest_for, manifest_signing_input
 from catalog.models import Category, Partner, PartnerKind, Sku, SkuStatus
@@ -172,7 +173,11 @@ def _price(rng: random.Random, currency: str) -> int:
     return rng.choice([499, 999, 1499, 1999, 2999, 4900, 7900, 12900])
 
 
-def load_catalog_demo(*, keys_dir: Path, log: Callable[[str], None] = print) -> DemoResult:
+def load_catalog_demo(
+    *, keys_dir: Path, actor: Actor, log: Callable[[str], None] = print
+) -> DemoResult:
+    """Loads what is missing of the demo catalog; every change is the `actor`'s in the audit
+    log, as it goes through the services."""
     result = DemoResult(keys_dir=keys_dir)
     keys_dir.mkdir(parents=True, exist_ok=True)
 
@@ -191,7 +196,8 @@ def load_catalog_demo(*, keys_dir: Path, log: Callable[[str], None] = print) -> 
                     description=f"{name} sells through the marketplace.",
                     contract_reference=contract,
                     payout_reference=payout,
-                )
+                ),
+                actor=actor,
             )
         private_key = partner_demo_key(slug)
         public_raw = private_key.public_key().public_bytes(
@@ -202,6 +208,7 @@ def load_catalog_demo(*, keys_dir: Path, log: Callable[[str], None] = print) -> 
                 partner=partner,
                 key_id="demo-2026",
                 public_key=base64.b64encode(public_raw).decode(),
+                actor=actor,
             )
         (keys_dir / f"{slug}.pem").write_bytes(
             private_key.private_bytes(
@@ -223,7 +230,8 @@ def load_catalog_demo(*, keys_dir: Path, log: Callable[[str], None] = print) -> 
                     name=name,
                     parent=categories[parent_slug] if parent_slug else None,
                     description=f"{name} from the marketplace's partners.",
-                )
+                ),
+                actor=actor,
             )
         categories[slug] = category
     result.categories = len(categories)
@@ -240,6 +248,7 @@ def load_catalog_demo(*, keys_dir: Path, log: Callable[[str], None] = print) -> 
                 category=categories[category_slug],
                 currency=currency,
                 partners=partners,
+                actor=actor,
             )
             result.skus_created += 1
             log(f"  {slug}")
@@ -256,6 +265,7 @@ def _create_demo_sku(
     category: Category,
     currency: str,
     partners: dict[str, Partner],
+    actor: Actor,
 ) -> None:
     rng = random.Random(f"sku:{slug}")  # noqa: S311 - demo content, not a secret
     version = f"{rng.randint(1, 4)}.{rng.randint(0, 9)}.{rng.randint(0, 20)}"
@@ -274,7 +284,8 @@ def _create_demo_sku(
             license_seats=rng.choice([1, 1, 5]),
             license_entitlements=["standard"] + (["commercial"] if rng.random() < 0.5 else []),
             preview_enabled=rng.random() < 0.6,
-        )
+        ),
+        actor=actor,
     )
     content = _artifact_bytes(slug, title, version)
     artifact = services.sku_artifact_upload(
@@ -282,6 +293,7 @@ def _create_demo_sku(
         content=io.BytesIO(content),
         filename=f"{slug}-{version}.zip",
         content_type="application/zip",
+        actor=actor,
     )
     sku.refresh_from_db()
     manifest = manifest_for(sku, artifact)
@@ -290,7 +302,7 @@ def _create_demo_sku(
     signature = base64.b64encode(
         partner_demo_key(partner.slug).sign(manifest_signing_input(manifest))
     ).decode()
-    services.sku_manifest_attach(sku_id=sku.pk, manifest=manifest, signature=signature)
+    services.sku_manifest_attach(sku_id=sku.pk, manifest=manifest, signature=signature, actor=actor)
 
     # Some goods are co-created: the second partner takes a share.
     if rng.random() < 0.25:
@@ -298,14 +310,16 @@ def _create_demo_sku(
         splits = [(partner, 7000), (other, 3000)]
     else:
         splits = [(partner, 10_000)]
-    services.sku_splits_set(sku_id=sku.pk, splits=splits)
+    services.sku_splits_set(sku_id=sku.pk, splits=splits, actor=actor)
 
     target = OFF_SALE.get(slug, SkuStatus.ACTIVE)
     if target == SkuStatus.DRAFT:
-        services.sku_manifest_verify(sku_id=sku.pk)
+        services.sku_manifest_verify(sku_id=sku.pk, actor=actor)
         return
-    services.sku_activate(sku_id=sku.pk)
+    services.sku_activate(sku_id=sku.pk, actor=actor)
     if target == SkuStatus.SUSPENDED:
-        services.sku_suspend(sku_id=sku.pk, reason="Demo: held back pending a partner fix.")
+        services.sku_suspend(
+            sku_id=sku.pk, reason="Demo: held back pending a partner fix.", actor=actor
+        )
     elif target == SkuStatus.RETIRED:
-        services.sku_retire(sku_id=sku.pk, reason="Demo: replaced by a newer pack.")
+        services.sku_retire(sku_id=sku.pk, reason="Demo: replaced by a newer pack.", actor=actor)

@@ -1,7 +1,6 @@
 """Catalog work done by the workers. Tasks load by id and call a service; running one twice is
 harmless because each service re-reads the current state under a lock before writing."""
 
-import contextlib
 import hashlib
 import logging
 from datetime import timedelta
@@ -10,13 +9,19 @@ from celery import shared_task
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from catalog.exceptions import TransitionRefused
+from audit.services import Actor
 from catalog.models import Artifact, ManifestStatus, Sku, SkuStatus
-from catalog.services import artifact_orphans_delete, sku_manifest_verify, sku_suspend
+from catalog.services import (
+    artifact_integrity_record,
+    artifact_orphans_delete,
+    sku_manifest_verify,
+)
 
 logger = logging.getLogger(__name__)
 
 INTEGRITY_CHUNK_BYTES = 1024 * 1024
+# Who the audit log names for what the catalog's workers change.
+WORKER = Actor.service("catalog-worker")
 # Long enough that no upload still waiting to be attached is taken for an orphan.
 ORPHAN_GRACE = timedelta(days=1)
 
@@ -31,7 +36,7 @@ def sku_verify_manifest(sku_id: int) -> str | None:
     """Verifies a SKU's manifest. A Kernel outage is recorded and retried with backoff; the
     10-minute sweep picks up whatever is still unverified after the last retry."""
     try:
-        check = sku_manifest_verify(sku_id=sku_id)
+        check = sku_manifest_verify(sku_id=sku_id, actor=WORKER)
     except Sku.DoesNotExist:
         return None
     if check is not None and check.status == ManifestStatus.UNAVAILABLE:
@@ -72,9 +77,8 @@ def artifact_check_integrity(artifact_id: int) -> bool | None:
         sha256, size = _stored_sha256(artifact.storage_key)
     except FileNotFoundError:
         sha256, size = "", 0
-    intact = sha256 == artifact.sha256 and size == artifact.size
-    Artifact.objects.filter(pk=artifact_id).update(
-        integrity_ok=intact, integrity_checked_at=timezone.now()
+    intact = artifact_integrity_record(
+        artifact_id=artifact_id, sha256=sha256, size=size, actor=WORKER
     )
     if not intact:
         logger.error(
@@ -82,16 +86,6 @@ def artifact_check_integrity(artifact_id: int) -> bool | None:
             artifact.uuid,
             artifact.storage_key,
         )
-        on_sale = Sku.objects.filter(artifact=artifact, status=SkuStatus.ACTIVE).values_list(
-            "pk", flat=True
-        )
-        for sku_id in on_sale:
-            with contextlib.suppress(TransitionRefused):  # taken off sale meanwhile
-                sku_suspend(
-                    sku_id=sku_id,
-                    reason=f"artifact {artifact.filename} changed in storage since upload",
-                )
-
     return intact
 
 
@@ -109,7 +103,7 @@ def artifacts_check_integrity() -> int:
 
 @shared_task(soft_time_limit=600, time_limit=900)
 def artifacts_sweep_orphans() -> int:
-    removed = artifact_orphans_delete(older_than=timezone.now() - ORPHAN_GRACE)
+    removed = artifact_orphans_delete(older_than=timezone.now() - ORPHAN_GRACE, actor=WORKER)
     if removed:
         logger.info("removed %d stored artifact file(s) that nothing refers to", len(removed))
     return len(removed)

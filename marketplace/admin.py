@@ -6,6 +6,7 @@ from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit.services import Actor
 from marketplace.models import ApiToken, User
 from marketplace.services import api_token_revoke
 
@@ -88,5 +89,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        count = sum(1 for token in queryset if api_token_revoke(token_pk=token.pk))
+        actor = Actor.of_user(request.user)
+        count = sum(1 for token in queryset if api_token_revoke(token_pk=token.pk, actor=actor))
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from marketplace.models import User
 from marketplace.roles import CONTENT_OPS, FINANCE, roles_sync
 from marketplace.services import api_token_issue
-from tests.catalog.factories import Publisher, make_publisher
+from tests.catalog.factories import TEST_ACTOR, Publisher, make_publisher
 
 pytest_plugins = [
     "tests.support.browser",
@@ -110,7 +110,7 @@ def other_buyer(db: None) -> User:
 
 @pytest.fixture
 def buyer_token(buyer: User) -> str:
-    _, token = api_token_issue(email=buyer.email)
+    _, token = api_token_issue(email=buyer.email, actor=TEST_ACTOR)
     return token
 
 

@@ -26,7 +26,7 @@ def seed(*, skus: int) -> tuple[int, int]:
     """Returns (SKUs created now, active SKUs in total)."""
     from catalog import services
     from catalog.models import Category, Partner, Sku
-    from tests.catalog.factories import make_publisher, publish_sku
+    from tests.catalog.factories import TEST_ACTOR, make_publisher, publish_sku
 
     missing = skus - Sku.objects.active().count()
     if missing <= 0:
@@ -37,7 +37,8 @@ def seed(*, skus: int) -> tuple[int, int]:
         category = Category.objects.filter(slug=slug).first()
         if category is None:
             category = services.category_save(
-                category=Category(slug=slug, name=slug.replace("-", " ").title())
+                category=Category(slug=slug, name=slug.replace("-", " ").title()),
+                actor=TEST_ACTOR,
             )
         categories.append(category)
 

@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from audit.services import Actor
 from catalog import services
 from catalog.models import (
     Category,
@@ -49,12 +50,13 @@ class CategoryAdmin(admin.ModelAdmin):
         return category.sku_count
 
     def save_model(self, request: HttpRequest, obj: Category, form: Any, change: bool) -> None:
-        services.category_save(category=obj)
+        services.category_save(category=obj, actor=Actor.of_user(request.user))
 
     def delete_model(self, request: HttpRequest, obj: Category) -> None:
-        services.category_delete(category=obj)
+        services.category_delete(category=obj, actor=Actor.of_user(request.user))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Category]) -> None:
         # Deepest first, so a subtree selected whole can go.
+        actor = Actor.of_user(request.user)
         for category in queryset.order_by("-path"):
-            services.category_delete(category=category)
+            services.category_delete(category=category, actor=actor)

@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 
+from audit.services import Actor
 from catalog import services
 from catalog.admin.common import URL_FIELDS_HTTPS, as_form_error, reason_action
 from catalog.models import (
@@ -87,18 +88,20 @@ class PartnerAdmin(admin.ModelAdmin):
         return partner.sku_count
 
     def save_model(self, request: HttpRequest, obj: Partner, form: Any, change: bool) -> None:
-        services.partner_save(partner=obj)
+        services.partner_save(partner=obj, actor=Actor.of_user(request.user))
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         if formset.model is not PartnerKey:
             super().save_formset(request, form, formset, change)
             return
         # The admin's change message reads what formset.save() would have recorded.
+        actor = Actor.of_user(request.user)
         formset.new_objects = [
             services.partner_key_register(
                 partner=form.instance,
                 key_id=key_form.cleaned_data["key_id"],
                 public_key=key_form.cleaned_data["public_key"],
+                actor=actor,
             )
             for key_form in formset.forms
             if key_form.instance.pk is None and key_form.has_changed()
@@ -142,6 +145,8 @@ class PartnerKeyAdmin(admin.ModelAdmin):
             request,
             queryset.filter(status=KeyStatus.ACTIVE),
             title="Revoke partner signing keys",
-            apply=lambda key, reason: services.partner_key_revoke(key_pk=key.pk, reason=reason),
+            apply=lambda key, reason: services.partner_key_revoke(
+                key_pk=key.pk, reason=reason, actor=Actor.of_user(request.user)
+            ),
             done="{count} key(s) revoked.",
         )

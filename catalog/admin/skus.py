@@ -12,6 +12,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
+from audit.services import Actor
 from catalog import services
 from catalog.admin.common import HttpsURLField, reason_action
 from catalog.exceptions import TransitionRefused
@@ -290,16 +291,18 @@ class SkuAdmin(admin.ModelAdmin):
         )
 
     def save_model(self, request: HttpRequest, obj: Sku, form: SkuAdminForm, change: bool) -> None:
-        services.sku_save(sku=obj)
+        actor = Actor.of_user(request.user)
+        services.sku_save(sku=obj, actor=actor)
         if form.stored_artifact is not None:
             services.sku_artifact_attach(
-                sku_id=obj.pk, stored=form.stored_artifact, uploaded_by=request.user
+                sku_id=obj.pk, stored=form.stored_artifact, actor=actor, uploaded_by=request.user
             )
         if form.manifest is not None:
             services.sku_manifest_attach(
                 sku_id=obj.pk,
                 manifest=form.manifest,
                 signature=form.cleaned_data["manifest_signature"],
+                actor=actor,
             )
         obj.refresh_from_db()
 
@@ -314,7 +317,7 @@ class SkuAdmin(admin.ModelAdmin):
             return
         formset.deleted_objects = [split_form.instance for split_form in formset.initial_forms]
         formset.new_objects = services.sku_splits_set(
-            sku_id=form.instance.pk, splits=formset.shares()
+            sku_id=form.instance.pk, splits=formset.shares(), actor=Actor.of_user(request.user)
         )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -326,9 +329,10 @@ class SkuAdmin(admin.ModelAdmin):
     @admin.action(description="Activate selected SKUs (put on sale)", permissions=["publish"])
     def activate(self, request: HttpRequest, queryset: QuerySet[Sku]) -> None:
         activated = 0
+        actor = Actor.of_user(request.user)
         for sku in queryset.order_by("pk"):
             try:
-                services.sku_activate(sku_id=sku.pk)
+                services.sku_activate(sku_id=sku.pk, actor=actor)
             except TransitionRefused as exc:
                 reasons = "; ".join(exc.reasons)
                 self.message_user(request, f"Not activated: {sku.slug}: {reasons}.", messages.ERROR)
@@ -348,7 +352,9 @@ class SkuAdmin(admin.ModelAdmin):
             request,
             queryset,
             title="Suspend SKUs",
-            apply=lambda sku, reason: services.sku_suspend(sku_id=sku.pk, reason=reason),
+            apply=lambda sku, reason: services.sku_suspend(
+                sku_id=sku.pk, reason=reason, actor=Actor.of_user(request.user)
+            ),
             done="{count} SKU(s) suspended.",
         )
 
@@ -359,14 +365,17 @@ class SkuAdmin(admin.ModelAdmin):
             request,
             queryset,
             title="Retire SKUs",
-            apply=lambda sku, reason: services.sku_retire(sku_id=sku.pk, reason=reason),
+            apply=lambda sku, reason: services.sku_retire(
+                sku_id=sku.pk, reason=reason, actor=Actor.of_user(request.user)
+            ),
             done="{count} SKU(s) retired.",
         )
 
     @admin.action(description="Verify manifests now", permissions=["change"])
     def verify_manifest(self, request: HttpRequest, queryset: QuerySet[Sku]) -> None:
+        actor = Actor.of_user(request.user)
         for sku in queryset.order_by("pk"):
-            check = services.sku_manifest_verify(sku_id=sku.pk)
+            check = services.sku_manifest_verify(sku_id=sku.pk, actor=actor)
             if check is None:
                 self.message_user(request, f"{sku.slug}: no manifest to verify.", messages.WARNING)
             else:

@@ -1,12 +1,15 @@
 """Writes to the catalog. The admin, the API, the tasks and the commands all come through here.
 
-Every write retires the cached catalog reads once it commits (catalog.cache.catalog_changed).
+Every write retires the cached catalog reads once it commits (catalog.cache.catalog_changed),
+and takes the `actor` who asked for it: each change appends its audit event (audit.services)
+in the transaction that makes the change, and a call that changes nothing appends none.
 Calls to storage and to the Kernel happen outside database transactions, so a slow upload or
 an unreachable Kernel never holds a row lock.
 """
 
 from catalog.services.artifacts import (
     StoredArtifact,
+    artifact_integrity_record,
     artifact_orphans_delete,
     artifact_store,
     sku_artifact_attach,
@@ -39,6 +42,7 @@ from catalog.services.skus import (
 __all__ = [
     "ManifestCheck",
     "StoredArtifact",
+    "artifact_integrity_record",
     "artifact_orphans_delete",
     "artifact_store",
     "category_delete",

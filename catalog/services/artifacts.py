@@ -12,8 +12,10 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 from django.utils.text import get_valid_filename
 
+from audit.services import Actor, audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     ArtifactTooLarge,
@@ -99,9 +101,10 @@ def _check_artifact_changeable(sku: Sku) -> None:
 
 @transaction.atomic
 def sku_artifact_attach(
-    *, sku_id: int, stored: StoredArtifact, uploaded_by: User | None = None
+    *, sku_id: int, stored: StoredArtifact, actor: Actor, uploaded_by: User | None = None
 ) -> Artifact:
-    """Makes a stored file the SKU's artifact. The manifest must then name its hash."""
+    """Makes a stored file the SKU's artifact. The manifest must then name its hash.
+    Records `sku.artifact_uploaded`."""
     sku = sku_lock(sku_id)
     _check_artifact_changeable(sku)
     artifact = Artifact.objects.create(
@@ -113,8 +116,21 @@ def sku_artifact_attach(
         sha256=stored.sha256,
         uploaded_by=uploaded_by,
     )
+    replaced = sku.artifact.sha256 if sku.artifact else None
     sku.artifact = artifact
     sku.save(update_fields=["artifact", "updated_at"])
+    audit_append(
+        actor=actor,
+        action="sku.artifact_uploaded",
+        subject=sku,
+        data={
+            "artifact_id": artifact.pk,
+            "filename": artifact.filename,
+            "size": artifact.size,
+            "sha256": artifact.sha256,
+            "replaced_sha256": replaced,
+        },
+    )
     catalog_changed()
     return artifact
 
@@ -125,13 +141,16 @@ def sku_artifact_upload(
     content: BinaryIO,
     filename: str,
     content_type: str = "",
+    actor: Actor,
     uploaded_by: User | None = None,
 ) -> Artifact:
     """Stores a file and attaches it to the SKU; if attaching fails, the file is removed."""
     _check_artifact_changeable(sku)
     stored = artifact_store(content=content, filename=filename, content_type=content_type)
     try:
-        return sku_artifact_attach(sku_id=sku.pk, stored=stored, uploaded_by=uploaded_by)
+        return sku_artifact_attach(
+            sku_id=sku.pk, stored=stored, actor=actor, uploaded_by=uploaded_by
+        )
     except BaseException:
         _discard(stored.storage_key)
         raise
@@ -149,10 +168,17 @@ def _stored_artifact_keys() -> list[str]:
     ]
 
 
-def artifact_orphans_delete(*, older_than: datetime) -> list[str]:
+ORPHAN_KEYS_RECORDED = 100
+
+
+def artifact_orphans_delete(*, older_than: datetime, actor: Actor) -> list[str]:
     """Deletes stored artifact files that no artifact refers to and that are older than
     `older_than`: uploads whose admin form was sent back with errors, or whose transaction
-    rolled back. Younger files are spared, as their upload may be about to be attached."""
+    rolled back. Younger files are spared, as their upload may be about to be attached.
+
+    Records `artifact.orphans_deleted` after the files are gone (storage is no transaction):
+    the count, and the first ORPHAN_KEYS_RECORDED keys. Nothing when nothing was deleted.
+    """
     referenced = set(Artifact.objects.values_list("storage_key", flat=True))
     removed: list[str] = []
     for key in _stored_artifact_keys():
@@ -160,4 +186,67 @@ def artifact_orphans_delete(*, older_than: datetime) -> list[str]:
             continue
         default_storage.delete(key)
         removed.append(key)
+    if removed:
+        with transaction.atomic():
+            audit_append(
+                actor=actor,
+                action="artifact.orphans_deleted",
+                subject=("storage", "artifacts"),
+                data={"count": len(removed), "keys": sorted(removed)[:ORPHAN_KEYS_RECORDED]},
+            )
     return removed
+
+
+@transaction.atomic
+def artifact_integrity_record(*, artifact_id: int, sha256: str, size: int, actor: Actor) -> bool:
+    """Records what a re-read of a stored artifact found (`sha256` and `size` of the stored
+    bytes; "" and 0 if the file is gone). A SKU on sale whose artifact changed in storage is
+    suspended: buyers must not receive other bytes than the ones the partner signed.
+
+    Records `artifact.integrity_failed` and a `sku.suspended` per SKU taken off sale; an
+    intact artifact records nothing. Returns whether the artifact is intact.
+    """
+    # NO KEY: SKUs referring to the artifact keep their foreign-key share lock compatible.
+    artifact = (
+        Artifact.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("sku")
+        .get(pk=artifact_id)
+    )
+    intact = sha256 == artifact.sha256 and size == artifact.size
+    artifact.integrity_ok = intact
+    artifact.integrity_checked_at = timezone.now()
+    artifact.save(update_fields=["integrity_ok", "integrity_checked_at"])
+    if intact:
+        return True
+    candidates = Sku.objects.filter(artifact=artifact, status=SkuStatus.ACTIVE).order_by("pk")
+    locked = [sku_lock(sku_id) for sku_id in candidates.values_list("pk", flat=True)]
+    on_sale = [sku for sku in locked if sku.status == SkuStatus.ACTIVE]  # re-read under lock
+    audit_append(
+        actor=actor,
+        action="artifact.integrity_failed",
+        subject=artifact,
+        data={
+            "sku": artifact.sku.slug,
+            "storage_key": artifact.storage_key,
+            "expected_sha256": artifact.sha256,
+            "actual_sha256": sha256,
+            "expected_size": artifact.size,
+            "actual_size": size,
+            "skus_suspended": [sku.slug for sku in on_sale],
+        },
+    )
+    reason = f"artifact {artifact.filename} changed in storage since upload"
+    for sku in on_sale:
+        audit_append(
+            actor=actor,
+            action="sku.suspended",
+            subject=sku,
+            data={"from": SkuStatus.ACTIVE.value, "reason": reason},
+        )
+        sku.status = SkuStatus.SUSPENDED
+        sku.status_reason = reason
+        sku.status_changed_at = artifact.integrity_checked_at
+        sku.save(update_fields=["status", "status_reason", "status_changed_at", "updated_at"])
+    if on_sale:
+        catalog_changed()
+    return False

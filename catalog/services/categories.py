@@ -3,6 +3,7 @@
 from django.db import transaction
 from django.db.models import ProtectedError
 
+from audit.services import Actor, audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     InvalidCategory,
@@ -10,6 +11,7 @@ from catalog.exceptions import (
 from catalog.models import (
     Category,
 )
+from catalog.services.changes import category_fields, changes, recorded
 
 CATEGORY_MAX_DEPTH = 8
 
@@ -32,17 +34,26 @@ def category_parent_problem(*, category: Category, parent: Category | None) -> s
 
 
 @transaction.atomic
-def category_save(*, category: Category) -> Category:
-    """Saves a category and keeps the materialised paths of it and its subtree right."""
+def category_save(*, category: Category, actor: Actor) -> Category:
+    """Saves a category and keeps the materialised paths of it and its subtree right.
+
+    Records `category.created`, `category.moved` (its parent changed) or `category.updated`;
+    nothing when no field changed.
+    """
     problem = category_parent_problem(category=category, parent=category.parent)
     if problem:
         raise InvalidCategory(problem, errors={"parent": [problem]})
 
-    old_path = (
-        Category.objects.filter(pk=category.pk).values_list("path", flat=True).first()
+    stored = (
+        Category.objects.select_for_update(of=("self",))
+        .select_related("parent")
+        .filter(pk=category.pk)
+        .first()
         if category.pk
         else None
     )
+    before = category_fields(stored) if stored else None
+    old_path = stored.path if stored else None
     category.path = (category.parent.path if category.parent else "") + category.slug + "/"
     category.full_clean()
     category.save()
@@ -56,16 +67,30 @@ def category_save(*, category: Category) -> Category:
         for node in subtree:
             node.path = category.path + node.path[len(old_path) :]
         Category.objects.bulk_update(subtree, ["path"])
+    after = category_fields(category)
+    if before is None:
+        audit_append(actor=actor, action="category.created", subject=category, data=recorded(after))
+    elif change := changes(before, after):
+        action = "category.moved" if "parent" in change["changed"] else "category.updated"
+        audit_append(actor=actor, action=action, subject=category, data=change)
     catalog_changed()
     return category
 
 
 @transaction.atomic
-def category_delete(*, category: Category) -> None:
+def category_delete(*, category: Category, actor: Actor) -> None:
+    """Deletes an empty category; records `category.deleted`."""
+    category_id, path = category.pk, category.path
     try:
         category.delete()
     except ProtectedError:
         raise InvalidCategory(
             f"{category} still has subcategories or SKUs; move them first."
         ) from None
+    audit_append(
+        actor=actor,
+        action="category.deleted",
+        subject=("category", category_id),
+        data={"slug": category.slug, "path": path},
+    )
     catalog_changed()

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import Actor, audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     InvalidPartnerKey,
@@ -20,15 +21,28 @@ from catalog.models import (
     Sku,
     SkuStatus,
 )
+from catalog.services.changes import changes, partner_fields, recorded
 from marketplace.kernel import decode_signature
 
 # --- Partners ----------------------------------------------------------------------------------
 
 
 @transaction.atomic
-def partner_save(*, partner: Partner) -> Partner:
+def partner_save(*, partner: Partner, actor: Actor) -> Partner:
+    """Creates or changes a partner; records `partner.created` or `partner.updated` (nothing
+    when no field changed)."""
+    before = (
+        partner_fields(Partner.objects.select_for_update().get(pk=partner.pk))
+        if partner.pk is not None
+        else None
+    )
     partner.full_clean()
     partner.save()
+    after = partner_fields(partner)
+    if before is None:
+        audit_append(actor=actor, action="partner.created", subject=partner, data=recorded(after))
+    elif change := changes(before, after):
+        audit_append(actor=actor, action="partner.updated", subject=partner, data=change)
     catalog_changed()
     return partner
 
@@ -58,7 +72,9 @@ def public_key_parse(text: str) -> bytes:
 
 
 @transaction.atomic
-def partner_key_register(*, partner: Partner, key_id: str, public_key: str) -> PartnerKey:
+def partner_key_register(
+    *, partner: Partner, key_id: str, public_key: str, actor: Actor
+) -> PartnerKey:
     raw = public_key_parse(public_key)
     key = PartnerKey(
         partner=partner,
@@ -79,12 +95,23 @@ def partner_key_register(*, partner: Partner, key_id: str, public_key: str) -> P
     except IntegrityError:
         # A concurrent registration of the same key or key id won the race.
         raise InvalidPartnerKey("This key or key id is already registered.") from None
+    audit_append(
+        actor=actor,
+        action="partner.key_registered",
+        subject=partner,
+        data={"key_id": key.key_id, "fingerprint": key.fingerprint},
+    )
     return key
 
 
 @transaction.atomic
-def partner_key_revoke(*, key_pk: int, reason: str) -> PartnerKey:
-    """Revokes a key. Manifests it verified no longer count: their SKUs leave sale."""
+def partner_key_revoke(*, key_pk: int, reason: str, actor: Actor) -> PartnerKey:
+    """Revokes a key. Manifests it verified no longer count: their SKUs leave sale.
+
+    Records `partner.key_revoked`, and for each SKU whose manifest the key had verified
+    `sku.manifest_rejected` (and `sku.suspended` if it was on sale). Revoking a revoked key
+    changes and records nothing.
+    """
     key = PartnerKey.objects.select_for_update().select_related("partner").get(pk=key_pk)
     if key.status == KeyStatus.REVOKED:
         return key
@@ -94,22 +121,47 @@ def partner_key_revoke(*, key_pk: int, reason: str) -> PartnerKey:
     key.revoked_reason = reason
     key.save(update_fields=["status", "revoked_at", "revoked_reason"])
 
-    affected = (
+    affected = list(
         Sku.objects.select_for_update(of=("self",))
         .filter(
             partner=key.partner, manifest_key_id=key.key_id, manifest_status=ManifestStatus.VERIFIED
         )
         .order_by("pk")
     )
+    # The cause first, then what it did to each SKU.
+    audit_append(
+        actor=actor,
+        action="partner.key_revoked",
+        subject=key.partner,
+        data={
+            "key_id": key.key_id,
+            "fingerprint": key.fingerprint,
+            "reason": reason,
+            "manifests_rejected": [sku.slug for sku in affected],
+            "skus_suspended": [sku.slug for sku in affected if sku.status == SkuStatus.ACTIVE],
+        },
+    )
     for sku in affected:
         sku.manifest_status = ManifestStatus.REJECTED
         sku.manifest_detail = f"signed with key {key.key_id!r}, revoked: {reason or 'no reason'}"
         fields = ["manifest_status", "manifest_detail", "updated_at"]
+        audit_append(
+            actor=actor,
+            action="sku.manifest_rejected",
+            subject=sku,
+            data={"reason": sku.manifest_detail, "key_id": key.key_id},
+        )
         if sku.status == SkuStatus.ACTIVE:
             sku.status = SkuStatus.SUSPENDED
             sku.status_reason = f"manifest signing key {key.key_id!r} was revoked"
             sku.status_changed_at = now
             fields += ["status", "status_reason", "status_changed_at"]
+            audit_append(
+                actor=actor,
+                action="sku.suspended",
+                subject=sku,
+                data={"from": SkuStatus.ACTIVE.value, "reason": sku.status_reason},
+            )
         sku.save(update_fields=fields)
     catalog_changed()
     return key

@@ -1,5 +1,6 @@
 """SKUs: their fields, manifests, status and royalty splits."""
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import Actor, audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     InvalidManifest,
@@ -24,7 +26,9 @@ from catalog.models import (
     SkuStatus,
 )
 from catalog.selectors import sku_activation_blockers
+from catalog.services.changes import NOTE_MAX, changes, recorded, sku_fields, splits_record
 from catalog.services.locks import sku_lock
+from marketplace.canonical import canonical_json
 from marketplace.kernel import KernelUnavailable, PublisherKey, decode_signature, get_kernel
 
 # --- SKUs --------------------------------------------------------------------------------------
@@ -46,12 +50,14 @@ _SERVICE_OWNED_FIELDS = (
 
 
 @transaction.atomic
-def sku_save(*, sku: Sku) -> Sku:
+def sku_save(*, sku: Sku, actor: Actor) -> Sku:
     """Creates a SKU as a draft, or saves changes to its descriptive fields and price.
 
     What identifies the goods on sale (partner, version) cannot change while the SKU is active,
     and the slug cannot change once the SKU has ever been on sale: orders refer to it.
+    Records `sku.created`, or `sku.updated` with the fields that changed (nothing if none did).
     """
+    before: Sku | None = None
     if sku.pk is None:
         sku.status = SkuStatus.DRAFT
         sku.artifact = None
@@ -75,6 +81,11 @@ def sku_save(*, sku: Sku) -> Sku:
             setattr(sku, field, getattr(before, field))
     sku.full_clean()
     sku.save()
+    after = sku_fields(sku)
+    if before is None:
+        audit_append(actor=actor, action="sku.created", subject=sku, data=recorded(after))
+    elif change := changes(sku_fields(before), after):
+        audit_append(actor=actor, action="sku.updated", subject=sku, data=change)
     catalog_changed()
     return sku
 
@@ -96,8 +107,11 @@ def manifest_signature_parse(signature: str) -> str:
 
 
 @transaction.atomic
-def sku_manifest_attach(*, sku_id: int, manifest: str | dict[str, Any], signature: str) -> Sku:
-    """Attaches a manifest and its signature; a worker then verifies them."""
+def sku_manifest_attach(
+    *, sku_id: int, manifest: str | dict[str, Any], signature: str, actor: Actor
+) -> Sku:
+    """Attaches a manifest and its signature; a worker then verifies them. Records
+    `sku.manifest_attached`."""
     manifest = manifest_parse(manifest)
     signature = manifest_signature_parse(signature)
     sku = sku_lock(sku_id)
@@ -123,6 +137,15 @@ def sku_manifest_attach(*, sku_id: int, manifest: str | dict[str, Any], signatur
             "updated_at",
         ]
     )
+    audit_append(
+        actor=actor,
+        action="sku.manifest_attached",
+        subject=sku,
+        data={
+            "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
+            "artifact_sha256": manifest["artifact"]["sha256"],
+        },
+    )
     catalog_changed()
 
     from catalog.tasks import sku_verify_manifest
@@ -137,12 +160,16 @@ class ManifestCheck:
     detail: str
 
 
-def sku_manifest_verify(*, sku_id: int) -> ManifestCheck | None:
+def sku_manifest_verify(*, sku_id: int, actor: Actor) -> ManifestCheck | None:
     """Asks the Kernel whether the SKU's manifest signature is good and records the answer.
 
     Returns None when there is no manifest, or when it changed while the Kernel was asked
     (the newer manifest gets its own check). An unreachable Kernel is recorded as such for a
     SKU that is not on sale; an active SKU keeps its earlier verdict through an outage.
+
+    Records `sku.manifest_verified` or `sku.manifest_rejected` (and `sku.suspended` when that
+    takes an active SKU off sale), and `sku.manifest_unavailable` only when the status becomes
+    unavailable, so the retries during an outage do not repeat it.
     """
     sku = Sku.objects.select_related("partner").get(pk=sku_id)
     if sku.manifest is None:
@@ -174,6 +201,27 @@ def sku_manifest_verify(*, sku_id: int) -> ManifestCheck | None:
         now = timezone.now()
         if sku.status == SkuStatus.ACTIVE and check.status == ManifestStatus.UNAVAILABLE:
             return check
+        if check.status == ManifestStatus.VERIFIED:
+            audit_append(
+                actor=actor,
+                action="sku.manifest_verified",
+                subject=sku,
+                data={"key_id": key_id},
+            )
+        elif check.status == ManifestStatus.REJECTED:
+            audit_append(
+                actor=actor,
+                action="sku.manifest_rejected",
+                subject=sku,
+                data={"reason": check.detail[:NOTE_MAX], "key_id": key_id},
+            )
+        elif sku.manifest_status != ManifestStatus.UNAVAILABLE:
+            audit_append(
+                actor=actor,
+                action="sku.manifest_unavailable",
+                subject=sku,
+                data={"detail": check.detail[:NOTE_MAX]},
+            )
         sku.manifest_status = check.status
         sku.manifest_detail = check.detail
         sku.manifest_key_id = key_id
@@ -190,15 +238,22 @@ def sku_manifest_verify(*, sku_id: int) -> ManifestCheck | None:
             sku.status_reason = f"manifest rejected on re-verification: {check.detail}"[:300]
             sku.status_changed_at = now
             fields += ["status", "status_reason", "status_changed_at"]
+            audit_append(
+                actor=actor,
+                action="sku.suspended",
+                subject=sku,
+                data={"from": SkuStatus.ACTIVE.value, "reason": sku.status_reason},
+            )
         sku.save(update_fields=fields)
         catalog_changed()
     return check
 
 
-def sku_activate(*, sku_id: int) -> Sku:
+def sku_activate(*, sku_id: int, actor: Actor) -> Sku:
     """Puts a draft or suspended SKU on sale, after a fresh check of its manifest.
 
-    Raises TransitionRefused listing every unmet condition.
+    Raises TransitionRefused listing every unmet condition. Records the check (see
+    sku_manifest_verify) in its own transaction, then `sku.activated`.
     """
     sku = Sku.objects.get(pk=sku_id)
     if not sku.can_become(SkuStatus.ACTIVE):
@@ -208,7 +263,7 @@ def sku_activate(*, sku_id: int) -> Sku:
             reasons=[f"a {sku.status} SKU cannot be activated"],
         )
     if sku.manifest is not None:
-        sku_manifest_verify(sku_id=sku_id)
+        sku_manifest_verify(sku_id=sku_id, actor=actor)
 
     with transaction.atomic():
         sku = sku_lock(sku_id)
@@ -216,6 +271,16 @@ def sku_activate(*, sku_id: int) -> Sku:
         if reasons:
             raise TransitionRefused(slug=sku.slug, target=SkuStatus.ACTIVE, reasons=reasons)
         now = timezone.now()
+        audit_append(
+            actor=actor,
+            action="sku.activated",
+            subject=sku,
+            data={
+                "from": sku.status,
+                "artifact_sha256": sku.artifact.sha256 if sku.artifact else None,
+                "manifest_key_id": sku.manifest_key_id,
+            },
+        )
         sku.status = SkuStatus.ACTIVE
         sku.status_reason = ""
         sku.status_changed_at = now
@@ -233,12 +298,20 @@ def sku_activate(*, sku_id: int) -> Sku:
     return sku
 
 
-def _sku_transition(*, sku_id: int, target: str, reason: str, refusal: str) -> Sku:
+def _sku_transition(
+    *, sku_id: int, target: str, reason: str, refusal: str, action: str, actor: Actor
+) -> Sku:
     sku = sku_lock(sku_id)
     if not sku.can_become(target):
         raise TransitionRefused(
             slug=sku.slug, target=target, reasons=[refusal.format(status=sku.status)]
         )
+    audit_append(
+        actor=actor,
+        action=action,
+        subject=sku,
+        data={"from": sku.status, "reason": reason[:300]},
+    )
     sku.status = target
     sku.status_reason = reason[:300]
     sku.status_changed_at = timezone.now()
@@ -248,24 +321,28 @@ def _sku_transition(*, sku_id: int, target: str, reason: str, refusal: str) -> S
 
 
 @transaction.atomic
-def sku_suspend(*, sku_id: int, reason: str = "") -> Sku:
-    """Takes an active SKU off sale; it can be activated again."""
+def sku_suspend(*, sku_id: int, reason: str = "", actor: Actor) -> Sku:
+    """Takes an active SKU off sale; it can be activated again. Records `sku.suspended`."""
     return _sku_transition(
         sku_id=sku_id,
         target=SkuStatus.SUSPENDED,
         reason=reason,
         refusal="only an active SKU can be suspended; this one is {status}",
+        action="sku.suspended",
+        actor=actor,
     )
 
 
 @transaction.atomic
-def sku_retire(*, sku_id: int, reason: str = "") -> Sku:
-    """Takes a SKU off sale for good."""
+def sku_retire(*, sku_id: int, reason: str = "", actor: Actor) -> Sku:
+    """Takes a SKU off sale for good. Records `sku.retired`."""
     return _sku_transition(
         sku_id=sku_id,
         target=SkuStatus.RETIRED,
         reason=reason,
         refusal="this SKU is already {status}",
+        action="sku.retired",
+        actor=actor,
     )
 
 
@@ -290,11 +367,14 @@ def splits_problems(splits: Sequence[tuple[Partner, int]], *, on_sale: bool) -> 
 
 
 @transaction.atomic
-def sku_splits_set(*, sku_id: int, splits: Sequence[tuple[Partner, int]]) -> list[RoyaltySplit]:
+def sku_splits_set(
+    *, sku_id: int, splits: Sequence[tuple[Partner, int]], actor: Actor
+) -> list[RoyaltySplit]:
     """Replaces the SKU's royalty splits as a whole.
 
     The shares must sum to exactly 10,000 basis points; only a SKU that is not on sale may be
-    left without splits.
+    left without splits. Records `sku.splits_changed`; splits equal to the current ones are
+    left as they are and record nothing.
     """
     sku = sku_lock(sku_id)
     if sku.status == SkuStatus.RETIRED:
@@ -305,10 +385,21 @@ def sku_splits_set(*, sku_id: int, splits: Sequence[tuple[Partner, int]]) -> lis
             "The royalty splits were not changed: " + "; ".join(problems) + ".",
             errors={"splits": problems},
         )
-    RoyaltySplit.objects.filter(sku=sku).delete()
-    created = RoyaltySplit.objects.bulk_create(
+    current = list(RoyaltySplit.objects.filter(sku=sku).select_related("partner"))
+    new = [
         RoyaltySplit(sku=sku, partner=partner, basis_points=basis_points)
         for partner, basis_points in splits
+    ]
+    before, after = splits_record(current), splits_record(new)
+    if before == after:
+        return current
+    RoyaltySplit.objects.filter(sku=sku).delete()
+    created = RoyaltySplit.objects.bulk_create(new)
+    audit_append(
+        actor=actor,
+        action="sku.splits_changed",
+        subject=sku,
+        data={"before": before, "after": after},
     )
     catalog_changed()
     return created

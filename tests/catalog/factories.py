@@ -10,10 +10,14 @@ import factory
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factory.django import DjangoModelFactory
 
+from audit.services import Actor
 from catalog import services
 from catalog.manifests import manifest_for
 from catalog.models import Category, Partner, PartnerKind, Sku
 from tests.support.keys import new_signing_key, public_key_b64, sign_manifest
+
+# Who the audit log names for what the test data set up.
+TEST_ACTOR = Actor.system("tests")
 
 
 class PartnerFactory(DjangoModelFactory):
@@ -28,7 +32,7 @@ class PartnerFactory(DjangoModelFactory):
 
     @classmethod
     def _create(cls, model_class: type[Partner], *args: Any, **kwargs: Any) -> Partner:
-        return services.partner_save(partner=model_class(**kwargs))
+        return services.partner_save(partner=model_class(**kwargs), actor=TEST_ACTOR)
 
 
 class CategoryFactory(DjangoModelFactory):
@@ -41,7 +45,7 @@ class CategoryFactory(DjangoModelFactory):
 
     @classmethod
     def _create(cls, model_class: type[Category], *args: Any, **kwargs: Any) -> Category:
-        return services.category_save(category=model_class(**kwargs))
+        return services.category_save(category=model_class(**kwargs), actor=TEST_ACTOR)
 
 
 class SkuFactory(DjangoModelFactory):
@@ -59,7 +63,7 @@ class SkuFactory(DjangoModelFactory):
 
     @classmethod
     def _create(cls, model_class: type[Sku], *args: Any, **kwargs: Any) -> Sku:
-        return services.sku_save(sku=model_class(**kwargs))
+        return services.sku_save(sku=model_class(**kwargs), actor=TEST_ACTOR)
 
 
 @dataclass
@@ -74,7 +78,9 @@ class Publisher:
 def make_publisher(**partner_fields: Any) -> Publisher:
     partner = PartnerFactory(**partner_fields)
     key = new_signing_key()
-    services.partner_key_register(partner=partner, key_id="k1", public_key=public_key_b64(key))
+    services.partner_key_register(
+        partner=partner, key_id="k1", public_key=public_key_b64(key), actor=TEST_ACTOR
+    )
     return Publisher(partner=partner, key=key)
 
 
@@ -90,15 +96,23 @@ def publish_sku(
     activated unless told otherwise."""
     sku = SkuFactory(partner=publisher.partner, **sku_fields)
     artifact = services.sku_artifact_upload(
-        sku=sku, content=io.BytesIO(content or os.urandom(4096)), filename="package.zip"
+        sku=sku,
+        content=io.BytesIO(content or os.urandom(4096)),
+        filename="package.zip",
+        actor=TEST_ACTOR,
     )
     sku.refresh_from_db()
     manifest = manifest_for(sku, artifact)
     services.sku_manifest_attach(
-        sku_id=sku.pk, manifest=manifest, signature=sign_manifest(publisher.key, manifest)
+        sku_id=sku.pk,
+        manifest=manifest,
+        signature=sign_manifest(publisher.key, manifest),
+        actor=TEST_ACTOR,
     )
-    services.sku_splits_set(sku_id=sku.pk, splits=splits or [(publisher.partner, 10_000)])
+    services.sku_splits_set(
+        sku_id=sku.pk, splits=splits or [(publisher.partner, 10_000)], actor=TEST_ACTOR
+    )
     if activate:
-        services.sku_activate(sku_id=sku.pk)
+        services.sku_activate(sku_id=sku.pk, actor=TEST_ACTOR)
     sku.refresh_from_db()
     return sku

@@ -14,7 +14,7 @@ from catalog.services import (
     sku_activate,
     sku_manifest_verify,
 )
-from tests.catalog.factories import Publisher, publish_sku
+from tests.catalog.factories import TEST_ACTOR, Publisher, publish_sku
 from tests.support.kernel import VERIFY_PATH, KernelServer, rejected, server_error
 from tests.support.keys import new_signing_key, public_key_b64
 from tests.support.net import free_port
@@ -34,7 +34,7 @@ def draft(publisher: Publisher, kernel: KernelServer) -> Sku:
 @pytest.fixture
 def on_sale(draft: Sku, publisher: Publisher, kernel: KernelServer) -> Sku:
     kernel.register_key("acme", "k1", publisher.key.public_key())
-    sku_activate(sku_id=draft.pk)
+    sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
     draft.refresh_from_db()
     assert draft.status == SkuStatus.ACTIVE
     kernel.reset()  # the tests look only at what happens after activation
@@ -52,7 +52,7 @@ def test_activation_succeeds_when_the_kernel_verifies(
 ) -> None:
     kernel.register_key("acme", "k1", publisher.key.public_key())
 
-    sku_activate(sku_id=draft.pk)
+    sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
 
     sku = Sku.objects.get(pk=draft.pk)
     assert sku.status == SkuStatus.ACTIVE
@@ -76,13 +76,16 @@ def test_the_kernel_is_told_only_the_keys_that_are_still_registered(
 ) -> None:
     for key_id in ("k0", "k2"):
         partner_key_register(
-            partner=publisher.partner, key_id=key_id, public_key=public_key_b64(new_signing_key())
+            partner=publisher.partner,
+            key_id=key_id,
+            public_key=public_key_b64(new_signing_key()),
+            actor=TEST_ACTOR,
         )
     [k0] = publisher.partner.keys.filter(key_id="k0")
-    partner_key_revoke(key_pk=k0.pk, reason="laptop stolen")
+    partner_key_revoke(key_pk=k0.pk, reason="laptop stolen", actor=TEST_ACTOR)
     kernel.register_key("acme", "k1", publisher.key.public_key())
 
-    sku_activate(sku_id=draft.pk)
+    sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
 
     assert [request.body["registered_key_ids"] for request in kernel.requests] == [["k1", "k2"]]
     assert Sku.objects.get(pk=draft.pk).status == SkuStatus.ACTIVE
@@ -109,7 +112,7 @@ def test_activation_is_refused_with_the_kernels_reason_when_it_rejects(
     kernel.script(*script)
 
     with pytest.raises(TransitionRefused) as refused:
-        sku_activate(sku_id=draft.pk)
+        sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
 
     detail = f"the Kernel rejected the manifest: {reason}"
     assert refused.value.reasons == [REJECTED + detail]
@@ -127,7 +130,7 @@ def test_activation_is_refused_as_unreachable_when_the_kernel_fails(
     kernel.script(server_error(500))
 
     with pytest.raises(TransitionRefused) as refused:
-        sku_activate(sku_id=draft.pk)
+        sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
 
     detail = f"the Kernel at {kernel.url} failed with HTTP 500"
     assert refused.value.reasons == [UNREACHABLE + detail]
@@ -143,7 +146,7 @@ def test_activation_is_refused_as_unreachable_when_the_kernel_is_down(
     url = _kernel_down(settings)
 
     with pytest.raises(TransitionRefused) as refused:
-        sku_activate(sku_id=draft.pk)
+        sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
 
     [reason] = refused.value.reasons
     assert reason.startswith(f"{UNREACHABLE}the Kernel at {url} is unreachable: ")
@@ -160,10 +163,10 @@ def test_activation_succeeds_once_the_kernel_is_back(
 ) -> None:
     kernel.script(server_error(503))
     with pytest.raises(TransitionRefused):
-        sku_activate(sku_id=draft.pk)
+        sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
     kernel.register_key("acme", "k1", publisher.key.public_key())
 
-    sku_activate(sku_id=draft.pk)
+    sku_activate(sku_id=draft.pk, actor=TEST_ACTOR)
 
     sku = Sku.objects.get(pk=draft.pk)
     assert sku.status == SkuStatus.ACTIVE
@@ -181,7 +184,7 @@ def test_an_active_sku_keeps_its_verdict_through_a_kernel_outage(
         url = kernel.url
         kernel.script(server_error(503))
 
-    check = sku_manifest_verify(sku_id=on_sale.pk)
+    check = sku_manifest_verify(sku_id=on_sale.pk, actor=TEST_ACTOR)
 
     assert check is not None
     assert check.status == ManifestStatus.UNAVAILABLE
@@ -200,7 +203,7 @@ def test_an_active_sku_is_suspended_when_a_reverification_is_rejected(
 ) -> None:
     kernel.script(rejected("key k1 was revoked by acme on 2026-03-01"))
 
-    check = sku_manifest_verify(sku_id=on_sale.pk)
+    check = sku_manifest_verify(sku_id=on_sale.pk, actor=TEST_ACTOR)
 
     detail = "the Kernel rejected the manifest: key k1 was revoked by acme on 2026-03-01"
     assert check == ManifestCheck(ManifestStatus.REJECTED, detail)

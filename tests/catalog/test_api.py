@@ -6,7 +6,13 @@ from django.test.utils import CaptureQueriesContext
 
 from catalog import services
 from catalog.models import Sku
-from tests.catalog.factories import CategoryFactory, PartnerFactory, make_publisher, publish_sku
+from tests.catalog.factories import (
+    TEST_ACTOR,
+    CategoryFactory,
+    PartnerFactory,
+    make_publisher,
+    publish_sku,
+)
 
 pytestmark = pytest.mark.django_db
 PROBLEM = "application/problem+json"
@@ -48,7 +54,7 @@ def catalog(publisher):
                              activate=False),
         "suspended": publish_sku(other, slug="suspended", title="Held", category=games),
     }  # fmt: skip
-    services.sku_suspend(sku_id=skus["suspended"].pk, reason="held")
+    services.sku_suspend(sku_id=skus["suspended"].pk, reason="held", actor=TEST_ACTOR)
     return skus
 
 
@@ -251,22 +257,22 @@ def test_any_catalog_change_retires_cached_reads(api_client, publisher):
 
     # a SKU's fields
     sku.title = "Alpha Two"
-    services.sku_save(sku=sku)
+    services.sku_save(sku=sku, actor=TEST_ACTOR)
     assert api_client.get("/api/v1/skus/alpha").json()["title"] == "Alpha Two"
 
     # its status
-    services.sku_suspend(sku_id=other.pk)
+    services.sku_suspend(sku_id=other.pk, actor=TEST_ACTOR)
     assert slugs(api_client.get("/api/v1/skus")) == ["alpha"]
 
     # its partner
     publisher.partner.name = "Acme Renamed"
-    services.partner_save(partner=publisher.partner)
+    services.partner_save(partner=publisher.partner, actor=TEST_ACTOR)
     assert api_client.get("/api/v1/skus/alpha").json()["partner"]["name"] == "Acme Renamed"
 
     # its category
     category = sku.category
     category.name = "Renamed Category"
-    services.category_save(category=category)
+    services.category_save(category=category, actor=TEST_ACTOR)
     assert api_client.get("/api/v1/skus/alpha").json()["category"]["name"] == "Renamed Category"
     assert "Renamed Category" in [
         c["name"] for c in api_client.get("/api/v1/categories").json()["results"]
@@ -275,7 +281,9 @@ def test_any_catalog_change_retires_cached_reads(api_client, publisher):
     # its splits
     partners_before = api_client.get("/api/v1/partners").json()
     services.sku_splits_set(
-        sku_id=sku.pk, splits=[(publisher.partner, 5000), (PartnerFactory(slug="co"), 5000)]
+        sku_id=sku.pk,
+        splits=[(publisher.partner, 5000), (PartnerFactory(slug="co"), 5000)],
+        actor=TEST_ACTOR,
     )
     assert api_client.get("/api/v1/partners").json() != partners_before
 
@@ -286,7 +294,9 @@ def test_a_rolled_back_change_keeps_the_cache(api_client, catalog):
 
     def suspend_then_fail() -> None:
         with transaction.atomic():
-            services.sku_suspend(sku_id=catalog["alpha"].pk, reason="never happened")
+            services.sku_suspend(
+                sku_id=catalog["alpha"].pk, reason="never happened", actor=TEST_ACTOR
+            )
             raise RuntimeError("the rest of the admin's transaction failed")
 
     with pytest.raises(RuntimeError):

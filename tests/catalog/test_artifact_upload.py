@@ -10,7 +10,7 @@ from django.core.files.storage import default_storage
 from catalog import services
 from catalog.exceptions import ArtifactTooLarge, ArtifactUploadFailed, SkuLocked
 from catalog.models import Artifact, Sku, SkuStatus
-from tests.catalog.factories import SkuFactory, publish_sku
+from tests.catalog.factories import TEST_ACTOR, SkuFactory, publish_sku
 
 pytestmark = pytest.mark.django_db
 
@@ -65,7 +65,11 @@ def test_upload_streams_and_records_sha256_and_size(publisher, storage_backend):
     source = PatternStream(3 * MiB + 17)
 
     artifact = services.sku_artifact_upload(
-        sku=sku, content=source, filename="../../etc/My Package.zip", content_type="application/zip"
+        sku=sku,
+        content=source,
+        filename="../../etc/My Package.zip",
+        content_type="application/zip",
+        actor=TEST_ACTOR,
     )
 
     assert artifact.size == 3 * MiB + 17
@@ -82,12 +86,14 @@ def test_upload_streams_and_records_sha256_and_size(publisher, storage_backend):
 
 def test_an_upload_failing_halfway_leaves_nothing_behind(publisher, storage_backend):
     sku = SkuFactory(partner=publisher.partner)
-    previous = services.sku_artifact_upload(sku=sku, content=io.BytesIO(b"v1"), filename="v1.zip")
+    previous = services.sku_artifact_upload(
+        sku=sku, content=io.BytesIO(b"v1"), filename="v1.zip", actor=TEST_ACTOR
+    )
     # Past the 8 MiB multipart threshold, so S3 has parts to abort.
     source = PatternStream(20 * MiB, fail_after=12 * MiB)
 
     with pytest.raises(ArtifactUploadFailed, match="Nothing was kept"):
-        services.sku_artifact_upload(sku=sku, content=source, filename="v2.zip")
+        services.sku_artifact_upload(sku=sku, content=source, filename="v2.zip", actor=TEST_ACTOR)
 
     sku.refresh_from_db()
     assert sku.artifact == previous
@@ -103,7 +109,9 @@ def test_an_artifact_over_the_size_limit_is_refused(publisher, settings, storage
     sku = SkuFactory(partner=publisher.partner)
 
     with pytest.raises(ArtifactTooLarge, match="MARKETPLACE_ARTIFACT_MAX_BYTES"):
-        services.sku_artifact_upload(sku=sku, content=PatternStream(2 * MiB), filename="big.bin")
+        services.sku_artifact_upload(
+            sku=sku, content=PatternStream(2 * MiB), filename="big.bin", actor=TEST_ACTOR
+        )
 
     assert Sku.objects.get(pk=sku.pk).artifact is None
     assert stored_keys(storage_backend) == []
@@ -112,7 +120,9 @@ def test_an_artifact_over_the_size_limit_is_refused(publisher, settings, storage
 def test_an_empty_artifact_is_refused(publisher):
     sku = SkuFactory(partner=publisher.partner)
     with pytest.raises(ArtifactUploadFailed, match="empty"):
-        services.sku_artifact_upload(sku=sku, content=io.BytesIO(b""), filename="empty.zip")
+        services.sku_artifact_upload(
+            sku=sku, content=io.BytesIO(b""), filename="empty.zip", actor=TEST_ACTOR
+        )
     assert stored_keys() == []
 
 
@@ -126,7 +136,9 @@ def test_a_sku_activated_during_the_upload_keeps_its_artifact_and_the_file_goes(
     keys_before = stored_keys(storage_backend)
 
     with pytest.raises(SkuLocked):
-        services.sku_artifact_upload(sku=stale, content=io.BytesIO(b"late"), filename="late.zip")
+        services.sku_artifact_upload(
+            sku=stale, content=io.BytesIO(b"late"), filename="late.zip", actor=TEST_ACTOR
+        )
 
     assert Sku.objects.get(pk=active.pk).artifact == active.artifact
     assert stored_keys(storage_backend) == keys_before
@@ -137,7 +149,7 @@ def _peak_upload_memory(publisher, size: int) -> int:
     tracemalloc.start()
     try:
         artifact = services.sku_artifact_upload(
-            sku=sku, content=PatternStream(size), filename="big.bin"
+            sku=sku, content=PatternStream(size), filename="big.bin", actor=TEST_ACTOR
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -165,7 +177,9 @@ def test_local_upload_reads_in_bounded_chunks(publisher):
             reads.append(len(buffer))
             return super().readinto(buffer)
 
-    services.sku_artifact_upload(sku=sku, content=Recording(5 * MiB), filename="x.bin")
+    services.sku_artifact_upload(
+        sku=sku, content=Recording(5 * MiB), filename="x.bin", actor=TEST_ACTOR
+    )
 
     assert max(reads) <= 64 * 1024  # File.DEFAULT_CHUNK_SIZE
     assert os.path.getsize(Path(default_storage.location) / sku.artifacts.get().storage_key) == (
@@ -181,8 +195,13 @@ def test_orphaned_uploads_are_swept_after_the_grace_period(publisher, storage_ba
     kept = publish_sku(publisher).artifact
     orphan = services.artifact_store(content=io.BytesIO(b"form sent back"), filename="o.zip")
 
-    assert services.artifact_orphans_delete(older_than=timezone.now() - timedelta(days=1)) == []
-    assert services.artifact_orphans_delete(older_than=timezone.now() + timedelta(seconds=5)) == [
-        orphan.storage_key
-    ]
+    assert (
+        services.artifact_orphans_delete(
+            older_than=timezone.now() - timedelta(days=1), actor=TEST_ACTOR
+        )
+        == []
+    )
+    assert services.artifact_orphans_delete(
+        older_than=timezone.now() + timedelta(seconds=5), actor=TEST_ACTOR
+    ) == [orphan.storage_key]
     assert stored_keys(storage_backend) == [kept.storage_key]

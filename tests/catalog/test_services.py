@@ -15,6 +15,7 @@ from catalog.exceptions import (
 from catalog.manifests import manifest_for
 from catalog.models import KeyStatus, ManifestStatus, RoyaltySplit, Sku, SkuStatus
 from tests.catalog.factories import (
+    TEST_ACTOR,
     CategoryFactory,
     PartnerFactory,
     SkuFactory,
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.django_db
 
 
 def upload(sku: Sku, content: bytes = b"package bytes") -> Sku:
-    services.sku_artifact_upload(sku=sku, content=io.BytesIO(content), filename="pkg.zip")
+    services.sku_artifact_upload(
+        sku=sku, content=io.BytesIO(content), filename="pkg.zip", actor=TEST_ACTOR
+    )
     sku.refresh_from_db()
     return sku
 
@@ -34,7 +37,7 @@ def upload(sku: Sku, content: bytes = b"package bytes") -> Sku:
 def attach_signed(sku: Sku, key, **overrides) -> Sku:
     manifest = manifest_for(sku, sku.artifact) | overrides
     services.sku_manifest_attach(
-        sku_id=sku.pk, manifest=manifest, signature=sign_manifest(key, manifest)
+        sku_id=sku.pk, manifest=manifest, signature=sign_manifest(key, manifest), actor=TEST_ACTOR
     )
     sku.refresh_from_db()
     return sku
@@ -42,7 +45,7 @@ def attach_signed(sku: Sku, key, **overrides) -> Sku:
 
 def refusal(sku: Sku) -> list[str]:
     with pytest.raises(TransitionRefused) as caught:
-        services.sku_activate(sku_id=sku.pk)
+        services.sku_activate(sku_id=sku.pk, actor=TEST_ACTOR)
     sku.refresh_from_db()
     assert sku.status == SkuStatus.DRAFT
     return caught.value.reasons
@@ -54,7 +57,7 @@ def refusal(sku: Sku) -> list[str]:
 def test_a_complete_sku_activates(publisher):
     sku = publish_sku(publisher, activate=False)
 
-    services.sku_activate(sku_id=sku.pk)
+    services.sku_activate(sku_id=sku.pk, actor=TEST_ACTOR)
 
     sku.refresh_from_db()
     assert sku.status == SkuStatus.ACTIVE
@@ -77,7 +80,7 @@ def test_activation_refused_when_the_manifest_names_another_artifact(publisher):
     sku = upload(SkuFactory(partner=publisher.partner), b"the real build")
     other = "0" * 64
     attach_signed(sku, publisher.key, artifact={"sha256": other, "size": sku.artifact.size})
-    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)])
+    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)], actor=TEST_ACTOR)
 
     assert refusal(sku) == [
         f"the manifest names artifact SHA-256 {other}, "
@@ -88,7 +91,7 @@ def test_activation_refused_when_the_manifest_names_another_artifact(publisher):
 def test_activation_refused_when_signed_by_an_unregistered_key(publisher):
     sku = upload(SkuFactory(partner=publisher.partner))
     attach_signed(sku, new_signing_key())
-    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)])
+    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)], actor=TEST_ACTOR)
 
     reasons = refusal(sku)
 
@@ -103,9 +106,12 @@ def test_activation_refused_when_the_manifest_was_changed_after_signing(publishe
     manifest = manifest_for(sku, sku.artifact)
     signature = sign_manifest(publisher.key, manifest)
     services.sku_manifest_attach(
-        sku_id=sku.pk, manifest={**manifest, "version": "9.9.9"}, signature=signature
+        sku_id=sku.pk,
+        manifest={**manifest, "version": "9.9.9"},
+        signature=signature,
+        actor=TEST_ACTOR,
     )
-    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)])
+    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)], actor=TEST_ACTOR)
 
     reasons = refusal(sku)
 
@@ -117,7 +123,9 @@ def test_activation_refused_for_incomplete_splits(publisher):
     sku = upload(SkuFactory(partner=publisher.partner))
     attach_signed(sku, publisher.key)
     services.sku_splits_set(
-        sku_id=sku.pk, splits=[(publisher.partner, 6000), (PartnerFactory(), 4000)]
+        sku_id=sku.pk,
+        splits=[(publisher.partner, 6000), (PartnerFactory(), 4000)],
+        actor=TEST_ACTOR,
     )
     RoyaltySplit.objects.filter(sku=sku, basis_points=4000).delete()  # as a failed edit might
 
@@ -127,7 +135,7 @@ def test_activation_refused_for_incomplete_splits(publisher):
 def test_activation_refused_for_a_deactivated_partner(publisher):
     sku = publish_sku(publisher, activate=False)
     publisher.partner.is_active = False
-    services.partner_save(partner=publisher.partner)
+    services.partner_save(partner=publisher.partner, actor=TEST_ACTOR)
 
     assert refusal(sku) == [
         "partner acme is deactivated",
@@ -137,36 +145,36 @@ def test_activation_refused_for_a_deactivated_partner(publisher):
 
 def test_a_retired_sku_cannot_be_activated(publisher):
     sku = publish_sku(publisher)
-    services.sku_retire(sku_id=sku.pk, reason="gone")
+    services.sku_retire(sku_id=sku.pk, reason="gone", actor=TEST_ACTOR)
 
     with pytest.raises(TransitionRefused) as caught:
-        services.sku_activate(sku_id=sku.pk)
+        services.sku_activate(sku_id=sku.pk, actor=TEST_ACTOR)
     assert caught.value.reasons == ["a retired SKU cannot be activated"]
 
 
 def test_suspend_and_reactivate(publisher):
     sku = publish_sku(publisher)
 
-    services.sku_suspend(sku_id=sku.pk, reason="license dispute")
+    services.sku_suspend(sku_id=sku.pk, reason="license dispute", actor=TEST_ACTOR)
     sku.refresh_from_db()
     assert (sku.status, sku.status_reason) == (SkuStatus.SUSPENDED, "license dispute")
 
     with pytest.raises(TransitionRefused, match="only an active SKU can be suspended"):
-        services.sku_suspend(sku_id=sku.pk)
+        services.sku_suspend(sku_id=sku.pk, actor=TEST_ACTOR)
 
-    services.sku_activate(sku_id=sku.pk)
+    services.sku_activate(sku_id=sku.pk, actor=TEST_ACTOR)
     sku.refresh_from_db()
     assert (sku.status, sku.status_reason) == (SkuStatus.ACTIVE, "")
 
 
 def test_retire_is_final(publisher):
     sku = publish_sku(publisher)
-    services.sku_retire(sku_id=sku.pk, reason="replaced")
+    services.sku_retire(sku_id=sku.pk, reason="replaced", actor=TEST_ACTOR)
 
     with pytest.raises(TransitionRefused, match="already retired"):
-        services.sku_retire(sku_id=sku.pk)
+        services.sku_retire(sku_id=sku.pk, actor=TEST_ACTOR)
     with pytest.raises(SkuLocked):
-        services.sku_save(sku=Sku.objects.get(pk=sku.pk))
+        services.sku_save(sku=Sku.objects.get(pk=sku.pk), actor=TEST_ACTOR)
 
 
 # --- What an active SKU protects ---------------------------------------------------------------
@@ -176,26 +184,26 @@ def test_version_and_partner_are_locked_while_on_sale(publisher):
     sku = publish_sku(publisher)
     sku.version = "2.0.0"
     with pytest.raises(SkuLocked, match="version"):
-        services.sku_save(sku=sku)
+        services.sku_save(sku=sku, actor=TEST_ACTOR)
 
     sku = Sku.objects.get(pk=sku.pk)
     sku.partner = PartnerFactory()
     with pytest.raises(SkuLocked, match="partner"):
-        services.sku_save(sku=sku)
+        services.sku_save(sku=sku, actor=TEST_ACTOR)
     assert Sku.objects.get(pk=sku.pk).partner == publisher.partner
 
 
 def test_price_changes_while_on_sale_but_the_slug_is_fixed_once_sold(publisher):
     sku = publish_sku(publisher)
     sku.price_amount = 2999
-    services.sku_save(sku=sku)
+    services.sku_save(sku=sku, actor=TEST_ACTOR)
     assert Sku.objects.get(pk=sku.pk).price_amount == 2999
 
-    services.sku_suspend(sku_id=sku.pk)
+    services.sku_suspend(sku_id=sku.pk, actor=TEST_ACTOR)
     sku = Sku.objects.get(pk=sku.pk)
     sku.slug = "renamed"
     with pytest.raises(SkuLocked, match="slug"):
-        services.sku_save(sku=sku)
+        services.sku_save(sku=sku, actor=TEST_ACTOR)
 
 
 def test_a_plain_save_cannot_change_status_or_artifact(publisher):
@@ -205,7 +213,7 @@ def test_a_plain_save_cannot_change_status_or_artifact(publisher):
     stale.manifest_status = ManifestStatus.VERIFIED
     stale.artifact = None
 
-    services.sku_save(sku=stale)
+    services.sku_save(sku=stale, actor=TEST_ACTOR)
 
     sku.refresh_from_db()
     assert sku.status == SkuStatus.DRAFT
@@ -216,7 +224,9 @@ def test_artifact_and_manifest_are_locked_while_on_sale(publisher):
     sku = publish_sku(publisher)
 
     with pytest.raises(SkuLocked, match="artifact can only change"):
-        services.sku_artifact_upload(sku=sku, content=io.BytesIO(b"x"), filename="x.zip")
+        services.sku_artifact_upload(
+            sku=sku, content=io.BytesIO(b"x"), filename="x.zip", actor=TEST_ACTOR
+        )
     with pytest.raises(SkuLocked, match="manifest can only change"):
         attach_signed(sku, publisher.key)
 
@@ -238,7 +248,9 @@ def test_malformed_manifests_are_refused_and_nothing_changes(publisher, manifest
     sku = upload(SkuFactory(partner=publisher.partner))
 
     with pytest.raises(InvalidManifest, match=message):
-        services.sku_manifest_attach(sku_id=sku.pk, manifest=manifest, signature="c2ln")
+        services.sku_manifest_attach(
+            sku_id=sku.pk, manifest=manifest, signature="c2ln", actor=TEST_ACTOR
+        )
 
     sku.refresh_from_db()
     assert sku.manifest is None
@@ -250,7 +262,10 @@ def test_missing_or_garbled_signatures_are_refused(publisher, signature):
     sku = upload(SkuFactory(partner=publisher.partner))
     with pytest.raises(InvalidManifest, match="signature"):
         services.sku_manifest_attach(
-            sku_id=sku.pk, manifest=manifest_for(sku, sku.artifact), signature=signature
+            sku_id=sku.pk,
+            manifest=manifest_for(sku, sku.artifact),
+            signature=signature,
+            actor=TEST_ACTOR,
         )
 
 
@@ -260,8 +275,10 @@ def test_signature_may_be_urlsafe_unpadded_base64(publisher):
     raw = base64.b64decode(sign_manifest(publisher.key, manifest))
     signature = base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
-    services.sku_manifest_attach(sku_id=sku.pk, manifest=manifest, signature=signature)
-    check = services.sku_manifest_verify(sku_id=sku.pk)
+    services.sku_manifest_attach(
+        sku_id=sku.pk, manifest=manifest, signature=signature, actor=TEST_ACTOR
+    )
+    check = services.sku_manifest_verify(sku_id=sku.pk, actor=TEST_ACTOR)
 
     assert check.status == ManifestStatus.VERIFIED
 
@@ -281,11 +298,13 @@ def test_splits_that_do_not_sum_to_10000_are_refused_and_nothing_is_written(
     publisher, shares, problem
 ):
     sku = SkuFactory(partner=publisher.partner)
-    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)])
+    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 10_000)], actor=TEST_ACTOR)
     partners = [publisher.partner, PartnerFactory()]
 
     with pytest.raises(InvalidSplits) as caught:
-        services.sku_splits_set(sku_id=sku.pk, splits=list(zip(partners, shares, strict=False)))
+        services.sku_splits_set(
+            sku_id=sku.pk, splits=list(zip(partners, shares, strict=False)), actor=TEST_ACTOR
+        )
 
     assert any(message.endswith(problem) for message in caught.value.errors["splits"])
     assert list(RoyaltySplit.objects.values_list("partner__slug", "basis_points")) == [
@@ -297,7 +316,9 @@ def test_a_partner_may_appear_once_in_the_splits(publisher):
     sku = SkuFactory(partner=publisher.partner)
     with pytest.raises(InvalidSplits, match="acme appears more than once"):
         services.sku_splits_set(
-            sku_id=sku.pk, splits=[(publisher.partner, 5000), (publisher.partner, 5000)]
+            sku_id=sku.pk,
+            splits=[(publisher.partner, 5000), (publisher.partner, 5000)],
+            actor=TEST_ACTOR,
         )
 
 
@@ -305,14 +326,16 @@ def test_splits_are_replaced_as_a_whole(publisher):
     sku = publish_sku(publisher)
     creator = PartnerFactory(slug="creator")
 
-    services.sku_splits_set(sku_id=sku.pk, splits=[(publisher.partner, 7000), (creator, 3000)])
+    services.sku_splits_set(
+        sku_id=sku.pk, splits=[(publisher.partner, 7000), (creator, 3000)], actor=TEST_ACTOR
+    )
 
     assert set(RoyaltySplit.objects.values_list("partner__slug", "basis_points")) == {
         ("acme", 7000),
         ("creator", 3000),
     }
     with pytest.raises(InvalidSplits, match="a SKU on sale must have royalty splits"):
-        services.sku_splits_set(sku_id=sku.pk, splits=[])
+        services.sku_splits_set(sku_id=sku.pk, splits=[], actor=TEST_ACTOR)
 
 
 # --- Partner keys ------------------------------------------------------------------------------
@@ -323,13 +346,15 @@ def test_keys_register_from_base64_or_pem_with_a_fingerprint():
     key = new_signing_key()
 
     from_pem = services.partner_key_register(
-        partner=partner, key_id="pem", public_key=public_key_pem(key)
+        partner=partner, key_id="pem", public_key=public_key_pem(key), actor=TEST_ACTOR
     )
 
     assert from_pem.public_key == public_key_b64(key)
     assert len(from_pem.fingerprint) == 64
     with pytest.raises(InvalidPartnerKey):
-        services.partner_key_register(partner=partner, key_id="b64", public_key=public_key_b64(key))
+        services.partner_key_register(
+            partner=partner, key_id="b64", public_key=public_key_b64(key), actor=TEST_ACTOR
+        )
 
 
 @pytest.mark.parametrize(
@@ -343,17 +368,19 @@ def test_keys_register_from_base64_or_pem_with_a_fingerprint():
 def test_invalid_keys_are_refused(public_key, message):
     partner = PartnerFactory()
     with pytest.raises(InvalidPartnerKey, match=message):
-        services.partner_key_register(partner=partner, key_id="k", public_key=public_key)
+        services.partner_key_register(
+            partner=partner, key_id="k", public_key=public_key, actor=TEST_ACTOR
+        )
     assert not partner.keys.exists()
 
 
 def test_revoking_a_key_takes_the_skus_it_verified_off_sale(publisher):
     on_sale = publish_sku(publisher)
     draft = publish_sku(publisher, activate=False)
-    services.sku_manifest_verify(sku_id=draft.pk)
+    services.sku_manifest_verify(sku_id=draft.pk, actor=TEST_ACTOR)
     key = publisher.partner.keys.get()
 
-    services.partner_key_revoke(key_pk=key.pk, reason="leaked")
+    services.partner_key_revoke(key_pk=key.pk, reason="leaked", actor=TEST_ACTOR)
 
     key.refresh_from_db()
     assert key.status == KeyStatus.REVOKED
@@ -378,7 +405,7 @@ def test_category_paths_follow_moves_of_a_subtree():
     assets = CategoryFactory(slug="assets")
 
     tools.parent = assets
-    services.category_save(category=tools)
+    services.category_save(category=tools, actor=TEST_ACTOR)
 
     linters.refresh_from_db()
     assert linters.path == "assets/tools/linters/"
@@ -391,7 +418,7 @@ def test_a_category_cannot_go_under_itself():
 
     root.parent = child
     with pytest.raises(InvalidCategory, match="under itself"):
-        services.category_save(category=root)
+        services.category_save(category=root, actor=TEST_ACTOR)
     root.refresh_from_db()
     assert root.parent is None
 
@@ -399,7 +426,7 @@ def test_a_category_cannot_go_under_itself():
 def test_a_category_with_skus_cannot_be_deleted(publisher):
     sku = SkuFactory(partner=publisher.partner)
     with pytest.raises(InvalidCategory, match="still has"):
-        services.category_delete(category=sku.category)
+        services.category_delete(category=sku.category, actor=TEST_ACTOR)
 
 
 @pytest.mark.parametrize("entitlements", [{"pro": True}, "pro", ["pro", ""], [1]])
@@ -410,5 +437,5 @@ def test_entitlements_must_be_a_list_of_names(publisher, entitlements):
     sku.license_entitlements = entitlements
 
     with pytest.raises(ValidationError, match="list of feature names"):
-        services.sku_save(sku=sku)
+        services.sku_save(sku=sku, actor=TEST_ACTOR)
     assert Sku.objects.get(pk=sku.pk).license_entitlements == []

@@ -10,7 +10,7 @@ from catalog.manifests import manifest_for
 from catalog.models import Artifact, ManifestStatus, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
 from catalog.tasks import artifact_check_integrity, artifacts_check_integrity
-from tests.catalog.factories import publish_sku
+from tests.catalog.factories import TEST_ACTOR, publish_sku
 from tests.support.keys import sign_manifest
 from tests.support.worker import wait_until
 
@@ -24,7 +24,10 @@ def test_an_attached_manifest_is_verified_by_the_worker(celery_worker, publisher
 
     # Commits, then queues the check: nothing here verifies it.
     services.sku_manifest_attach(
-        sku_id=sku.pk, manifest=manifest, signature=sign_manifest(publisher.key, manifest)
+        sku_id=sku.pk,
+        manifest=manifest,
+        signature=sign_manifest(publisher.key, manifest),
+        actor=TEST_ACTOR,
     )
     assert Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.PENDING
 

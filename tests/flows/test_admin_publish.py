@@ -19,7 +19,7 @@ from catalog import services
 from catalog.manifests import MANIFEST_SCHEMA
 from catalog.models import ManifestStatus, Sku, SkuStatus
 from marketplace.models import User
-from tests.catalog.factories import CategoryFactory, Publisher, publish_sku
+from tests.catalog.factories import TEST_ACTOR, CategoryFactory, Publisher, publish_sku
 from tests.conftest import STAFF_PASSWORD
 from tests.support.browser import admin_log_in
 from tests.support.keys import sign_manifest
@@ -148,7 +148,7 @@ def test_activating_a_sku_without_splits_is_refused_with_the_reason(
     page: Page, live_server: LiveServer, content_ops: User, publisher: Publisher
 ) -> None:
     sku = publish_sku(publisher, activate=False, slug="no-splits")
-    services.sku_splits_set(sku_id=sku.pk, splits=[])
+    services.sku_splits_set(sku_id=sku.pk, splits=[], actor=TEST_ACTOR)
 
     admin_log_in(page, email=content_ops.email, password=STAFF_PASSWORD)
     _run_action(page, slug=sku.slug, action="activate")

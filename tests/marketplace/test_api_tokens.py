@@ -5,8 +5,13 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from audit.chain import format_time
+from audit.models import AuditEvent
 from marketplace.models import ApiToken, User
+from marketplace.roles import SECURITY
 from marketplace.services import api_token_revoke
+from tests.catalog.factories import TEST_ACTOR
+from tests.conftest import _staff
 
 pytestmark = pytest.mark.django_db
 
@@ -104,8 +109,82 @@ def test_revoked_expired_and_deactivated_tokens_are_refused(api_client, buyer, b
     assert api_client.get("/api/v1/me", **header).status_code == 401
 
     User.objects.filter(pk=buyer.pk).update(is_active=True)
-    assert api_token_revoke(token_pk=token.pk) is True
-    assert api_token_revoke(token_pk=token.pk) is False
+    assert api_token_revoke(token_pk=token.pk, actor=TEST_ACTOR) is True
+    assert api_token_revoke(token_pk=token.pk, actor=TEST_ACTOR) is False
     response = api_client.get("/api/v1/me", **header)
     assert response.status_code == 401
     assert "revoked" in response.json()["detail"]
+
+
+# --- Audit events ------------------------------------------------------------------------------
+
+
+def recorded() -> list[tuple[str, str, str, str, str, dict]]:
+    return [
+        (e.action, e.actor_type, e.actor_id, e.subject_type, e.subject_id, e.data)
+        for e in AuditEvent.objects.order_by("sequence")
+    ]
+
+
+def test_issuing_a_token_records_the_new_buyer_and_the_token_never_the_token_itself():
+    token = issue("new.buyer@example.com", "--name", "ci", "--expires-days", "7").strip()
+
+    buyer = User.objects.get()
+    stored = ApiToken.objects.get()
+    command = ("system", "issue_api_token")
+    assert recorded() == [
+        ("buyer.created", *command, "user", str(buyer.uuid), {}),
+        (
+            "api_token.issued",
+            *command,
+            "apitoken",
+            str(stored.pk),
+            {
+                "user": str(buyer.uuid),
+                "name": "ci",
+                "hint": stored.hint,
+                "expires_at": format_time(stored.expires_at),
+            },
+        ),
+    ]
+    everything = str(list(AuditEvent.objects.values_list("data", flat=True)))
+    assert token not in everything
+    assert buyer.email not in everything
+
+
+def test_a_token_for_an_existing_buyer_records_only_the_token(buyer):
+    issue(buyer.email)
+
+    assert [action for action, *_ in recorded()] == ["api_token.issued"]
+
+
+def test_refused_tokens_record_nothing(buyer):
+    User.objects.filter(pk=buyer.pk).update(is_active=False)
+    for email in ("not-an-email", buyer.email):
+        with pytest.raises(CommandError):
+            issue(email)
+    assert recorded() == []
+
+
+def test_revoking_in_the_admin_records_the_staff_user_once(client, buyer, buyer_token):
+    security = _staff("security@example.com", SECURITY)
+    client.force_login(security)
+    token = ApiToken.objects.get()
+    before = AuditEvent.objects.count()
+
+    for _ in range(2):  # the second time, it is already revoked: nothing to record
+        client.post(
+            "/admin/marketplace/apitoken/", {"action": "revoke", "_selected_action": [token.pk]}
+        )
+
+    assert ApiToken.objects.get().revoked_at is not None
+    assert recorded()[before:] == [
+        (
+            "api_token.revoked",
+            "staff",
+            str(security.uuid),
+            "apitoken",
+            str(token.pk),
+            {"user": str(buyer.uuid), "hint": token.hint},
+        )
+    ]

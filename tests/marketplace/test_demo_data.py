@@ -5,7 +5,9 @@ from io import StringIO
 import pytest
 from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.db.models import Count
 
+from audit.models import AuditEvent
 from catalog.models import Category, ManifestStatus, Partner, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
 
@@ -44,7 +46,48 @@ def test_demo_data_is_a_real_catalog_and_loads_once(client):
     assert client.get("/admin/catalog/sku/").status_code == 200
 
     counts = (Partner.objects.count(), Category.objects.count(), Sku.objects.count())
+    events = AuditEvent.objects.count()
     second = load("--staff-password", "chosen-password-123")
     assert (Partner.objects.count(), Category.objects.count(), Sku.objects.count()) == counts
+    assert AuditEvent.objects.count() == events  # nothing new was loaded, nothing recorded
     assert "0 SKUs created" in second
     assert "chosen-password-123" in second
+
+
+def test_demo_data_leaves_an_audit_chain_that_verifies():
+    load()
+
+    verified = StringIO()
+    call_command("audit_verify", stdout=verified)
+    assert "OK" in verified.getvalue()
+
+    assert set(AuditEvent.objects.values_list("actor_type", "actor_id")) == {
+        ("system", "load_demo_data")
+    }
+    per_action = dict(
+        AuditEvent.objects.values_list("action").annotate(n=Count("sequence")).order_by()
+    )
+    skus = Sku.objects.count()
+    statuses = dict(Sku.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    assert per_action == {
+        "partner.created": Partner.objects.count(),
+        "partner.key_registered": Partner.objects.count(),
+        "category.created": Category.objects.count(),
+        "sku.created": skus,
+        "sku.artifact_uploaded": skus,
+        "sku.manifest_attached": skus,
+        "sku.splits_changed": skus,
+        # Drafts are checked when loaded, the others on activation. The draft whose manifest
+        # names another build has a good signature: what refuses it is the disagreement.
+        "sku.manifest_verified": skus,
+        "sku.activated": skus - statuses[SkuStatus.DRAFT],
+        "sku.suspended": statuses[SkuStatus.SUSPENDED],
+        "sku.retired": statuses[SkuStatus.RETIRED],
+    }
+    activated = AuditEvent.objects.filter(action="sku.activated").first()
+    sku = Sku.objects.get(pk=activated.subject_id)
+    assert activated.data == {
+        "from": "draft",
+        "artifact_sha256": sku.artifact.sha256,
+        "manifest_key_id": "demo-2026",
+    }

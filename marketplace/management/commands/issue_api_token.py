@@ -4,6 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from audit.services import Actor
 from marketplace.exceptions import ApplicationError
 from marketplace.services import api_token_issue
 
@@ -25,7 +26,12 @@ class Command(BaseCommand):
             raise CommandError("--expires-days must be a positive number of days.")
         expires_at = timezone.now() + timedelta(days=expires_days) if expires_days else None
         try:
-            _, token = api_token_issue(email=email, name=name, expires_at=expires_at)
+            _, token = api_token_issue(
+                email=email,
+                name=name,
+                expires_at=expires_at,
+                actor=Actor.system("issue_api_token"),
+            )
         except ApplicationError as exc:
             raise CommandError(exc.detail) from exc
         self.stdout.write(token)

@@ -6,6 +6,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from audit.services import Actor
 from marketplace.models import User
 from marketplace.roles import CONTENT_OPS, roles_sync
 
@@ -30,6 +31,7 @@ class Command(BaseCommand):
         self.stdout.write("Loading the demo catalog…")
         result = load_catalog_demo(
             keys_dir=settings.DATA_DIR / "demo-partner-keys",
+            actor=Actor.system("load_demo_data"),
             log=lambda line: self.stdout.write(line) if kw["verbosity"] > 1 else None,
         )
         self.stdout.write(
