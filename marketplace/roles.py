@@ -17,6 +17,7 @@ SECURITY = "Security"
 SUPPORT = "Support"
 
 _CATALOG_MODELS = ("partner", "partnerkey", "category", "sku", "royaltysplit")
+_AUDIT_VIEW = ("audit.view_auditevent", "audit.view_checkpoint", "audit.view_auditexport")
 
 ROLE_PERMISSIONS: dict[str, set[str]] = {
     CONTENT_OPS: {
@@ -34,6 +35,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.view_partner",
         "catalog.view_sku",
         "catalog.view_royaltysplit",
+        *_AUDIT_VIEW,
     },
     SECURITY: {
         "catalog.view_partner",
@@ -44,12 +46,15 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "marketplace.view_user",
         "marketplace.view_apitoken",
         "marketplace.change_apitoken",
+        *_AUDIT_VIEW,
+        "audit.add_checkpoint",  # the audit log's "Sign a checkpoint now" button
     },
     SUPPORT: {
         "catalog.view_partner",
         "catalog.view_category",
         "catalog.view_sku",
         "marketplace.view_user",
+        *_AUDIT_VIEW,
     },
 }
 
