@@ -17,6 +17,7 @@ hashed as they are, without decoding and re-encoding them.
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -381,7 +382,7 @@ def verify_export(export: Path, keys: dict[str, PublicKey]) -> ExportReport:
     )
     try:
         check_lines(_gzip_lines(export), check)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         if check.failure is None:
             check.failure = Failure(
                 "malformed",
