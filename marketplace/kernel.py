@@ -1,8 +1,23 @@
-"""Client of the Kernel, the company service that verifies partner manifests.
+"""Client of the Kernel, the company service that verifies partner manifests and keeps a copy
+of the audit chain.
 
 `get_kernel()` returns the HTTP backend when MARKETPLACE_KERNEL_URL is set (mutual TLS with
 MARKETPLACE_KERNEL_CERT and MARKETPLACE_KERNEL_KEY) and the local backend otherwise, which
-checks the Ed25519 signature itself against the publisher keys registered on the platform.
+checks the Ed25519 signature itself against the publisher keys registered on the platform, and
+keeps no copy of the audit chain.
+
+The audit-append API (README, "Kernel fan-out"):
+
+    POST {KERNEL_URL}/v1/audit/events
+    {"events": [{"hash": "...", "record": {...}}, ...]}     export lines, in sequence order
+
+    200 {"acknowledged_through": N}   the Kernel holds events 1..N. Idempotent by sequence:
+                                      events it already holds are compared, not added again.
+    409 {"acknowledged_through": M}   the first event sent is beyond M + 1, where the Kernel's
+                                      copy ends: send again from M + 1.
+    other 4xx                         a rejection (KernelRejected); sending it unchanged will
+                                      not help, so it is recorded for an operator.
+    5xx, timeout, unreadable answer   KernelUnavailable.
 """
 
 import base64
@@ -21,6 +36,21 @@ from marketplace.canonical import canonical_json
 
 class KernelUnavailable(Exception):
     """The Kernel could not be reached or failed to answer; the question is still open."""
+
+
+class KernelRejected(Exception):
+    """The Kernel answered that the request itself is wrong (a 4xx): sending it again as it is
+    will not help."""
+
+
+@dataclass(frozen=True)
+class AuditAck:
+    """The Kernel's answer to an audit append: it holds events 1..acknowledged_through.
+    `in_step` is False when it refused the batch because the batch starts past the end of its
+    copy (409): the sender goes back to acknowledged_through + 1."""
+
+    acknowledged_through: int
+    in_step: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,6 +89,8 @@ class Kernel(Protocol):
         signature: str,
     ) -> ManifestVerdict: ...
 
+    def audit_append(self, *, lines: Sequence[bytes], last_sequence: int) -> AuditAck: ...
+
 
 class LocalKernel:
     name = "local"
@@ -96,6 +128,10 @@ class LocalKernel:
             f"for partner {publisher!r}: it was made with an unregistered or revoked key, or "
             f"the manifest was changed after signing",
         )
+
+    def audit_append(self, *, lines: Sequence[bytes], last_sequence: int) -> AuditAck:
+        """Keeps no copy: the local database is the only one, so everything is acknowledged."""
+        return AuditAck(acknowledged_through=last_sequence)
 
 
 class HttpKernel:
@@ -170,6 +206,52 @@ class HttpKernel:
             return ManifestVerdict(False, f"the Kernel rejected the manifest: {reason}")
         raise KernelUnavailable(
             f"the Kernel at {self.base_url} answered HTTP {response.status_code} without a verdict"
+        )
+
+    def audit_append(self, *, lines: Sequence[bytes], last_sequence: int) -> AuditAck:
+        """Sends audit events, given as export lines (audit.chain.export_line: canonical JSON
+        objects, one per event, in sequence order, ending with event `last_sequence`). The
+        lines are sent as they are, so the Kernel hashes the very bytes our hashes cover.
+
+        Raises KernelUnavailable (retry later) or KernelRejected (a 4xx other than 409)."""
+        url = f"{self.base_url}/v1/audit/events"
+        body = b'{"events":[' + b",".join(line.rstrip(b"\n") for line in lines) + b"]}"
+        try:
+            # Not following redirects, for the same reason as verify_manifest.
+            response = requests.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                cert=self.cert,
+                verify=self.verify,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except (requests.RequestException, OSError) as exc:
+            raise KernelUnavailable(f"the Kernel at {self.base_url} is unreachable: {exc}") from exc
+        status = response.status_code
+        if status >= 500:
+            raise KernelUnavailable(f"the Kernel at {self.base_url} failed with HTTP {status}")
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if status in (200, 409):
+            through = answer.get("acknowledged_through") if isinstance(answer, dict) else None
+            if not isinstance(through, int) or isinstance(through, bool) or through < 0:
+                raise KernelUnavailable(
+                    f"the Kernel at {self.base_url} answered HTTP {status} to an audit append "
+                    "without a usable acknowledged_through"
+                )
+            return AuditAck(acknowledged_through=through, in_step=status == 200)
+        if 400 <= status < 500:
+            detail = answer.get("detail") if isinstance(answer, dict) else None
+            raise KernelRejected(
+                f"the Kernel at {self.base_url} rejected audit events up to #{last_sequence} "
+                f"with HTTP {status}: {detail or 'no reason given'}"
+            )
+        raise KernelUnavailable(
+            f"the Kernel at {self.base_url} answered HTTP {status} to an audit append"
         )
 
 

@@ -1,5 +1,6 @@
-"""A stand-in for the Kernel: an HTTPS server on loopback that speaks its manifest API and, like
-the real one, refuses any client that does not present a certificate from the company CA.
+"""A stand-in for the Kernel: an HTTPS server on loopback that speaks its manifest and audit-append
+APIs and, like the real one, refuses any client that does not present a certificate from the
+company CA.
 
 Fixtures:
 - `kernel_pki` (session): a test CA, a server certificate for 127.0.0.1 and a client certificate
@@ -13,14 +14,23 @@ as the Kernel would: it checks the Ed25519 signature against the keys it knows
 (`kernel.register_key(...)`) among those the platform says are registered. It records every
 request it answered and every TLS handshake it refused, so tests can assert what the client sent
 and with which certificate.
+
+Its audit copy (`kernel.audit_events`) behaves like the Kernel's (marketplace/kernel.py): an
+append checks each event's hash and link, answers 200 with how far its copy now goes, treats
+events it already holds as acknowledged when they are the same, and answers 409 with where its
+copy ends when a batch starts past it. `kernel.audit_truncate(n)` makes it lose everything
+after event n, as a Kernel restored from an old backup would. It notes when it acknowledged
+each event (`audit_acknowledged_at`), for the lag benchmark.
 """
 
 import base64
 import contextlib
+import hashlib
 import json
 import socket
 import ssl
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
@@ -37,6 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tests.support.pki import KernelPki, kernel_pki_create
 
 VERIFY_PATH = "/v1/manifests/verify"
+AUDIT_PATH = "/v1/audit/events"
+GENESIS_HASH = "0" * 64
 # Long enough for a loaded CI machine, short enough that a stuck client cannot hang the session.
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
 
@@ -135,6 +147,9 @@ class KernelServer:
         self._refusals: list[str] = []
         self._errors: list[str] = []
         self._keys: dict[str, dict[str, Ed25519PublicKey]] = {}
+        self._audit: list[dict[str, Any]] = []  # export-line objects, events 1..n in order
+        self._audit_acknowledged_at: dict[int, float] = {}  # sequence -> time.time()
+        self._audit_take_at_most: int | None = None
         self._release = threading.Event()
         # Bumped by reset(). A connection thread can finish after its test is over (a refused
         # handshake is recorded a moment after the client sees the alert); what it reports then
@@ -184,6 +199,9 @@ class KernelServer:
             self._refusals.clear()
             self._errors.clear()
             self._keys.clear()
+            self._audit.clear()
+            self._audit_acknowledged_at.clear()
+            self._audit_take_at_most = None
 
     def script(self, *replies: KernelReply) -> None:
         """Queues replies for the next requests, in order; after them the server verifies."""
@@ -194,7 +212,35 @@ class KernelServer:
         with self._lock:
             self._keys.setdefault(publisher, {})[key_id] = public_key
 
+    def audit_truncate(self, through: int) -> None:
+        """Forgets the audit events after `through`, like a Kernel restored from a backup."""
+        with self._lock:
+            del self._audit[through:]
+            for sequence in [s for s in self._audit_acknowledged_at if s > through]:
+                del self._audit_acknowledged_at[sequence]
+
+    def audit_take_at_most(self, count: int | None) -> None:
+        """Keeps at most `count` new events of each append, acknowledging only those, as a
+        Kernel that caps its batches does."""
+        with self._lock:
+            self._audit_take_at_most = count
+
     # What a test looks at.
+
+    @property
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The Kernel's copy of the chain: {"hash": ..., "record": {...}} for events 1..n."""
+        with self._lock:
+            return list(self._audit)
+
+    @property
+    def audit_acknowledged_at(self) -> dict[int, float]:
+        """When each event of the copy was first acknowledged (time.time(), this process)."""
+        with self._lock:
+            return dict(self._audit_acknowledged_at)
+
+    def audit_requests(self) -> list[ReceivedRequest]:
+        return [request for request in self.requests if request.path == AUDIT_PATH]
 
     @property
     def requests(self) -> list[ReceivedRequest]:
@@ -227,9 +273,56 @@ class KernelServer:
             reply = self._script.popleft() if self._script else None
             keys = dict(self._keys.get(_publisher(request), {}))
             release = self._release
+            if reply is None and request.path == AUDIT_PATH:
+                # Under the lock: appends from concurrent connections apply one at a time.
+                reply = self._audit_append(request)
         if reply is None:
             reply = _verify(request, keys)
         return reply, release
+
+    def _audit_append(self, request: ReceivedRequest) -> KernelReply:
+        """Caller holds self._lock."""
+        events = request.body.get("events") if isinstance(request.body, dict) else None
+        if not isinstance(events, list) or not events:
+            return json_reply(422, {"detail": "expected a non-empty list of events"})
+        for event in events:
+            problem = _audit_event_problem(event)
+            if problem:
+                return json_reply(422, {"detail": problem})
+        held = len(self._audit)
+        first = events[0]["record"]["sequence"]
+        if first > held + 1:
+            return json_reply(
+                409,
+                {
+                    "acknowledged_through": held,
+                    "detail": f"event {first} comes after {held + 1}, which is missing",
+                },
+            )
+        added: list[dict[str, Any]] = []  # applied only if the whole batch is good
+        for event in events:
+            sequence = event["record"]["sequence"]
+            if sequence <= held:
+                if self._audit[sequence - 1] != event:
+                    return json_reply(
+                        422, {"detail": f"event {sequence} differs from the one acknowledged"}
+                    )
+                continue
+            last = added[-1] if added else (self._audit[-1] if self._audit else None)
+            previous = last["hash"] if last else GENESIS_HASH
+            if sequence != held + len(added) + 1 or event["record"]["prev_hash"] != previous:
+                return json_reply(
+                    422,
+                    {"detail": f"event {sequence} does not follow event {held + len(added)}"},
+                )
+            added.append(event)
+        if self._audit_take_at_most is not None:
+            del added[self._audit_take_at_most :]
+        now = time.time()
+        for event in added:
+            self._audit.append(event)
+            self._audit_acknowledged_at[event["record"]["sequence"]] = now
+        return json_reply(200, {"acknowledged_through": len(self._audit)})
 
     def _connected(self) -> int:
         with self._lock:
@@ -245,6 +338,28 @@ class KernelServer:
         with self._lock:
             if generation == self._generation:
                 self._errors.append(error)
+
+
+def _audit_event_problem(event: Any) -> str:
+    """Why an element of an audit append is not an event whose hash covers its record."""
+    if not (
+        isinstance(event, dict)
+        and set(event) == {"hash", "record"}
+        and isinstance(event["hash"], str)
+        and isinstance(event["record"], dict)
+    ):
+        return 'every event is {"hash": ..., "record": {...}}'
+    record = event["record"]
+    sequence = record.get("sequence")
+    if (
+        not isinstance(sequence, int)
+        or sequence < 1
+        or not isinstance(record.get("prev_hash"), str)
+    ):
+        return "every record has a positive sequence and a prev_hash"
+    if hashlib.sha256(_canonical(record)).hexdigest() != event["hash"]:
+        return f"event {sequence}'s hash does not cover its record"
+    return ""
 
 
 def _publisher(request: ReceivedRequest) -> str:

@@ -1,5 +1,7 @@
 """A real Celery worker process, on the broker the tests run against, sharing the test
-database, data folder and cache prefix of the test process that starts it."""
+database, data folder, cache prefix and Kernel settings of the test process that starts it.
+A test that uses the `kernel` fixture lists it before `celery_worker`, so that the worker is
+started pointing at the stand-in Kernel."""
 
 import os
 import subprocess
@@ -57,6 +59,12 @@ def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProce
         "MARKETPLACE_TEST_DATA_DIR": str(settings.DATA_DIR),
         "MARKETPLACE_TEST_CACHE_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
         "MARKETPLACE_CELERY_QUEUE": queue,
+        # The Kernel the test points at (tests/support/kernel.py), or none.
+        "MARKETPLACE_KERNEL_URL": settings.KERNEL_URL,
+        "MARKETPLACE_KERNEL_CERT": settings.KERNEL_CERT,
+        "MARKETPLACE_KERNEL_KEY": settings.KERNEL_KEY,
+        "MARKETPLACE_KERNEL_CA": settings.KERNEL_CA,
+        "MARKETPLACE_KERNEL_TIMEOUT_SECONDS": str(settings.KERNEL_TIMEOUT_SECONDS),
     }
     storage = settings.STORAGES["default"]
     if storage["BACKEND"].endswith("FileSystemStorage"):

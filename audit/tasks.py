@@ -1,0 +1,73 @@
+"""Audit work done by the workers. Each task calls a service and declares its retry policy;
+running one twice is harmless."""
+
+import logging
+
+from celery import Task, shared_task
+
+from audit import exports, fanout
+from audit.services import checkpoint_create
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=60, time_limit=90, max_retries=None)
+def audit_push_to_kernel(self: Task) -> int:
+    """Pushes the events the Kernel has not acknowledged (audit.fanout). Woken after the
+    commits that append events, and by beat every minute as a safety net. Safe to run twice:
+    one push holds the cursor at a time and the Kernel ignores what it already has.
+
+    A failed push is recorded on the cursor and retried after the cursor's backoff, with no
+    last retry: the events must reach the Kernel, and an operator sees the attempts and the
+    last error on the cursor (audit_push_kernel). While the retry is due, wake-ups from new
+    commits do not schedule pushes of their own."""
+    fanout.kernel_push_wakeup_taken()
+    try:
+        push = fanout.kernel_push()
+    except fanout.KernelPushFailed as exc:
+        fanout.kernel_push_hold(exc.retry_in)
+        raise self.retry(exc=exc, countdown=exc.retry_in) from exc
+    if push.follow_up is not None:
+        fanout.kernel_push_later(push.follow_up)
+    return push.acknowledged_sequence
+
+
+def _export_transient(exc: Exception) -> bool:
+    """Storage and database errors that a later attempt may not meet: connection failures,
+    timeouts, 5xx and throttling. A 4xx (no such bucket, access denied) needs an operator."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from django.db import OperationalError
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        return status >= 500 or status in (408, 409, 429) or code in ("SlowDown", "Throttling")
+    return isinstance(exc, BotoConnectionError | HTTPClientError | OSError | OperationalError)
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=1800, time_limit=1900, max_retries=8)
+def audit_export_nightly(self: Task) -> int:
+    """Exports every UTC day up to yesterday that is not exported yet (beat, 00:30 UTC), and
+    returns how many it registered. Safe to run twice: a registered day is skipped, and what a
+    failed run stored is accepted only when identical (audit.exports).
+
+    Transient storage errors are retried with exponential backoff (1 minute to an hour); a
+    conflict with what is stored, or a 4xx, is not: it is logged and fails the task, and the
+    next night's run tries again from the first missing day. Failures are counted by the
+    service (marketplace_audit_export_failures_total)."""
+    try:
+        return len(exports.audit_exports_catch_up())
+    except Exception as exc:
+        if isinstance(exc, exports.ExportError) or not _export_transient(exc):
+            logger.error("audit export failed and is not retried: %s", exc)
+            raise
+        countdown = min(60 * 2**self.request.retries, 3600)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def audit_checkpoint() -> int | None:
+    """Signs the chain head; does nothing when the last event is already signed."""
+    checkpoint = checkpoint_create()
+    return checkpoint.sequence if checkpoint else None
