@@ -12,6 +12,23 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
+    # Signs the audit chain's head (audit.services.checkpoint_create).
+    "audit-checkpoint": {
+        "task": "audit.tasks.audit_checkpoint",
+        "schedule": 60.0 * int(os.environ.get("MARKETPLACE_AUDIT_CHECKPOINT_MINUTES", "5")),
+        "options": {"expires": 55},
+    },
+    # Exports each UTC day not exported yet (normally yesterday) with its signed digest.
+    "audit-export-nightly": {
+        "task": "audit.tasks.audit_export_nightly",
+        "schedule": crontab(hour=0, minute=30),
+    },
+    # Pushes what a lost wake-up or a failed task left behind to the Kernel (audit.fanout).
+    "audit-push-to-kernel": {
+        "task": "audit.tasks.audit_push_to_kernel",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     # A manifest whose check found the Kernel unreachable is checked again until it answers.
     "catalog-reverify-manifests": {
         "task": "catalog.tasks.manifests_reverify_unavailable",

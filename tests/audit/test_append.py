@@ -8,6 +8,7 @@ from django.db import DatabaseError, connection, transaction
 from audit.chain import GENESIS_HASH, record_hash, record_of
 from audit.models import AppendOnly, AuditEvent, ChainHead, Checkpoint
 from audit.services import Actor, audit_append, checkpoint_create
+from audit.tasks import audit_checkpoint
 from audit.verify import chain_verify
 from marketplace.keystore import signing_key_revoke, signing_key_rotate
 from marketplace.models import SigningKeyPurpose
@@ -261,3 +262,21 @@ def test_the_checkpoint_command_signs_the_head_once() -> None:
     call_command("audit_checkpoint", stdout=out)
     assert "Nothing new to sign" in out.getvalue()
     assert Checkpoint.objects.count() == 1
+
+
+def test_the_beat_task_signs_the_head_and_is_harmless_twice() -> None:
+    append()
+    assert audit_checkpoint.apply().get() == 2  # event 2 is the audit key's creation
+    assert audit_checkpoint.apply().get() is None
+    assert Checkpoint.objects.count() == 1
+
+
+def test_beat_schedules_checkpoints_exports_and_the_kernel_push() -> None:
+    from config.celery import app
+
+    tasks = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert {
+        "audit.tasks.audit_checkpoint",
+        "audit.tasks.audit_export_nightly",
+        "audit.tasks.audit_push_to_kernel",
+    } <= tasks
