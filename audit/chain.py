@@ -14,6 +14,7 @@ since "hash" sorts before "record", the record's bytes sit at a fixed place in t
 hashed as they are, without decoding and re-encoding them.
 """
 
+import binascii
 import gzip
 import hashlib
 import json
@@ -43,7 +44,16 @@ def format_time(moment: datetime) -> str:
     """UTC, always with six fractional digits, so one instant has exactly one spelling."""
     if moment.tzinfo is None:
         raise ValueError("audit times are timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ"), about three times faster.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+# canonical_json's encoding without its walk over the value to refuse floats, for re-encoding
+# stored events: each was checked when it was appended, and a value that is not canonical (a
+# float written into the table by hand) gives another hash, which the check then reports.
+encode_stored = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 
 def record_of(
@@ -232,23 +242,80 @@ def parse_line(line: bytes) -> tuple[int, str, str, bytes]:
 
 
 def check_lines(lines: Iterable[bytes], check: ChainCheck) -> ChainCheck:
-    sha256 = hashlib.sha256
-    for number, line in enumerate(lines, start=1):
-        if check.settled:
-            break
-        try:
-            sequence, prev_hash, stored_hash, body = parse_line(line)
-        except (MalformedLine, UnicodeDecodeError) as exc:
-            if check.failure is None:
-                check.failure = Failure(
-                    "malformed",
-                    f"line {number} (after event {check.last_sequence or check.after_sequence}) "
-                    f"is unreadable: {exc}",
-                    (check.last_sequence or check.after_sequence) + 1,
-                )
-            break
-        check.add(sequence, prev_hash, stored_hash, sha256(body).hexdigest())
+    """Feeds export lines to `check`. Lines that link up as expected are checked inline, on
+    bytes, with no decoding; the first one that does not goes through `parse_line` and
+    `ChainCheck.add`, which name what is wrong with it."""
+    sha256, hexlify = hashlib.sha256, binascii.hexlify
+    head, record_tag, prev_tag, sequence_tag, subject_tag = (
+        _LINE_HEAD,
+        _LINE_RECORD,
+        _PREV_HASH,
+        _SEQUENCE,
+        _SUBJECT,
+    )
+    expected = check._expected_sequence
+    expected_prev = check._expected_prev.encode("ascii")
+    count = 0
+    try:
+        for number, line in enumerate(lines, start=1):
+            # The fast path: the line is well formed, in sequence, linked, and its hash matches.
+            end = len(line) - 1 if line[-1:] == b"\n" else len(line)
+            if (
+                check.failure is None
+                and line.startswith(head)
+                and line[73:84] == record_tag
+                and line[end - 1 : end] == b"}"
+            ):
+                at = line.rfind(prev_tag, 84, end)
+                if at > 0 and line[at + 78 : at + 91] == sequence_tag:
+                    stop = line.find(subject_tag, at + 91, end)
+                    digits = line[at + 91 : stop] if stop > 0 else b""
+                    if (
+                        digits.isdigit()
+                        and int(digits) == expected
+                        and line[at + 14 : at + 78] == expected_prev
+                    ):
+                        stored = line[9:73]
+                        if hexlify(sha256(memoryview(line)[84 : end - 1]).digest()) == stored:
+                            if check.first_sequence is None:
+                                check.first_sequence, check.first_hash = expected, stored.decode()
+                            expected += 1
+                            expected_prev = stored
+                            count += 1
+                            continue
+            # Anything else: hand the state over and let the careful path judge this line.
+            _sync(check, count, expected, expected_prev)
+            count = 0
+            if check.settled:
+                break
+            try:
+                sequence, prev_hash, stored_hash, body = parse_line(line)
+            except (MalformedLine, UnicodeDecodeError) as exc:
+                if check.failure is None:
+                    after = check.last_sequence or check.after_sequence
+                    check.failure = Failure(
+                        "malformed",
+                        f"line {number} (after event {after}) is unreadable: {exc}",
+                        after + 1,
+                    )
+                break
+            check.add(sequence, prev_hash, stored_hash, sha256(body).hexdigest())
+            expected = check._expected_sequence
+            expected_prev = check._expected_prev.encode("ascii")
+    finally:
+        # Also when reading the file fails midway, so the caller knows where it stopped.
+        _sync(check, count, expected, expected_prev)
     return check
+
+
+def _sync(check: ChainCheck, count: int, expected: int, expected_prev: bytes) -> None:
+    """Writes what the fast path of check_lines accepted back into the check."""
+    if not count:
+        return
+    check.count += count
+    check._expected_sequence = expected
+    check._expected_prev = expected_prev.decode("ascii")
+    check.last_sequence, check.last_hash = expected - 1, check._expected_prev
 
 
 # --- Checkpoints and digests -------------------------------------------------------------------

@@ -43,6 +43,7 @@ from audit.chain import (
     digest_encode,
     digest_message,
     digest_sign,
+    encode_stored,
     format_time,
     signature_problem,
 )
@@ -193,17 +194,8 @@ def _line(record_bytes: bytes, record_hash_hex: str) -> bytes:
     return b'{"hash":"' + record_hash_hex.encode() + b'","record":' + record_bytes + b"}\n"
 
 
-# canonical_json's encoding without its walk over the value to refuse floats: every event was
-# checked when it was appended, and each line's hash is compared with the stored one below, so
-# a value that is not canonical (a float written into the table by hand) fails that comparison.
-_encode = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
-
-
-def _utc_text(moment: datetime) -> str:
-    # chain.format_time's spelling, about three times faster than strftime on a hot path.
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+_encode = encode_stored
+_utc_text = format_time
 
 
 def _write_events(period: Period, writer: _HashingWriter) -> ChainCheck:

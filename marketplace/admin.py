@@ -3,16 +3,29 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from audit.services import Actor
-from marketplace.models import ApiToken, User
+from catalog.admin.common import reason_action
+from marketplace.keystore import signing_key_revoke, signing_key_rotate
+from marketplace.models import ApiToken, SigningKey, SigningKeyPurpose, SigningKeyStatus, User
+from marketplace.roles import SECURITY
 from marketplace.services import api_token_revoke
 
 admin.site.site_header = "Marketplace administration"
 admin.site.site_title = "Marketplace admin"
 admin.site.index_title = "Content, finance, security and support"
+
+
+def is_security(user: User | AnonymousUser) -> bool:
+    """Security staff or a superuser: who may act on the platform's keys and the Kernel push.
+    A group check rather than a model permission, since these actions change no row the admin
+    could edit (the services write them, with their audit events)."""
+    if not (user.is_active and user.is_staff):
+        return False
+    return user.is_superuser or user.groups.filter(name=SECURITY).exists()
 
 
 class UserCreationForm(BaseUserCreationForm):
@@ -92,3 +105,66 @@ class ApiTokenAdmin(admin.ModelAdmin):
         actor = Actor.of_user(request.user)
         count = sum(1 for token in queryset if api_token_revoke(token_pk=token.pk, actor=actor))
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(admin.ModelAdmin):
+    """The platform's signing keys, read-only: they are made, rotated and revoked only by the
+    key-store services, which audit each change. The sealed private key is never shown."""
+
+    list_display = [
+        "kid",
+        "purpose",
+        "algorithm",
+        "backend",
+        "status",
+        "created_at",
+        "retired_at",
+        "revoked_at",
+        "revoked_reason",
+    ]
+    list_filter = ["purpose", "status"]
+    search_fields = ["=kid"]
+    fields = list_display
+    readonly_fields = list_display
+    actions = ["rotate", "revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the key store creates keys, on first use or by rotation
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoke instead: checkpoints, exports and licenses name their key
+
+    def has_security_permission(self, request: HttpRequest) -> bool:
+        return is_security(request.user)
+
+    @admin.action(
+        description="Rotate the keys of the selected purposes (new active key)",
+        permissions=["security"],
+    )
+    def rotate(self, request: HttpRequest, queryset: QuerySet[SigningKey]) -> None:
+        actor = Actor.of_user(request.user)
+        purposes = sorted(set(queryset.values_list("purpose", flat=True)))
+        for purpose in purposes:
+            new, previous = signing_key_rotate(purpose=SigningKeyPurpose(purpose), actor=actor)
+            retired = f"; {previous.kid} retired (it still verifies)" if previous else ""
+            self.message_user(
+                request, f"{purpose}: {new.kid} is now the active key{retired}.", messages.SUCCESS
+            )
+
+    @admin.action(description="Revoke selected keys…", permissions=["security"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[SigningKey]) -> HttpResponse | None:
+        # Revoking again would change nothing: the page lists only the keys it applies to.
+        return reason_action(
+            self,
+            request,
+            queryset.exclude(status=SigningKeyStatus.REVOKED),
+            title="Revoke signing keys (what they signed no longer verifies)",
+            apply=lambda key, reason: signing_key_revoke(
+                kid=key.kid, reason=reason, actor=Actor.of_user(request.user)
+            ),
+            done="{count} key(s) revoked.",
+        )

@@ -46,8 +46,12 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "marketplace.view_user",
         "marketplace.view_apitoken",
         "marketplace.change_apitoken",
+        # Rotating and revoking keys, and pushing to the Kernel, check the Security group
+        # itself (marketplace.admin.is_security): no model permission stands for them.
+        "marketplace.view_signingkey",
         *_AUDIT_VIEW,
         "audit.add_checkpoint",  # the audit log's "Sign a checkpoint now" button
+        "audit.view_kernelcursor",
     },
     SUPPORT: {
         "catalog.view_partner",
