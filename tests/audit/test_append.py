@@ -129,7 +129,7 @@ def test_postgresql_refuses_raw_sql_that_changes_the_record(sql: str) -> None:
     checkpoint_create()
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         connection.cursor().execute(sql)
-    assert AuditEvent.objects.get().action == "sku.activated"
+    assert AuditEvent.objects.get(sequence=1).action == "sku.activated"
     assert Checkpoint.objects.count() == 1
 
 
