@@ -56,6 +56,41 @@ encode_stored = json.JSONEncoder(
 ).encode
 
 
+# The columns of an audit_event row, in the order `stored_record` takes them.
+STORED_COLUMNS = (
+    "sequence",
+    "occurred_at",
+    "actor_type",
+    "actor_id",
+    "action",
+    "subject_type",
+    "subject_id",
+    "data",
+    "prev_hash",
+    "hash",
+)
+
+
+def stored_record(row: tuple[Any, ...]) -> tuple[int, str, str, bytes]:
+    """(sequence, prev_hash, stored hash, record bytes) of a row read with STORED_COLUMNS:
+    record_of's record, built inline and encoded with encode_stored, since the database check
+    and the export run this once per event."""
+    sequence, occurred_at, actor_type, actor_id, action, subject_type, subject_id = row[:7]
+    data, prev_hash, stored_hash = row[7:]
+    body = encode_stored(
+        {
+            "action": action,
+            "actor": {"id": actor_id, "type": actor_type},
+            "data": data,
+            "occurred_at": format_time(occurred_at),
+            "prev_hash": prev_hash,
+            "sequence": sequence,
+            "subject": {"id": subject_id, "type": subject_type},
+        }
+    ).encode()
+    return sequence, prev_hash, stored_hash, body
+
+
 def record_of(
     *,
     sequence: int,

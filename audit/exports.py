@@ -39,13 +39,14 @@ from audit.chain import (
     DIGEST_TYPE,
     DIGEST_VERSION,
     GENESIS_HASH,
+    STORED_COLUMNS,
     ChainCheck,
     digest_encode,
     digest_message,
     digest_sign,
-    encode_stored,
     format_time,
     signature_problem,
+    stored_record,
 )
 from audit.models import AuditEvent, AuditExport, ChainHead
 from marketplace.keystore import public_keys_from_store, signer_for, signing_key_active
@@ -59,18 +60,6 @@ GZIP_LEVEL = 6
 KEY_PREFIX = "audit"
 DIGEST_SUFFIX = ".digest.json"
 _READ_BYTES = 1024 * 1024
-_COLUMNS = (
-    "sequence",
-    "occurred_at",
-    "actor_type",
-    "actor_id",
-    "action",
-    "subject_type",
-    "subject_id",
-    "data",
-    "prev_hash",
-    "hash",
-)
 
 
 class ExportError(Exception):
@@ -194,10 +183,6 @@ def _line(record_bytes: bytes, record_hash_hex: str) -> bytes:
     return b'{"hash":"' + record_hash_hex.encode() + b'","record":' + record_bytes + b"}\n"
 
 
-_encode = encode_stored
-_utc_text = format_time
-
-
 def _write_events(period: Period, writer: _HashingWriter) -> ChainCheck:
     """Streams the period's events into gzip, checking each one's hash and link as it goes:
     a digest is never signed over a chain that does not hold."""
@@ -207,30 +192,17 @@ def _write_events(period: Period, writer: _HashingWriter) -> ChainCheck:
             sequence__gt=period.previous_sequence, sequence__lte=period.last_sequence
         )
         .order_by("sequence")
-        .values_list(*_COLUMNS)
+        .values_list(*STORED_COLUMNS)
     )
-    sha256, encode, utc_text, add = hashlib.sha256, _encode, _utc_text, check.add
+    sha256, add = hashlib.sha256, check.add
     batch: list[bytes] = []
     # No file name and mtime 0 in the gzip header: the same events always give the same bytes.
     with gzip.GzipFile(
         filename="", mode="wb", fileobj=writer, compresslevel=GZIP_LEVEL, mtime=0
     ) as compressed:
-        for seq, at, a_type, a_id, action, s_type, s_id, data, prev, stored in rows.iterator(
-            chunk_size=CHUNK_SIZE
-        ):
-            # audit.chain.record_of, spelled out: this loop runs once per event.
-            body = encode(
-                {
-                    "action": action,
-                    "actor": {"id": a_id, "type": a_type},
-                    "data": data,
-                    "occurred_at": utc_text(at),
-                    "prev_hash": prev,
-                    "sequence": seq,
-                    "subject": {"id": s_id, "type": s_type},
-                }
-            ).encode()
-            add(seq, prev, stored, sha256(body).hexdigest())
+        for row in rows.iterator(chunk_size=CHUNK_SIZE):
+            sequence, prev_hash, stored, body = stored_record(row)
+            add(sequence, prev_hash, stored, sha256(body).hexdigest())
             if check.failure is not None:
                 break
             batch.append(_line(body, stored))

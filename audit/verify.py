@@ -5,29 +5,16 @@ import hashlib
 from dataclasses import dataclass, field
 
 from audit.chain import (
+    STORED_COLUMNS,
     ChainCheck,
     Failure,
     checkpoint_message,
-    encode_stored,
-    format_time,
     signature_problem,
+    stored_record,
 )
 from audit.models import AuditEvent, ChainHead, Checkpoint
 from marketplace.keystore import PublicKey, public_keys_from_store
 from marketplace.models import SigningKeyPurpose
-
-_COLUMNS = (
-    "sequence",
-    "occurred_at",
-    "actor_type",
-    "actor_id",
-    "action",
-    "subject_type",
-    "subject_id",
-    "data",
-    "prev_hash",
-    "hash",
-)
 
 
 @dataclass
@@ -63,31 +50,10 @@ def chain_verify(
 
     check = ChainCheck()
     sha256 = hashlib.sha256
-    rows = AuditEvent.objects.order_by("sequence").values_list(*_COLUMNS)
-    for (
-        seq,
-        occurred_at,
-        actor_type,
-        actor_id,
-        action,
-        s_type,
-        s_id,
-        data,
-        prev,
-        stored,
-    ) in rows.iterator(chunk_size=chunk_size):
-        # The record, as audit.chain.record_of spells it, built inline: this loop is the
-        # whole cost of checking a large chain.
-        record = {
-            "action": action,
-            "actor": {"id": actor_id, "type": actor_type},
-            "data": data,
-            "occurred_at": format_time(occurred_at),
-            "prev_hash": prev,
-            "sequence": seq,
-            "subject": {"id": s_id, "type": s_type},
-        }
-        check.add(seq, prev, stored, sha256(encode_stored(record).encode()).hexdigest())
+    rows = AuditEvent.objects.order_by("sequence").values_list(*STORED_COLUMNS)
+    for row in rows.iterator(chunk_size=chunk_size):
+        seq, prev, stored, body = stored_record(row)
+        check.add(seq, prev, stored, sha256(body).hexdigest())
         if check.settled:
             break
         checkpoint = signed.get(seq)

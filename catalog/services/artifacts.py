@@ -28,6 +28,7 @@ from catalog.models import (
     SkuStatus,
 )
 from catalog.services.locks import sku_lock
+from catalog.services.status import sku_status_change
 from marketplace.models import User
 from marketplace.streams import HashingReader, SizeLimitExceeded
 
@@ -237,16 +238,14 @@ def artifact_integrity_record(*, artifact_id: int, sha256: str, size: int, actor
     )
     reason = f"artifact {artifact.filename} changed in storage since upload"
     for sku in on_sale:
-        audit_append(
+        fields = sku_status_change(
+            sku,
+            target=SkuStatus.SUSPENDED,
+            reason=reason,
             actor=actor,
-            action="sku.suspended",
-            subject=sku,
-            data={"from": SkuStatus.ACTIVE.value, "reason": reason},
+            at=artifact.integrity_checked_at,
         )
-        sku.status = SkuStatus.SUSPENDED
-        sku.status_reason = reason
-        sku.status_changed_at = artifact.integrity_checked_at
-        sku.save(update_fields=["status", "status_reason", "status_changed_at", "updated_at"])
+        sku.save(update_fields=[*fields, "updated_at"])
     if on_sale:
         catalog_changed()
     return False

@@ -22,6 +22,7 @@ from catalog.models import (
     SkuStatus,
 )
 from catalog.services.changes import changes, partner_fields, recorded
+from catalog.services.status import sku_status_change
 from marketplace.kernel import decode_signature
 
 # --- Partners ----------------------------------------------------------------------------------
@@ -152,15 +153,12 @@ def partner_key_revoke(*, key_pk: int, reason: str, actor: Actor) -> PartnerKey:
             data={"reason": sku.manifest_detail, "key_id": key.key_id},
         )
         if sku.status == SkuStatus.ACTIVE:
-            sku.status = SkuStatus.SUSPENDED
-            sku.status_reason = f"manifest signing key {key.key_id!r} was revoked"
-            sku.status_changed_at = now
-            fields += ["status", "status_reason", "status_changed_at"]
-            audit_append(
+            fields += sku_status_change(
+                sku,
+                target=SkuStatus.SUSPENDED,
+                reason=f"manifest signing key {key.key_id!r} was revoked",
                 actor=actor,
-                action="sku.suspended",
-                subject=sku,
-                data={"from": SkuStatus.ACTIVE.value, "reason": sku.status_reason},
+                at=now,
             )
         sku.save(update_fields=fields)
     catalog_changed()

@@ -28,6 +28,7 @@ from catalog.models import (
 from catalog.selectors import sku_activation_blockers
 from catalog.services.changes import NOTE_MAX, changes, recorded, sku_fields, splits_record
 from catalog.services.locks import sku_lock
+from catalog.services.status import sku_status_change
 from marketplace.canonical import canonical_json
 from marketplace.kernel import KernelUnavailable, PublisherKey, decode_signature, get_kernel
 
@@ -234,15 +235,12 @@ def sku_manifest_verify(*, sku_id: int, actor: Actor) -> ManifestCheck | None:
             "updated_at",
         ]
         if sku.status == SkuStatus.ACTIVE and check.status == ManifestStatus.REJECTED:
-            sku.status = SkuStatus.SUSPENDED
-            sku.status_reason = f"manifest rejected on re-verification: {check.detail}"[:300]
-            sku.status_changed_at = now
-            fields += ["status", "status_reason", "status_changed_at"]
-            audit_append(
+            fields += sku_status_change(
+                sku,
+                target=SkuStatus.SUSPENDED,
+                reason=f"manifest rejected on re-verification: {check.detail}",
                 actor=actor,
-                action="sku.suspended",
-                subject=sku,
-                data={"from": SkuStatus.ACTIVE.value, "reason": sku.status_reason},
+                at=now,
             )
         sku.save(update_fields=fields)
         catalog_changed()
@@ -299,23 +297,15 @@ def sku_activate(*, sku_id: int, actor: Actor) -> Sku:
 
 
 def _sku_transition(
-    *, sku_id: int, target: str, reason: str, refusal: str, action: str, actor: Actor
+    *, sku_id: int, target: SkuStatus, reason: str, refusal: str, actor: Actor
 ) -> Sku:
     sku = sku_lock(sku_id)
     if not sku.can_become(target):
         raise TransitionRefused(
             slug=sku.slug, target=target, reasons=[refusal.format(status=sku.status)]
         )
-    audit_append(
-        actor=actor,
-        action=action,
-        subject=sku,
-        data={"from": sku.status, "reason": reason[:300]},
-    )
-    sku.status = target
-    sku.status_reason = reason[:300]
-    sku.status_changed_at = timezone.now()
-    sku.save(update_fields=["status", "status_reason", "status_changed_at", "updated_at"])
+    fields = sku_status_change(sku, target=target, reason=reason, actor=actor, at=timezone.now())
+    sku.save(update_fields=[*fields, "updated_at"])
     catalog_changed()
     return sku
 
@@ -328,7 +318,6 @@ def sku_suspend(*, sku_id: int, reason: str = "", actor: Actor) -> Sku:
         target=SkuStatus.SUSPENDED,
         reason=reason,
         refusal="only an active SKU can be suspended; this one is {status}",
-        action="sku.suspended",
         actor=actor,
     )
 
@@ -341,7 +330,6 @@ def sku_retire(*, sku_id: int, reason: str = "", actor: Actor) -> Sku:
         target=SkuStatus.RETIRED,
         reason=reason,
         refusal="this SKU is already {status}",
-        action="sku.retired",
         actor=actor,
     )
 
