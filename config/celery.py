@@ -44,4 +44,25 @@ app.conf.beat_schedule = {
         "task": "catalog.tasks.artifacts_sweep_orphans",
         "schedule": crontab(hour=4, minute=7),
     },
+    # Webhook events whose processing failed (backoff elapsed) or whose enqueue was lost.
+    "orders-webhooks-retry": {
+        "task": "orders.tasks.webhooks_retry_due",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    # Ledger entries Finance has not acknowledged yet (it was down): sent again.
+    "orders-finance-replay": {
+        "task": "orders.tasks.finance_replay_due",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    "orders-idempotency-keys-expire": {
+        "task": "orders.tasks.idempotency_keys_expire",
+        "schedule": crontab(minute=23),
+    },
+    "orders-metrics-refresh": {
+        "task": "orders.tasks.orders_metrics_refresh",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
 }

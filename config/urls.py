@@ -12,6 +12,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("catalog.api.urls")),
     path("api/v1/", include("marketplace.api.urls")),
+    path("api/v1/", include("orders.api.urls")),
+    path("", include("orders.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -139,3 +139,24 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kid} ({self.purpose}, {self.status})"
+
+
+class LedgerEntry(models.Model):
+    """The ledger of the local Finance backend (marketplace.finance), the embedded default.
+    With Finance configured this table stays empty: the ledger lives there."""
+
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    reference = models.CharField(max_length=64, unique=True)
+    order_id = models.UUIDField(db_index=True)
+    kind = models.CharField(max_length=16)
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.reference

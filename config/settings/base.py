@@ -5,6 +5,7 @@ runs on embedded defaults (SQLite, local files, local-memory cache, a file-syste
 under ``MARKETPLACE_DATA_DIR``. ``production.py`` refuses those defaults.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -216,6 +217,36 @@ KERNEL_TIMEOUT_SECONDS = env.float("MARKETPLACE_KERNEL_TIMEOUT_SECONDS", default
 LICENSE_SIGNER_KEY_ID = env.str("MARKETPLACE_LICENSE_SIGNER_KEY_ID", default="")
 # The local key store's master key (32 bytes, base64); unset, a key file in DATA_DIR/keys.
 KEYSTORE_MASTER_KEY = env.str("MARKETPLACE_KEYSTORE_MASTER_KEY", default="")
+
+# --- Payments and Finance ----------------------------------------------------------------------
+
+# Unset, the local test gateway (refused in production) takes the payments.
+STRIPE_SECRET_KEY = env.str("MARKETPLACE_STRIPE_SECRET_KEY", default="")
+# Comma-separated: during a rotation both the new and the old secret are accepted.
+STRIPE_WEBHOOK_SECRETS = env.list("MARKETPLACE_STRIPE_WEBHOOK_SECRET", default=[])
+STRIPE_API_BASE = env.str("MARKETPLACE_STRIPE_API_BASE", default="")
+STRIPE_TIMEOUT_SECONDS = env.float("MARKETPLACE_STRIPE_TIMEOUT_SECONDS", default=10.0)
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int(
+    "MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300
+)
+PUBLIC_URL = env.str("MARKETPLACE_PUBLIC_URL", default="http://localhost:8085").rstrip("/")
+CHECKOUT_SUCCESS_URL = env.str(
+    "MARKETPLACE_CHECKOUT_SUCCESS_URL", default=f"{PUBLIC_URL}/checkout/success"
+)
+CHECKOUT_CANCEL_URL = env.str(
+    "MARKETPLACE_CHECKOUT_CANCEL_URL", default=f"{PUBLIC_URL}/checkout/cancelled"
+)
+CHECKOUT_IDEMPOTENCY_TTL = timedelta(hours=24)
+# How long a checkout may take before a retry with its key is allowed to take over.
+CHECKOUT_LOCK_SECONDS = env.int("MARKETPLACE_CHECKOUT_LOCK_SECONDS", default=30)
+WEBHOOK_MAX_ATTEMPTS = env.int("MARKETPLACE_WEBHOOK_MAX_ATTEMPTS", default=8)
+
+FINANCE_URL = env.str("MARKETPLACE_FINANCE_URL", default="").rstrip("/")
+FINANCE_TOKEN = env.str("MARKETPLACE_FINANCE_TOKEN", default="")
+FINANCE_TIMEOUT_SECONDS = env.float("MARKETPLACE_FINANCE_TIMEOUT_SECONDS", default=10.0)
+
+# Stops finalization: no new checkouts (503), licenses, deliveries or proofs; reads go on.
+MAINTENANCE_MODE = env.bool("MAINTENANCE_MODE", default=False)
 
 # --- Audit -------------------------------------------------------------------------------------
 

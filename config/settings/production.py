@@ -73,6 +73,25 @@ if not AUDIT_BUCKET:
 elif AUDIT_RETENTION_DAYS < 1:
     _refuse("MARKETPLACE_AUDIT_RETENTION_DAYS", "must be at least 1 day")
 
+if not STRIPE_SECRET_KEY:
+    _refuse("MARKETPLACE_STRIPE_SECRET_KEY", "not set (the local test gateway is refused)")
+if not STRIPE_WEBHOOK_SECRETS:
+    _refuse("MARKETPLACE_STRIPE_WEBHOOK_SECRET", "not set (webhooks could not be verified)")
+for _name, _url in (
+    ("MARKETPLACE_PUBLIC_URL", PUBLIC_URL),
+    ("MARKETPLACE_CHECKOUT_SUCCESS_URL", CHECKOUT_SUCCESS_URL),
+    ("MARKETPLACE_CHECKOUT_CANCEL_URL", CHECKOUT_CANCEL_URL),
+):
+    if urlsplit(_url).scheme != "https":
+        _refuse(_name, "must be an https:// URL")
+
+if not FINANCE_URL:
+    _refuse("MARKETPLACE_FINANCE_URL", "not set (the local ledger table is refused)")
+elif urlsplit(FINANCE_URL).scheme != "https":
+    _refuse("MARKETPLACE_FINANCE_URL", "must be an https:// URL")
+if not FINANCE_TOKEN:
+    _refuse("MARKETPLACE_FINANCE_TOKEN", "not set (Finance requires a bearer token)")
+
 if _problems:
     raise ImproperlyConfigured(
         f"Refusing to start with MARKETPLACE_SERVICE_ENV={SERVICE_ENV}:\n  - "

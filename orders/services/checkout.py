@@ -1,0 +1,217 @@
+"""Checkout: one order and one Checkout Session per buyer and Idempotency-Key.
+
+The key is claimed first, with an insert that the (buyer, key) constraint lets only one request
+win. The winner calls the payment provider outside any transaction (with the order id, chosen
+at the claim, as the provider's own idempotency key) and then writes the order, its audit event
+and the stored answer in one short transaction. Concurrent requests with the same key get 409
+while the winner works and the stored answer afterwards; a request that finds a claim whose
+holder died (its lock ran out) takes it over and, thanks to the provider's idempotency, ends
+with the same Checkout Session.
+"""
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import Actor, audit_append
+from catalog.exceptions import SkuNotFound
+from catalog.models import Sku, SkuStatus
+from marketplace.canonical import canonical_json
+from orders.exceptions import (
+    CheckoutInProgress,
+    IdempotencyKeyReused,
+    MaintenanceMode,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+    SkuNotForSale,
+)
+from orders.gateways import CheckoutRequest, GatewayRejected, GatewayUnavailable, get_gateway
+from orders.models import IdempotencyKey, Order
+
+
+@dataclass(frozen=True)
+class CheckoutAnswer:
+    status: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _lock_deadline() -> Any:
+    return timezone.now() + timedelta(seconds=settings.CHECKOUT_LOCK_SECONDS)
+
+
+def _claim(*, buyer: Any, key: str, fingerprint: str) -> IdempotencyKey | CheckoutAnswer:
+    """The buyer's claim on `key`, or the answer already given to it."""
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                return IdempotencyKey.objects.create(
+                    buyer=buyer,
+                    key=key,
+                    fingerprint=fingerprint,
+                    order_id=uuid.uuid4(),
+                    locked_until=_lock_deadline(),
+                )
+        except IntegrityError:
+            pass
+        existing = IdempotencyKey.objects.filter(buyer=buyer, key=key).first()
+        if existing is None:
+            continue  # expired and purged in between: claim again
+        now = timezone.now()
+        if existing.is_expired_at(now):
+            IdempotencyKey.objects.filter(pk=existing.pk, created_at=existing.created_at).delete()
+            continue
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used with another request body; "
+                "use a new key for a new purchase.",
+            )
+        if existing.is_complete:
+            return CheckoutAnswer(existing.response_status, existing.response_body, True)
+        if existing.locked_until > now:
+            raise CheckoutInProgress(
+                "A checkout with this Idempotency-Key is still being created; "
+                "retry in a moment to get its answer.",
+                extra={"retry_after": 1},
+            )
+        # The request that claimed the key died or gave up: take over its order id.
+        taken = IdempotencyKey.objects.filter(
+            pk=existing.pk, locked_until=existing.locked_until, response_status__isnull=True
+        ).update(locked_until=_lock_deadline())
+        if taken:
+            existing.refresh_from_db()
+            return existing
+    raise CheckoutInProgress(
+        "The Idempotency-Key is being claimed by another request; retry in a moment.",
+        extra={"retry_after": 1},
+    )
+
+
+def _sku_for_sale(slug: str) -> Sku:
+    sku = (
+        Sku.objects.select_related("partner")
+        .prefetch_related("splits__partner")
+        .filter(slug=slug)
+        .first()
+    )
+    if sku is None:
+        raise SkuNotFound(f"There is no SKU {slug!r}.", extra={"sku": slug})
+    if sku.status != SkuStatus.ACTIVE:
+        raise SkuNotForSale(
+            f"{slug} is not for sale (it is {sku.status}).",
+            extra={"sku": slug, "sku_status": sku.status},
+        )
+    return sku
+
+
+def checkout_create(
+    *,
+    buyer: Any,
+    sku_slug: str,
+    idempotency_key: str,
+    render: Callable[[Order], dict[str, Any]],
+) -> CheckoutAnswer:
+    """Creates the buyer's order for `sku_slug` and its Checkout Session, once per key.
+
+    `render` turns the new order into the answer's `order` object; the answer is stored with
+    the key so that a retry gets the same bytes back. Nothing is written when the SKU is not
+    for sale. If the provider cannot be reached the claim is kept (with its order id) but
+    unlocked, so a retry with the same key picks it up.
+    """
+    if settings.MAINTENANCE_MODE:
+        raise MaintenanceMode("Checkout is paused for maintenance; try again shortly.")
+    fingerprint = request_fingerprint({"sku": sku_slug})
+    claim = _claim(buyer=buyer, key=idempotency_key, fingerprint=fingerprint)
+    if isinstance(claim, CheckoutAnswer):
+        return claim
+
+    try:
+        sku = _sku_for_sale(sku_slug)
+    except (SkuNotFound, SkuNotForSale):
+        claim.delete()
+        raise
+
+    gateway = get_gateway()
+    order_id = str(claim.order_id)
+    try:
+        session = gateway.checkout_session_create(
+            CheckoutRequest(
+                order_id=order_id,
+                amount=sku.price_amount,
+                currency=sku.currency,
+                title=f"{sku.title} {sku.version}",
+                sku_slug=sku.slug,
+                buyer_email=buyer.email,
+                success_url=settings.CHECKOUT_SUCCESS_URL,
+                cancel_url=settings.CHECKOUT_CANCEL_URL,
+            ),
+            idempotency_key=f"checkout-{order_id}",
+        )
+    except (GatewayUnavailable, GatewayRejected) as exc:
+        IdempotencyKey.objects.filter(pk=claim.pk).update(locked_until=timezone.now())
+        if isinstance(exc, GatewayUnavailable):
+            raise PaymentProviderUnavailable(
+                f"{exc} Retry with the same Idempotency-Key.", extra={"retry_after": 5}
+            ) from exc
+        raise PaymentProviderRejected(str(exc)) from exc
+
+    with transaction.atomic(durable=True):
+        claim = IdempotencyKey.objects.select_for_update().get(pk=claim.pk)
+        if claim.is_complete:  # a takeover finished first
+            return CheckoutAnswer(claim.response_status, claim.response_body, True)
+        splits = sorted(
+            ({"partner": s.partner.slug, "basis_points": s.basis_points} for s in sku.splits.all()),
+            key=lambda split: split["partner"],
+        )
+        order = Order.objects.create(
+            id=claim.order_id,
+            buyer=buyer,
+            sku=sku,
+            sku_slug=sku.slug,
+            sku_title=sku.title,
+            sku_version=sku.version,
+            seller_slug=sku.partner.slug,
+            amount=sku.price_amount,
+            currency=sku.currency,
+            splits=splits,
+            gateway=gateway.name,
+            checkout_session_id=session.id,
+            checkout_url=session.url,
+        )
+        audit_append(
+            actor=Actor.of_user(buyer),
+            action="order.created",
+            subject=order,
+            data={
+                "sku": sku.slug,
+                "version": sku.version,
+                "amount": order.amount,
+                "currency": order.currency,
+                "splits": splits,
+                "gateway": gateway.name,
+                "checkout_session": session.id,
+            },
+        )
+        body = {"order": render(order), "checkout_url": session.url}
+        claim.response_status = 201
+        claim.response_body = body
+        claim.save(update_fields=["response_status", "response_body"])
+    return CheckoutAnswer(201, body, False)
+
+
+def idempotency_keys_purge(*, now: Any = None) -> int:
+    """Deletes keys older than the replay window (24 hours)."""
+    cutoff = (now or timezone.now()) - settings.CHECKOUT_IDEMPOTENCY_TTL
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,185 @@
+"""Sending ledger entries to Finance from the outbox (FinancePosting), and reconciling.
+
+A posting is sent outside any transaction (Finance is idempotent on the posting's key, so two
+senders racing do no harm) and its acknowledgement recorded after. While Finance is down the
+posting waits and is replayed with backoff; the order stays paid with its delivery held as
+`finance_pending` until the sale is acknowledged, then it is released.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import Actor, audit_append
+from marketplace.finance import FinanceRejected, FinanceUnavailable, get_finance
+from orders import fulfilment
+from orders.models import FinancePosting, Order, PostingKind, PostingStatus
+
+FINANCE_WORKER = Actor.service("finance-worker")
+
+
+def finance_retry_delay(attempts: int) -> timedelta:
+    """15 s, 30 s, 1 min, ... capped at 15 minutes: Finance outages are waited out."""
+    return timedelta(seconds=min(15 * 2 ** max(attempts - 1, 0), 900))
+
+
+def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> str:
+    """Sends one pending posting. Answers its status afterwards."""
+    posting = FinancePosting.objects.filter(pk=posting_pk).first()
+    if posting is None or posting.status != PostingStatus.PENDING:
+        return posting.status if posting else "missing"
+    try:
+        reference = get_finance().entry_post(
+            idempotency_key=posting.idempotency_key, entry=posting.payload
+        )
+    except FinanceUnavailable as exc:
+        FinancePosting.objects.filter(pk=posting.pk, status=PostingStatus.PENDING).update(
+            attempts=posting.attempts + 1,
+            last_error=str(exc)[:2000],
+            next_attempt_at=timezone.now() + finance_retry_delay(posting.attempts + 1),
+        )
+        return PostingStatus.PENDING
+    except FinanceRejected as exc:
+        with transaction.atomic(durable=True):
+            locked = FinancePosting.objects.select_for_update().get(pk=posting.pk)
+            if locked.status != PostingStatus.PENDING:
+                return locked.status
+            locked.status = PostingStatus.REJECTED
+            locked.attempts += 1
+            locked.last_error = str(exc)[:2000]
+            locked.save(update_fields=["status", "attempts", "last_error"])
+            audit_append(
+                actor=actor,
+                action="finance.posting_rejected",
+                subject=locked.order,
+                data={"posting": locked.idempotency_key, "error": str(exc)[:300]},
+            )
+        return PostingStatus.REJECTED
+
+    released = False
+    with transaction.atomic(durable=True):
+        locked = FinancePosting.objects.select_for_update().get(pk=posting.pk)
+        if locked.status != PostingStatus.PENDING:
+            return locked.status
+        order = Order.objects.select_for_update(of=("self",)).get(pk=locked.order_id)
+        locked.status = PostingStatus.POSTED
+        locked.attempts += 1
+        locked.ledger_reference = reference
+        locked.posted_at = timezone.now()
+        locked.last_error = ""
+        locked.save()
+        data: dict[str, Any] = {
+            "posting": locked.idempotency_key,
+            "kind": locked.kind,
+            "amount": locked.amount,
+            "ledger_reference": reference,
+        }
+        if locked.kind == PostingKind.SALE and order.finance_pending:
+            order.finance_pending = False
+            order.save(update_fields=["finance_pending", "updated_at"])
+            data["delivery"] = order.delivery_state
+            released = order.is_deliverable()
+        audit_append(actor=actor, action="finance.posted", subject=order, data=data)
+        if released:
+            transaction.on_commit(lambda: fulfilment.order_released(str(order.id)))
+    return PostingStatus.POSTED
+
+
+def finance_postings_due(*, now: Any = None) -> list[int]:
+    return list(
+        FinancePosting.objects.due(now or timezone.now())
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:500]
+    )
+
+
+def finance_replay(*, actor: Actor, include_rejected: bool = False) -> dict[str, int]:
+    """Sends every pending posting now, whatever its backoff (replay_finance, the admin).
+    With `include_rejected`, rejected postings are put back to pending first."""
+    if include_rejected:
+        with transaction.atomic():
+            for posting in FinancePosting.objects.select_for_update().filter(
+                status=PostingStatus.REJECTED
+            ):
+                posting.status = PostingStatus.PENDING
+                posting.next_attempt_at = timezone.now()
+                posting.save(update_fields=["status", "next_attempt_at"])
+                audit_append(
+                    actor=actor,
+                    action="finance.posting_requeued",
+                    subject=posting.order,
+                    data={"posting": posting.idempotency_key},
+                )
+    results: dict[str, int] = defaultdict(int)
+    pending = FinancePosting.objects.filter(status=PostingStatus.PENDING).order_by("created_at")
+    for pk in pending.values_list("pk", flat=True):
+        results[finance_posting_send(posting_pk=pk, actor=actor)] += 1
+    return dict(results)
+
+
+@dataclass(frozen=True)
+class ReconciliationRow:
+    order_id: str
+    status: str
+    currency: str
+    expected: int
+    ledger: int
+    pending_postings: int
+    problem: str
+
+
+def reconciliation_report(*, since: Any = None) -> list[ReconciliationRow]:
+    """Orders whose money (amount taken less refunds) differs from what Finance's ledger holds
+    for them, with the postings still on their way (which explain a difference for now)."""
+    orders = Order.objects.filter(paid_at__isnull=False)
+    if since is not None:
+        orders = orders.filter(created_at__gte=since)
+    rows: list[ReconciliationRow] = []
+    finance = get_finance()
+    batch: list[Order] = []
+
+    def check(batch: list[Order]) -> None:
+        ledger: dict[str, int] = defaultdict(int)
+        foreign_currency: set[str] = set()
+        by_id = {str(order.id): order for order in batch}
+        for line in finance.entries_for(list(by_id)):
+            ledger[line.order_id] += line.amount
+            if line.currency != by_id[line.order_id].currency:
+                foreign_currency.add(line.order_id)
+        pending: dict[str, int] = defaultdict(int)
+        for order_id in FinancePosting.objects.filter(
+            order__in=batch, status__in=(PostingStatus.PENDING, PostingStatus.REJECTED)
+        ).values_list("order_id", flat=True):
+            pending[str(order_id)] += 1
+        for order_id, order in by_id.items():
+            expected = order.amount - order.amount_refunded
+            if order_id in foreign_currency:
+                problem = "ledger entry in another currency"
+            elif ledger[order_id] != expected:
+                problem = "awaiting Finance" if pending[order_id] else "amounts differ"
+            else:
+                continue
+            rows.append(
+                ReconciliationRow(
+                    order_id,
+                    order.status,
+                    order.currency,
+                    expected,
+                    ledger[order_id],
+                    pending[order_id],
+                    problem,
+                )
+            )
+
+    for order in orders.order_by("created_at", "id").iterator(chunk_size=500):
+        batch.append(order)
+        if len(batch) == 100:
+            check(batch)
+            batch = []
+    if batch:
+        check(batch)
+    return rows

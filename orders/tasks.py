@@ -1,0 +1,70 @@
+"""Orders' work on the workers: processing webhook events, sending ledger entries to Finance,
+and the beat sweeps that retry both. Each task loads by id and calls a service that re-reads
+state under a lock, so running one twice does no harm."""
+
+from datetime import timedelta
+
+from celery import shared_task
+from django.db.models import Count
+from django.utils import timezone
+
+from orders.metrics import finance_pending, orders_by_status
+from orders.models import FinancePosting, Order, OrderStatus, PostingStatus, WebhookEvent
+from orders.services import (
+    finance_posting_send,
+    finance_postings_due,
+    idempotency_keys_purge,
+    webhook_event_process,
+)
+
+# A stored event not picked up within this long lost its enqueue (a crash between commit and
+# send): the sweep sends it again.
+STRANDED_AFTER_SECONDS = 60
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def webhook_process(event_pk: int) -> str:
+    return webhook_event_process(event_pk=event_pk)
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def finance_post(posting_pk: int) -> str:
+    return finance_posting_send(posting_pk=posting_pk)
+
+
+@shared_task(soft_time_limit=50, time_limit=60)
+def webhooks_retry_due() -> int:
+    now = timezone.now()
+    due = list(WebhookEvent.objects.due(now).values_list("pk", flat=True)[:500])
+    due += list(
+        WebhookEvent.objects.stranded(now - timedelta(seconds=STRANDED_AFTER_SECONDS)).values_list(
+            "pk", flat=True
+        )[:500]
+    )
+    for pk in due:
+        webhook_process.delay(pk)
+    return len(due)
+
+
+@shared_task(soft_time_limit=50, time_limit=60)
+def finance_replay_due() -> int:
+    due = finance_postings_due()
+    for pk in due:
+        finance_post.delay(pk)
+    return len(due)
+
+
+@shared_task(soft_time_limit=300, time_limit=360)
+def idempotency_keys_expire() -> int:
+    return idempotency_keys_purge()
+
+
+@shared_task(soft_time_limit=25, time_limit=30)
+def orders_metrics_refresh() -> dict[str, int]:
+    counts = dict.fromkeys(OrderStatus.values, 0)
+    for row in Order.objects.values("status").annotate(n=Count("id")):
+        counts[row["status"]] = row["n"]
+    for status, count in counts.items():
+        orders_by_status.labels(status=status).set(count)
+    finance_pending.set(FinancePosting.objects.filter(status=PostingStatus.PENDING).count())
+    return counts
