@@ -5,6 +5,7 @@ state under a lock, so running one twice does no harm."""
 from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
@@ -16,10 +17,6 @@ from orders.services import (
     idempotency_keys_purge,
     webhook_event_process,
 )
-
-# A stored event not picked up within this long lost its enqueue (a crash between commit and
-# send): the sweep sends it again.
-STRANDED_AFTER_SECONDS = 60
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
@@ -36,11 +33,8 @@ def finance_post(posting_pk: int) -> str:
 def webhooks_retry_due() -> int:
     now = timezone.now()
     due = list(WebhookEvent.objects.due(now).values_list("pk", flat=True)[:500])
-    due += list(
-        WebhookEvent.objects.stranded(now - timedelta(seconds=STRANDED_AFTER_SECONDS)).values_list(
-            "pk", flat=True
-        )[:500]
-    )
+    stranded_before = now - timedelta(seconds=settings.WEBHOOK_STRANDED_SECONDS)
+    due += list(WebhookEvent.objects.stranded(stranded_before).values_list("pk", flat=True)[:500])
     for pk in due:
         webhook_process.delay(pk)
     return len(due)

@@ -240,6 +240,9 @@ CHECKOUT_IDEMPOTENCY_TTL = timedelta(hours=24)
 # How long a checkout may take before a retry with its key is allowed to take over.
 CHECKOUT_LOCK_SECONDS = env.int("MARKETPLACE_CHECKOUT_LOCK_SECONDS", default=30)
 WEBHOOK_MAX_ATTEMPTS = env.int("MARKETPLACE_WEBHOOK_MAX_ATTEMPTS", default=8)
+# A stored event not picked up within this long lost its enqueue (a crash between the commit
+# and the send): the beat sweep sends it again.
+WEBHOOK_STRANDED_SECONDS = env.int("MARKETPLACE_WEBHOOK_STRANDED_SECONDS", default=60)
 
 FINANCE_URL = env.str("MARKETPLACE_FINANCE_URL", default="").rstrip("/")
 FINANCE_TOKEN = env.str("MARKETPLACE_FINANCE_TOKEN", default="")

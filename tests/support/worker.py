@@ -65,6 +65,16 @@ def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProce
         "MARKETPLACE_KERNEL_KEY": settings.KERNEL_KEY,
         "MARKETPLACE_KERNEL_CA": settings.KERNEL_CA,
         "MARKETPLACE_KERNEL_TIMEOUT_SECONDS": str(settings.KERNEL_TIMEOUT_SECONDS),
+        # The payment provider and Finance the test points at (tests/support/stripe_api.py,
+        # tests/support/finance_api.py), or the local ones.
+        "MARKETPLACE_STRIPE_SECRET_KEY": settings.STRIPE_SECRET_KEY,
+        "MARKETPLACE_STRIPE_API_BASE": settings.STRIPE_API_BASE,
+        "MARKETPLACE_STRIPE_WEBHOOK_SECRET": ",".join(settings.STRIPE_WEBHOOK_SECRETS),
+        "MARKETPLACE_FINANCE_URL": settings.FINANCE_URL,
+        "MARKETPLACE_FINANCE_TOKEN": settings.FINANCE_TOKEN,
+        "MARKETPLACE_SECRET_KEY": settings.SECRET_KEY,
+        "MARKETPLACE_WEBHOOK_STRANDED_SECONDS": str(settings.WEBHOOK_STRANDED_SECONDS),
+        "MARKETPLACE_WEBHOOK_MAX_ATTEMPTS": str(settings.WEBHOOK_MAX_ATTEMPTS),
     }
     storage = settings.STORAGES["default"]
     if storage["BACKEND"].endswith("FileSystemStorage"):
