@@ -21,6 +21,11 @@ PRODUCTION = {
     "MARKETPLACE_KERNEL_KEY": "/etc/marketplace/kernel.key",
     "MARKETPLACE_KEYSTORE_MASTER_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
     "MARKETPLACE_AUDIT_BUCKET": "marketplace-audit",
+    "MARKETPLACE_STRIPE_SECRET_KEY": "sk_live_settings_test",
+    "MARKETPLACE_STRIPE_WEBHOOK_SECRET": "whsec_settings_test",
+    "MARKETPLACE_PUBLIC_URL": "https://api.marketplace.example",
+    "MARKETPLACE_FINANCE_URL": "https://finance.internal",
+    "MARKETPLACE_FINANCE_TOKEN": "finance-token",
 }
 
 
@@ -61,6 +66,11 @@ def test_production_with_nothing_set_names_every_missing_variable():
         "MARKETPLACE_KERNEL_KEY",
         "MARKETPLACE_KEYSTORE_MASTER_KEY",
         "MARKETPLACE_AUDIT_BUCKET",
+        "MARKETPLACE_STRIPE_SECRET_KEY",
+        "MARKETPLACE_STRIPE_WEBHOOK_SECRET",
+        "MARKETPLACE_PUBLIC_URL",
+        "MARKETPLACE_FINANCE_URL",
+        "MARKETPLACE_FINANCE_TOKEN",
     ):
         assert f"{variable}: " in result.stderr, variable
     assert "Traceback" not in result.stderr.split("ImproperlyConfigured")[-1]
@@ -83,6 +93,14 @@ def test_production_with_nothing_set_names_every_missing_variable():
         (
             {"MARKETPLACE_KERNEL_URL": "http://kernel.internal"},
             "MARKETPLACE_KERNEL_URL: must be an https:// URL",
+        ),
+        (
+            {"MARKETPLACE_FINANCE_URL": "http://finance.internal"},
+            "MARKETPLACE_FINANCE_URL: must be an https:// URL",
+        ),
+        (
+            {"MARKETPLACE_CHECKOUT_SUCCESS_URL": "http://shop.example/thanks"},
+            "MARKETPLACE_CHECKOUT_SUCCESS_URL: must be an https:// URL",
         ),
         (
             {"MARKETPLACE_BROKER_URL": "filesystem://"},
