@@ -15,8 +15,10 @@ from tests.catalog.factories import TEST_ACTOR, Publisher, make_publisher
 
 pytest_plugins = [
     "tests.support.browser",
+    "tests.support.finance_api",
     "tests.support.kernel",
     "tests.support.moto",
+    "tests.support.stripe_api",
     "tests.support.worker",
 ]
 

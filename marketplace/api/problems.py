@@ -90,6 +90,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     headers: dict[str, str] = {}
 
     if isinstance(exc, ApplicationError):
+        if "retry_after" in exc.extra:
+            headers["Retry-After"] = str(exc.extra["retry_after"])
         body = problem_body(
             status=exc.status,
             code=exc.code,

@@ -20,7 +20,7 @@ from orders.api.serializers import (
     OrderSerializer,
 )
 from orders.metrics import checkout_latency
-from orders.models import OrderStatus
+from orders.models import Order, OrderStatus
 from orders.selectors import order_get_for_buyer, order_list_for_buyer
 from orders.services import checkout_create
 
@@ -98,6 +98,8 @@ class OrderListView(generics.ListAPIView):
     cursor_ordering = ("-created_at", "-id")
 
     def get_queryset(self) -> Any:
+        if getattr(self, "swagger_fake_view", False):  # the OpenAPI generator has no buyer
+            return Order.objects.none()
         return order_list_for_buyer(buyer=self.request.user)
 
     @extend_schema(

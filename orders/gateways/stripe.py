@@ -1,6 +1,10 @@
 """The Stripe gateway: Checkout Sessions, PaymentIntents and Refunds through the `stripe`
 library, whose own retries are off so that our outbox and idempotency keys stay in charge."""
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import stripe
 from django.conf import settings
 
@@ -13,19 +17,30 @@ from orders.gateways import (
 )
 
 
+@functools.lru_cache(maxsize=4)
+def _client(api_key: str, api_base: str, timeout: float) -> stripe.StripeClient:
+    """One client per configuration, shared by the process's threads: its HTTP client keeps a
+    `requests` session (and so a kept-alive connection) per thread, which a client built per
+    checkout would throw away. Keyed on the settings so that a change of them takes effect."""
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base} if api_base else None,
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
+
+
 class StripeGateway:
     name = "stripe"
 
     def __init__(self) -> None:
-        base = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
-        self.client = stripe.StripeClient(
+        self.client = _client(
             settings.STRIPE_SECRET_KEY,
-            base_addresses=base,
-            max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS),
+            settings.STRIPE_API_BASE,
+            float(settings.STRIPE_TIMEOUT_SECONDS),
         )
 
-    def _call(self, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
@@ -33,6 +48,7 @@ class StripeGateway:
         except stripe.StripeError as exc:
             status = exc.http_status or 0
             message = exc.user_message or str(exc)
+            # 409 is Stripe's "idempotency key in use": the same request is still running there.
             if status >= 500 or status in (0, 409, 429):
                 raise GatewayUnavailable(f"Stripe answered {status}: {message}") from exc
             raise GatewayRejected(f"Stripe refused ({status}): {message}") from exc
@@ -69,7 +85,10 @@ class StripeGateway:
 
     def payment_intent_order_id(self, payment_intent_id: str) -> str | None:
         intent = self._call(self.client.v1.payment_intents.retrieve, payment_intent_id)
-        return (intent.metadata or {}).get("order_id")
+        # A StripeObject is not a dict (16.x refuses .get()): read it through to_dict().
+        metadata = intent.metadata.to_dict() if intent.metadata else {}
+        order_id = metadata.get("order_id")
+        return order_id if isinstance(order_id, str) and order_id else None
 
     def refund_create(
         self, *, payment_intent_id: str, amount: int, reason: str, idempotency_key: str
