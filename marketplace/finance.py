@@ -21,6 +21,7 @@ The ledger API (README, "Finance"):
 """
 
 import secrets
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -114,11 +115,19 @@ class HttpFinance:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
+            # Redirects are not followed: requests would turn a redirected POST into a GET.
             response = self.session.request(
-                method, self.base + path, timeout=self.timeout, **kwargs
+                method, self.base + path, timeout=self.timeout, allow_redirects=False, **kwargs
             )
         except requests.RequestException as exc:
             raise FinanceUnavailable(f"Finance unreachable: {exc.__class__.__name__}") from exc
+        if 300 <= response.status_code < 400:
+            # A misconfigured MARKETPLACE_FINANCE_URL (http for https, a moved host): kept and
+            # retried until the setting is fixed, rather than rejected for good.
+            raise FinanceUnavailable(
+                f"Finance redirected ({response.status_code}) to "
+                f"{response.headers.get('Location', '?')}: check MARKETPLACE_FINANCE_URL"
+            )
         if response.status_code >= 500 or response.status_code == 429:
             raise FinanceUnavailable(f"Finance answered {response.status_code}")
         if response.status_code >= 400:
@@ -151,16 +160,23 @@ class HttpFinance:
                 "/v1/ledger/entries",
                 params=[("order_id", i) for i in ids[start : start + 100]],
             )
-            for item in body.get("entries", []) if isinstance(body, dict) else []:
-                lines.append(
+            items = body.get("entries") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise FinanceUnavailable("Finance's answer has no list of entries")
+            try:
+                lines.extend(
                     LedgerLine(
                         str(item["id"]),
-                        str(item["order_id"]),
+                        # Compared with our ids as text: one spelling of a UUID on both sides.
+                        str(uuid.UUID(str(item["order_id"]))),
                         str(item["kind"]),
                         int(item["amount"]),
                         str(item["currency"]),
                     )
+                    for item in items
                 )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FinanceUnavailable(f"Finance answered an unreadable entry: {exc!r}") from exc
         return lines
 
 

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import Actor, audit_append
@@ -37,8 +38,10 @@ def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> s
             idempotency_key=posting.idempotency_key, entry=posting.payload
         )
     except FinanceUnavailable as exc:
+        # F() so that two senders failing at once both count; the backoff is from this one's
+        # view, which is close enough for a wait.
         FinancePosting.objects.filter(pk=posting.pk, status=PostingStatus.PENDING).update(
-            attempts=posting.attempts + 1,
+            attempts=F("attempts") + 1,
             last_error=str(exc)[:2000],
             next_attempt_at=timezone.now() + finance_retry_delay(posting.attempts + 1),
         )
@@ -126,15 +129,29 @@ class ReconciliationRow:
     order_id: str
     status: str
     currency: str
-    expected: int
-    ledger: int
-    pending_postings: int
+    expected: int  # what the platform kept: the amount taken less refunds
+    ledger: int  # what Finance's ledger holds for the order
+    pending_postings: int  # still on their way to Finance: they explain a difference, for now
     problem: str
+    rejected_postings: int = 0  # refused by Finance: they explain it too, but need an operator
+
+    @property
+    def awaiting_finance(self) -> bool:
+        return self.problem == AWAITING_FINANCE
+
+
+AWAITING_FINANCE = "awaiting Finance"
+REJECTED_BY_FINANCE = "posting rejected by Finance"
+AMOUNTS_DIFFER = "amounts differ"
+OTHER_CURRENCY = "ledger entry in another currency"
 
 
 def reconciliation_report(*, since: Any = None) -> list[ReconciliationRow]:
     """Orders whose money (amount taken less refunds) differs from what Finance's ledger holds
-    for them, with the postings still on their way (which explain a difference for now)."""
+    for them, with the postings still on their way (which explain a difference for now) or
+    rejected (which an operator must look at). Orders that match are left out.
+
+    Raises FinanceUnavailable when Finance cannot be asked."""
     orders = Order.objects.filter(paid_at__isnull=False)
     if since is not None:
         orders = orders.filter(created_at__gte=since)
@@ -147,31 +164,40 @@ def reconciliation_report(*, since: Any = None) -> list[ReconciliationRow]:
         foreign_currency: set[str] = set()
         by_id = {str(order.id): order for order in batch}
         for line in finance.entries_for(list(by_id)):
+            order = by_id.get(line.order_id)
+            if order is None:
+                continue  # not asked for: nothing to compare it with here
             ledger[line.order_id] += line.amount
-            if line.currency != by_id[line.order_id].currency:
+            if line.currency != order.currency:
                 foreign_currency.add(line.order_id)
         pending: dict[str, int] = defaultdict(int)
-        for order_id in FinancePosting.objects.filter(
+        rejected: dict[str, int] = defaultdict(int)
+        for order_id, status in FinancePosting.objects.filter(
             order__in=batch, status__in=(PostingStatus.PENDING, PostingStatus.REJECTED)
-        ).values_list("order_id", flat=True):
-            pending[str(order_id)] += 1
+        ).values_list("order_id", "status"):
+            (pending if status == PostingStatus.PENDING else rejected)[str(order_id)] += 1
         for order_id, order in by_id.items():
             expected = order.amount - order.amount_refunded
             if order_id in foreign_currency:
-                problem = "ledger entry in another currency"
-            elif ledger[order_id] != expected:
-                problem = "awaiting Finance" if pending[order_id] else "amounts differ"
-            else:
+                problem = OTHER_CURRENCY
+            elif ledger[order_id] == expected:
                 continue
+            elif rejected[order_id]:
+                problem = REJECTED_BY_FINANCE
+            elif pending[order_id]:
+                problem = AWAITING_FINANCE
+            else:
+                problem = AMOUNTS_DIFFER
             rows.append(
                 ReconciliationRow(
-                    order_id,
-                    order.status,
-                    order.currency,
-                    expected,
-                    ledger[order_id],
-                    pending[order_id],
-                    problem,
+                    order_id=order_id,
+                    status=order.status,
+                    currency=order.currency,
+                    expected=expected,
+                    ledger=ledger[order_id],
+                    pending_postings=pending[order_id],
+                    problem=problem,
+                    rejected_postings=rejected[order_id],
                 )
             )
 

@@ -89,13 +89,17 @@ def _transition(
     return True
 
 
-def _payment_capture(order: Order, *, amount: int, currency: str, payment_intent: str) -> bool:
+def _payment_capture(
+    order: Order, *, amount: int, currency: str, payment_intent: str, part_of: bool = False
+) -> bool:
     """Books a captured payment once: royalty lines, the sale's ledger entry (delivery waits
     for it). Answers whether it was new. Raises EventUnusable when the provider charged
-    something other than the order's amount."""
+    something other than the order's amount. `part_of`: `amount` is a part of the payment
+    (a dispute may contest less than was charged), so it only has to fit in the order's."""
     if order.paid_at is not None:
         return False
-    if amount != order.amount or currency.upper() != order.currency:
+    fits = 0 < amount <= order.amount if part_of else amount == order.amount
+    if not fits or currency.upper() != order.currency:
         raise EventUnusable(
             f"the provider reports {amount} {currency.upper()} for an order of "
             f"{order.amount} {order.currency}"
@@ -207,9 +211,11 @@ def _order_for_session(session: dict[str, Any]) -> Order | None:
     return Order.objects.select_for_update(of=("self",)).filter(pk=order_id).first()
 
 
-def _order_for_payment(obj: dict[str, Any]) -> Order:
+def _order_for_payment(obj: dict[str, Any]) -> Order | None:
     """The order of a charge or dispute: by its PaymentIntent when the order knows it already,
-    otherwise by asking the provider whose order the PaymentIntent is (it may arrive first)."""
+    otherwise by asking the provider whose order the PaymentIntent is (it may arrive first).
+    None when the payment names an order this platform does not have (another platform's on a
+    shared Stripe account): such events are ignored, as session events for unknown orders are."""
     payment_intent = obj.get("payment_intent") or ""
     order_id = _order_id_of((obj.get("metadata") or {}).get("order_id"))
     if order_id is None and payment_intent:
@@ -224,10 +230,7 @@ def _order_for_payment(obj: dict[str, Any]) -> Order:
             raise EventUnusable(f"the provider does not know {payment_intent}: {exc}") from exc
     if order_id is None:
         raise EventDeferred(f"no order is known for payment {payment_intent or '(none)'} yet")
-    order = Order.objects.select_for_update(of=("self",)).filter(pk=order_id).first()
-    if order is None:
-        raise EventUnusable(f"the payment names order {order_id}, which does not exist")
-    return order
+    return Order.objects.select_for_update(of=("self",)).filter(pk=order_id).first()
 
 
 # --- Applying one event -----------------------------------------------------------------------
@@ -256,9 +259,17 @@ def _apply(event: WebhookEvent) -> tuple[str, str]:
             "paid",
             "no_payment_required",
         ):
+            # A delayed payment method (a bank debit): the order waits for the async event,
+            # but learns its PaymentIntent now, so a charge event arriving first finds it.
             if obj.get("payment_intent") and not order.payment_intent_id:
-                order.payment_intent_id = obj["payment_intent"]
+                order.payment_intent_id = str(obj["payment_intent"])
                 order.save(update_fields=["payment_intent_id", "updated_at"])
+                audit_append(
+                    actor=WEBHOOK_WORKER,
+                    action="order.payment_processing",
+                    subject=order,
+                    data={**cause, "payment_intent": order.payment_intent_id},
+                )
             return WebhookStatus.PROCESSED, "checkout completed; the payment is still processing"
         else:
             captured = _payment_capture(
@@ -285,12 +296,18 @@ def _apply(event: WebhookEvent) -> tuple[str, str]:
 
     if event.type in CHARGE_EVENTS:
         order = _order_for_payment(obj)
+        if order is None:
+            return WebhookStatus.IGNORED, "the payment names no order on this platform"
         event.order = order
         amount = int(obj.get("amount") or 0)
         currency = str(obj.get("currency") or "")
         payment_intent = str(obj.get("payment_intent") or "")
         captured = _payment_capture(
-            order, amount=amount, currency=currency, payment_intent=payment_intent
+            order,
+            amount=amount,
+            currency=currency,
+            payment_intent=payment_intent,
+            part_of=event.type == "charge.dispute.created",
         )
         if event.type == "charge.refunded":
             before = order.amount_refunded

@@ -5,6 +5,7 @@ import pytest
 
 from audit.models import AuditEvent
 from marketplace.models import LedgerEntry
+from orders.gateways.local import intent_id_of
 from orders.models import (
     FinancePosting,
     OrderStatus,
@@ -36,9 +37,12 @@ def deliver(client, event):
 
 
 def process_all():
-    for pk in WebhookEvent.objects.filter(
-        status__in=[WebhookStatus.RECEIVED, WebhookStatus.FAILED]
-    ).values_list("pk", flat=True):
+    """Processes stored events in the order they arrived, then sends the postings."""
+    for pk in (
+        WebhookEvent.objects.filter(status__in=[WebhookStatus.RECEIVED, WebhookStatus.FAILED])
+        .order_by("received_at", "pk")
+        .values_list("pk", flat=True)
+    ):
         webhook_event_process(event_pk=pk)
     for pk in FinancePosting.objects.filter(status=PostingStatus.PENDING).values_list(
         "pk", flat=True
@@ -74,10 +78,21 @@ def test_paid_order_gets_royalties_ledger_entry_and_is_released(client, buyer):
 
 def test_refund_before_payment_books_sale_and_refund(client, buyer):
     order = order_checked_out(buyer, sku_for_sale(price=500))
-    deliver(client, charge_refunded_event(order, amount_refunded=500, refund_ids=[("re_1", 500)]))
-    deliver(client, session_event("checkout.session.completed", order))
-    deliver(client, dispute_created_event(order))
+    # The payment intent the local gateway can place, as Stripe would be asked for it.
+    order.payment_intent_id = intent_id_of(str(order.id))
+    refund = charge_refunded_event(order, amount_refunded=500, refund_ids=[("re_1", 500)])
+    dispute = dispute_created_event(order)
+    order.payment_intent_id = ""
+
+    deliver(client, refund)
     process_all()
+    order.refresh_from_db()
+    assert order.status == OrderStatus.REFUNDED  # before any checkout event arrived
+    deliver(client, session_event("checkout.session.completed", order))
+    deliver(client, dispute)
+    process_all()
+
+    assert not WebhookEvent.objects.exclude(status=WebhookStatus.PROCESSED).exists()
     order.refresh_from_db()
     assert order.status == OrderStatus.REFUNDED
     assert order.amount_refunded == 500
