@@ -6,11 +6,22 @@ from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from audit.services import Actor
 from catalog.admin.common import reason_action
 from marketplace.keystore import signing_key_revoke, signing_key_rotate
-from marketplace.models import ApiToken, SigningKey, SigningKeyPurpose, SigningKeyStatus, User
+from marketplace.models import (
+    ApiToken,
+    LedgerEntry,
+    SigningKey,
+    SigningKeyPurpose,
+    SigningKeyStatus,
+    User,
+)
+from marketplace.money import format_amount
 from marketplace.roles import SECURITY
 from marketplace.services import api_token_revoke
 
@@ -168,3 +179,47 @@ class SigningKeyAdmin(admin.ModelAdmin):
             ),
             done="{count} key(s) revoked.",
         )
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(admin.ModelAdmin):
+    """The local Finance backend's ledger, read-only: entries are written only by Finance
+    postings (orders.services.finance), once per key. Empty when Finance is configured."""
+
+    list_display = ["reference", "order", "kind", "amount_display", "created_at"]
+    list_filter = ["kind", "currency"]
+    search_fields = ["=order_id", "=reference", "=idempotency_key"]
+    search_help_text = "An order id, a ledger reference or a posting's key."
+    show_facets = admin.ShowFacets.NEVER
+    fields = [
+        "reference",
+        "idempotency_key",
+        "order",
+        "kind",
+        "amount_display",
+        "created_at",
+        "payload",
+    ]
+    readonly_fields = fields
+    actions = None
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Order", ordering="order_id")
+    def order(self, entry: LedgerEntry) -> SafeString:
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:orders_order_change", args=[entry.order_id]),
+            entry.order_id,
+        )
+
+    @admin.display(description="Amount", ordering="amount")
+    def amount_display(self, entry: LedgerEntry) -> str:
+        return format_amount(entry.amount, entry.currency)

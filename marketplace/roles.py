@@ -8,7 +8,7 @@ from typing import Any
 
 from django.apps import apps as global_apps
 from django.contrib.auth.management import create_permissions
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import AnonymousUser, Group, Permission
 from django.db.models import Q
 
 CONTENT_OPS = "Content ops"
@@ -18,6 +18,15 @@ SUPPORT = "Support"
 
 _CATALOG_MODELS = ("partner", "partnerkey", "category", "sku", "royaltysplit")
 _AUDIT_VIEW = ("audit.view_auditevent", "audit.view_checkpoint", "audit.view_auditexport")
+_ORDERS_FINANCE_VIEW = (
+    "orders.view_order",
+    "orders.view_financeposting",
+    "orders.view_webhookevent",
+    "orders.view_webhookattempt",
+    "orders.view_royaltyline",
+    "orders.view_refund",
+    "marketplace.view_ledgerentry",
+)
 
 ROLE_PERMISSIONS: dict[str, set[str]] = {
     CONTENT_OPS: {
@@ -36,6 +45,9 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.view_sku",
         "catalog.view_royaltysplit",
         *_AUDIT_VIEW,
+        # Refunds, Finance and webhook replays, and delivery holds check the Finance group
+        # itself (ORDER_ACTION_ROLES): they are service calls, not edits of a row.
+        *_ORDERS_FINANCE_VIEW,
     },
     SECURITY: {
         "catalog.view_partner",
@@ -59,8 +71,32 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.view_sku",
         "marketplace.view_user",
         *_AUDIT_VIEW,
+        "orders.view_order",
+        "orders.view_webhookevent",
+        "orders.view_webhookattempt",
     },
 }
+
+# Who may take each staff action on orders (orders.admin), by role; superusers may take all.
+# The services they call write the change and its audit event.
+ORDER_ACTION_ROLES: dict[str, tuple[str, ...]] = {
+    "refund": (FINANCE,),
+    "replay_finance": (FINANCE,),
+    "replay_webhook": (FINANCE,),
+    "hold_delivery": (FINANCE, SUPPORT),
+    "release_delivery": (FINANCE, SUPPORT),
+}
+
+
+def has_role(user: Any, *roles: str) -> bool:
+    """An active staff user in one of `roles`, or a superuser."""
+    if isinstance(user, AnonymousUser) or not (user.is_active and user.is_staff):
+        return False
+    return user.is_superuser or user.groups.filter(name__in=roles).exists()
+
+
+def may_take_order_action(user: Any, action: str) -> bool:
+    return has_role(user, *ORDER_ACTION_ROLES[action])
 
 
 def roles_sync() -> None:

@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from marketplace.api.problems import PROBLEM_CONTENT_TYPE, problem_body
+from marketplace.money import format_amount
 from orders.gateways import local
 from orders.models import Order
 from orders.services import signature_header, webhook_secrets
@@ -24,6 +25,8 @@ def _problem(request: HttpRequest, status: int, code: str, detail: str) -> JsonR
 
 
 def _local_order(session_id: str) -> Order:
+    """The order of a local checkout session. With Stripe configured there are none: the page
+    and its event endpoint would otherwise sign events for Stripe's orders."""
     if settings.STRIPE_SECRET_KEY or not session_id.startswith(local.SESSION_PREFIX):
         raise Http404("No such checkout session.")
     order = Order.objects.select_related("buyer").filter(checkout_session_id=session_id).first()
@@ -40,6 +43,7 @@ def local_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
         "orders/local_checkout.html",
         {
             "order": order,
+            "amount": format_amount(order.amount, order.currency),
             "event_url": reverse("local-checkout-event", args=[session_id]),
             "webhook_url": reverse("stripe-webhook"),
         },

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.db.models import Q
+
 from orders.exceptions import OrderNotFound
 from orders.models import Order, OrderQuerySet
 
@@ -19,9 +21,12 @@ def order_get_for_buyer(*, buyer: Any, order_id: Any) -> Order:
 
 
 def order_timeline(order: Order) -> Any:
-    """The order's audit events, oldest first."""
+    """The order's audit events, and those of its webhook events (replays, dead letters),
+    oldest first."""
     from audit.models import AuditEvent
 
-    return AuditEvent.objects.filter(subject_type="order", subject_id=str(order.pk)).order_by(
-        "sequence"
-    )
+    event_ids = [str(pk) for pk in order.webhook_events.values_list("pk", flat=True)]
+    return AuditEvent.objects.filter(
+        Q(subject_type="order", subject_id=str(order.pk))
+        | Q(subject_type="webhookevent", subject_id__in=event_ids)
+    ).order_by("sequence")

@@ -142,7 +142,12 @@ class LocalGateway:
             {"id": refund_id, "object": "refund", "amount": amount, "status": "succeeded"},
             *known,
         ]
-        total = min(sum(r["amount"] for r in refunds), order.amount)
+        total = sum(r["amount"] for r in refunds)
+        if total > order.amount:
+            # What Stripe answers too: a refund beyond what is left is refused, not capped.
+            raise GatewayRejected(
+                f"Refund amount exceeds the unrefunded amount of {payment_intent_id}"
+            )
         event_send(
             event_envelope(
                 "charge.refunded", charge_object(order, amount_refunded=total, refunds=refunds)
