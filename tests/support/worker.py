@@ -1,14 +1,19 @@
 """A real Celery worker process, on the broker the tests run against, sharing the test
 database, data folder, cache prefix and Kernel settings of the test process that starts it.
 A test that uses the `kernel` fixture lists it before `celery_worker`, so that the worker is
-started pointing at the stand-in Kernel."""
+started pointing at the stand-in Kernel.
+
+`start_worker` starts workers on demand, with the settings as they are at that moment (a test
+that needs a second worker, or one started later, or one it kills with SIGKILL); it stops
+whatever is still running when the test ends."""
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +53,34 @@ class WorkerProcess:
     def log(self) -> str:
         return "".join(self.output)
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
-@pytest.fixture
-def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProcess]:
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a lost host would: no shutdown, no ack, no clean-up."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=15)
+
+    def stop(self) -> None:
+        """A warm shutdown (SIGTERM): the task at hand is finished first."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def worker_start(settings: Any, *, name: str = "", purge: bool = True) -> WorkerProcess:
+    """Starts a worker on the test process's queue and waits until it consumes.
+
+    `name` tells several workers of one test apart (their node names must differ). With
+    `purge=False` the worker also runs what was queued before it started, as a worker that
+    comes back after an outage does."""
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     env = {
         **os.environ,
@@ -94,8 +124,8 @@ def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProce
             "-Q",
             queue,
             "-n",
-            f"{queue}@%h",
-            "--purge",
+            f"{queue}{name}@%h",
+            *(["--purge"] if purge else []),
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
@@ -110,14 +140,35 @@ def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProce
     worker = WorkerProcess(process)
     try:
         worker.wait_ready()
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+@pytest.fixture
+def celery_worker(transactional_db: None, settings: Any) -> Iterator[WorkerProcess]:
+    worker = worker_start(settings)
+    try:
         yield worker
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        worker.stop()
+
+
+@pytest.fixture
+def start_worker(transactional_db: None, settings: Any) -> Iterator[Callable[..., WorkerProcess]]:
+    """`start_worker(name="-2", purge=False)`: a worker started when the test says so."""
+    started: list[WorkerProcess] = []
+
+    def start(*, name: str = "", purge: bool = True) -> WorkerProcess:
+        started.append(worker_start(settings, name=name, purge=purge))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for worker in reversed(started):
+            worker.stop()
 
 
 def wait_until(predicate: Any, *, timeout: float = 30, worker: WorkerProcess | None = None) -> None:

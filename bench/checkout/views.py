@@ -1,0 +1,97 @@
+"""The floor of the checkout benchmark: the least a request can do to leave the same rows that
+POST /api/v1/checkout leaves.
+
+Those rows are an order (with the SKU snapshot), its `order.created` audit event (chained: the
+chain head is locked, the event inserted, the head moved on, as audit_append does for any
+writer) and the buyer's idempotency key holding the stored answer. The floor reads what it needs
+to write them (the buyer by token digest, the SKU with its partner and splits) and writes them
+in one transaction. It leaves out everything else ours does: DRF (parsing, authentication
+class, throttles in Redis, serializers), the claim written before the payment provider is
+called and completed after it (two transactions instead of one), the token's last-use touch,
+and the call to Stripe (the local stand-in). So ours ÷ floor is what those cost together;
+bench/checkout/run.py also reports the Stripe stand-in's own CPU per request.
+
+It goes through the project's middleware, like the API.
+"""
+
+import json
+import uuid
+
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from audit.services import Actor, audit_append
+from catalog.models import Sku
+from marketplace.models import ApiToken, User
+from orders.models import IdempotencyKey, Order
+from orders.services.checkout import request_fingerprint
+
+
+@csrf_exempt
+@require_POST
+def checkout_floor(request: HttpRequest) -> JsonResponse:
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    key = request.headers["Idempotency-Key"]
+    slug = json.loads(request.body)["sku"]
+    buyer = User.objects.get(api_tokens__digest=ApiToken.digest_of(token))
+    sku = Sku.objects.select_related("partner").prefetch_related("splits__partner").get(slug=slug)
+    splits = sorted(
+        ({"partner": s.partner.slug, "basis_points": s.basis_points} for s in sku.splits.all()),
+        key=lambda split: split["partner"],
+    )
+    order_id = uuid.uuid4()
+    session_id = f"cs_floor_{order_id.hex}"
+    with transaction.atomic():
+        order = Order.objects.create(
+            id=order_id,
+            buyer=buyer,
+            sku=sku,
+            sku_slug=sku.slug,
+            sku_title=sku.title,
+            sku_version=sku.version,
+            seller_slug=sku.partner.slug,
+            amount=sku.price_amount,
+            currency=sku.currency,
+            splits=splits,
+            gateway="floor",
+            checkout_session_id=session_id,
+            checkout_url=f"https://checkout.stripe.com/c/pay/{session_id}",
+        )
+        audit_append(
+            actor=Actor.of_user(buyer),
+            action="order.created",
+            subject=order,
+            data={
+                "sku": sku.slug,
+                "version": sku.version,
+                "amount": order.amount,
+                "currency": order.currency,
+                "splits": splits,
+                "gateway": "floor",
+                "checkout_session": session_id,
+            },
+        )
+        body = {
+            "order": {
+                "id": str(order.id),
+                "status": order.status,
+                "sku": order.sku_slug,
+                "amount": order.amount,
+                "currency": order.currency,
+                "created_at": order.created_at.isoformat(),
+            },
+            "checkout_url": order.checkout_url,
+        }
+        IdempotencyKey.objects.create(
+            buyer=buyer,
+            key=key,
+            fingerprint=request_fingerprint({"sku": slug}),
+            order_id=order_id,
+            response_status=201,
+            response_body=body,
+            locked_until=timezone.now(),
+        )
+    return JsonResponse(body, status=201)
