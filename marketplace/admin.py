@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString
 
 from audit.services import Actor
 from catalog.admin.common import reason_action
-from marketplace.keystore import signing_key_revoke, signing_key_rotate
+from marketplace.keystore import KeyStoreError, signing_key_revoke, signing_key_rotate
 from marketplace.models import (
     ApiToken,
     LedgerEntry,
@@ -160,7 +160,11 @@ class SigningKeyAdmin(admin.ModelAdmin):
         actor = Actor.of_user(request.user)
         purposes = sorted(set(queryset.values_list("purpose", flat=True)))
         for purpose in purposes:
-            new, previous = signing_key_rotate(purpose=SigningKeyPurpose(purpose), actor=actor)
+            try:
+                new, previous = signing_key_rotate(purpose=SigningKeyPurpose(purpose), actor=actor)
+            except KeyStoreError as exc:
+                self.message_user(request, f"{purpose}: not rotated: {exc}", messages.ERROR)
+                continue
             retired = f"; {previous.kid} retired (it still verifies)" if previous else ""
             self.message_user(
                 request, f"{purpose}: {new.kid} is now the active key{retired}.", messages.SUCCESS

@@ -86,6 +86,5 @@ def health_report() -> dict[str, Any]:
         "failed": [name for name, check in checks.items() if not check["ok"]],
         # Licenses are signed by the local key store outside production, by a KMS key or a
         # signing proxy in it.
-        "signingConfigured": bool(settings.LICENSE_SIGNER_KEY_ID or settings.SIGNING_ENDPOINT)
-        or settings.SERVICE_ENV == "dev",
+        "signingConfigured": settings.KEYSTORE_BACKEND != "local" or settings.SERVICE_ENV == "dev",
     }

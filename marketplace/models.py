@@ -102,6 +102,14 @@ class SigningKeyStatus(models.TextChoices):
     REVOKED = "revoked", "Revoked"
 
 
+class SigningKeyBackend(models.TextChoices):
+    # Where the private key lives (marketplace.keystore): sealed in this table, in AWS KMS, or
+    # behind the signing proxy.
+    LOCAL = "local", "Local (sealed in the database)"
+    KMS = "kms", "AWS KMS"
+    PROXY = "proxy", "Signing proxy"
+
+
 class SigningKeyQuerySet(models.QuerySet["SigningKey"]):
     def verifying(self) -> "SigningKeyQuerySet":
         return self.exclude(status=SigningKeyStatus.REVOKED)
@@ -109,12 +117,29 @@ class SigningKeyQuerySet(models.QuerySet["SigningKey"]):
 
 class SigningKey(models.Model):
     """A key the platform signs with. The local key store keeps the private key here, sealed
-    with AES-256-GCM under the key-store master key; other backends keep only a reference."""
+    with AES-256-GCM under the key-store master key; other backends keep only a reference
+    (`backend_key_id`). Every backend's public key is kept here, so verifying and publishing
+    never call out."""
 
     kid = models.CharField("key id", max_length=64, unique=True, editable=False)
     purpose = models.CharField(max_length=16, choices=SigningKeyPurpose.choices)
-    algorithm = models.CharField(max_length=16, editable=False, help_text="JOSE name: EdDSA.")
-    backend = models.CharField(max_length=16, default="local", editable=False)
+    algorithm = models.CharField(
+        max_length=16, editable=False, help_text="JOSE name: EdDSA or ES256."
+    )
+    backend = models.CharField(
+        max_length=16,
+        choices=SigningKeyBackend.choices,
+        default=SigningKeyBackend.LOCAL,
+        editable=False,
+    )
+    backend_key_id = models.CharField(
+        "key id in the backend",
+        max_length=255,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="The KMS key ARN or the signing proxy's key reference; empty for local keys.",
+    )
     status = models.CharField(
         max_length=16, choices=SigningKeyStatus.choices, default=SigningKeyStatus.ACTIVE
     )
@@ -134,6 +159,13 @@ class SigningKey(models.Model):
                 fields=["purpose"],
                 condition=models.Q(status="active"),
                 name="signing_key_one_active_per_purpose",
+            ),
+            # One row per backend key: adopting the configured KMS key twice would give one
+            # private key two kids, and revoking one would leave it signing under the other.
+            models.UniqueConstraint(
+                fields=["backend", "backend_key_id"],
+                condition=~models.Q(backend_key_id=""),
+                name="signing_key_backend_key_unique",
             ),
         ]
 

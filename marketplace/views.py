@@ -1,3 +1,5 @@
+import hashlib
+import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -38,7 +40,11 @@ health = HealthView.as_view()
 
 class JwksView(APIView):
     """RFC 7517 JWK Set of every key that still verifies (active and retired), for licenses,
-    proofs and the audit log's checkpoints and digests alike."""
+    proofs and the audit log's checkpoints and digests alike, whatever backend holds them.
+
+    Served with a strong ETag (the SHA-256 of the body) and a short public max-age: verifiers
+    and CDNs revalidate cheaply with If-None-Match (304), and a revocation or a rotation
+    reaches them within minutes."""
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
@@ -46,13 +52,33 @@ class JwksView(APIView):
 
     @extend_schema(
         summary="Public keys of every non-revoked signer (JWK Set)",
-        responses={200: OpenApiResponse(description="A JWK Set")},
+        responses={
+            200: OpenApiResponse(description="A JWK Set"),
+            304: OpenApiResponse(description="Unchanged since the ETag sent in If-None-Match"),
+        },
     )
-    def get(self, request: Request) -> Response:
-        response = Response(jwks_of(list(SigningKey.objects.verifying().order_by("created_at"))))
-        # Short enough that a revocation reaches verifiers within minutes.
-        response["Cache-Control"] = "public, max-age=300"
+    def get(self, request: Request) -> HttpResponse:
+        document = jwks_of(list(SigningKey.objects.verifying().order_by("created_at", "pk")))
+        body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        if _etag_matches(request.headers.get("If-None-Match", ""), etag):
+            response = HttpResponse(status=304)
+        else:
+            response = HttpResponse(body, content_type="application/json")
+        response["ETag"] = etag
+        response["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
         return response
+
+
+# Short enough that a revocation reaches verifiers within minutes.
+JWKS_MAX_AGE_SECONDS = 300
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    # RFC 9110 13.1.2: If-None-Match uses the weak comparison, and "*" matches any current
+    # representation.
+    candidates = [part.strip() for part in if_none_match.split(",")]
+    return "*" in candidates or etag in {c.removeprefix("W/") for c in candidates}
 
 
 jwks = JwksView.as_view()
