@@ -65,4 +65,11 @@ app.conf.beat_schedule = {
         "schedule": 30.0,
         "options": {"expires": 25},
     },
+    # Released orders without a license or delivery, pending deliveries no worker finished:
+    # a lost hand-over, a crash, or the end of a maintenance window.
+    "licensing-fulfilment-sweep": {
+        "task": "licensing.tasks.fulfilment_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
 }

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from licensing.api import views as licensing_views
 from marketplace.views import health, jwks
 
 urlpatterns = [
@@ -13,6 +14,12 @@ urlpatterns = [
     path("api/v1/", include("catalog.api.urls")),
     path("api/v1/", include("marketplace.api.urls")),
     path("api/v1/", include("orders.api.urls")),
+    path("api/v1/", include("licensing.api.urls")),
+    path(
+        "marketplace/deliveries/<str:token>",
+        licensing_views.package_download,
+        name="delivery-package",
+    ),
     path("", include("orders.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -251,6 +251,18 @@ FINANCE_TIMEOUT_SECONDS = env.float("MARKETPLACE_FINANCE_TIMEOUT_SECONDS", defau
 # Stops finalization: no new checkouts (503), licenses, deliveries or proofs; reads go on.
 MAINTENANCE_MODE = env.bool("MAINTENANCE_MODE", default=False)
 
+# --- Licensing and delivery --------------------------------------------------------------------
+
+# The KMS key that generates and wraps each delivery's data key; unset, the key-store master
+# key wraps it (refused in production).
+DELIVERY_KMS_KEY_ID = env.str("MARKETPLACE_DELIVERY_KMS_KEY_ID", default="") or S3_KMS_KEY_ID
+# Object-lock retention (COMPLIANCE) of each delivered package in the bucket; 0 turns it off.
+DELIVERY_RETENTION_DAYS = env.int("MARKETPLACE_DELIVERY_RETENTION_DAYS", default=3650)
+DELIVERY_CHUNK_BYTES = env.int("MARKETPLACE_DELIVERY_CHUNK_BYTES", default=1024 * 1024)
+DELIVERY_MAX_ATTEMPTS = env.int("MARKETPLACE_DELIVERY_MAX_ATTEMPTS", default=5)
+DOWNLOAD_LINK_SECONDS = env.int("MARKETPLACE_DOWNLOAD_LINK_SECONDS", default=900)
+DOWNLOAD_LIMIT = env.int("MARKETPLACE_DOWNLOAD_LIMIT", default=10)
+
 # --- Audit -------------------------------------------------------------------------------------
 
 AUDIT_BUCKET = env.str("MARKETPLACE_AUDIT_BUCKET", default="")
@@ -259,6 +271,36 @@ AUDIT_RETENTION_DAYS = env.int("MARKETPLACE_AUDIT_RETENTION_DAYS", default=2557)
 AUDIT_EXPORT_DIR = Path(env.str("MARKETPLACE_AUDIT_EXPORT_DIR", default=str(DATA_DIR / "audit")))
 AUDIT_CHECKPOINT_MINUTES = env.int("MARKETPLACE_AUDIT_CHECKPOINT_MINUTES", default=5)
 SIGNING_ENDPOINT = env.str("MARKETPLACE_SIGNING_ENDPOINT", default="")
+
+# --- Key store ---------------------------------------------------------------------------------
+
+# Where license signing keys are made and used (marketplace/keystore.py): "local" (Ed25519,
+# sealed in the database), "kms" (AWS KMS, ES256) or "proxy" (an HTTP signing service). Unset,
+# it follows what is configured: a KMS key id means kms, a signing endpoint means proxy. Audit
+# keys are always local: the audit log must go on recording when a remote signer is down.
+KEYSTORE_BACKENDS = ("local", "kms", "proxy")
+KEYSTORE_BACKEND = env.str("MARKETPLACE_KEYSTORE_BACKEND", default="") or (
+    "kms" if LICENSE_SIGNER_KEY_ID else "proxy" if SIGNING_ENDPOINT else "local"
+)
+KMS_ENDPOINT_URL = env.str("MARKETPLACE_KMS_ENDPOINT_URL", default="")
+KMS_REGION = env.str("MARKETPLACE_KMS_REGION", default=S3_REGION)
+SIGNING_TOKEN = env.str("MARKETPLACE_SIGNING_TOKEN", default="")
+# Connect and read timeout of one call to KMS or the signing proxy.
+KEYSTORE_TIMEOUT_SECONDS = env.float("MARKETPLACE_KEYSTORE_TIMEOUT_SECONDS", default=5.0)
+
+if KEYSTORE_BACKEND not in KEYSTORE_BACKENDS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"MARKETPLACE_KEYSTORE_BACKEND must be local, kms or proxy, not {KEYSTORE_BACKEND!r}"
+    )
+if KEYSTORE_BACKEND == "proxy" and not SIGNING_ENDPOINT:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "MARKETPLACE_KEYSTORE_BACKEND=proxy needs MARKETPLACE_SIGNING_ENDPOINT (the signing "
+        "service's base URL)"
+    )
 
 # --- API ---------------------------------------------------------------------------------------
 

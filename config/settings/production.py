@@ -68,6 +68,34 @@ else:
     if _master_key_length != 32:
         _refuse("MARKETPLACE_KEYSTORE_MASTER_KEY", "must be 32 random bytes in base64")
 
+if KEYSTORE_BACKEND == "local":
+    if env.str("MARKETPLACE_KEYSTORE_BACKEND", default=""):
+        _refuse(
+            "MARKETPLACE_KEYSTORE_BACKEND",
+            "local is refused (license keys in the database); use kms or proxy",
+        )
+    else:
+        _refuse(
+            "MARKETPLACE_LICENSE_SIGNER_KEY_ID",
+            "not set (the local key store is refused for licenses: set the KMS key id or ARN, "
+            "or MARKETPLACE_SIGNING_ENDPOINT for a signing proxy)",
+        )
+elif KEYSTORE_BACKEND == "kms":
+    if KMS_ENDPOINT_URL and urlsplit(KMS_ENDPOINT_URL).scheme != "https":
+        _refuse("MARKETPLACE_KMS_ENDPOINT_URL", "must be an https:// URL")
+elif KEYSTORE_BACKEND == "proxy":
+    if urlsplit(SIGNING_ENDPOINT).scheme != "https":
+        _refuse("MARKETPLACE_SIGNING_ENDPOINT", "must be an https:// URL")
+    if not SIGNING_TOKEN:
+        _refuse("MARKETPLACE_SIGNING_TOKEN", "not set (the signing proxy requires a bearer token)")
+
+if not DELIVERY_KMS_KEY_ID:
+    _refuse(
+        "MARKETPLACE_DELIVERY_KMS_KEY_ID",
+        "not set (delivery data keys wrapped by the local master key are refused; "
+        "or set MARKETPLACE_S3_KMS_KEY_ID)",
+    )
+
 if not AUDIT_BUCKET:
     _refuse("MARKETPLACE_AUDIT_BUCKET", "not set (audit exports to local files are refused)")
 elif AUDIT_RETENTION_DAYS < 1:

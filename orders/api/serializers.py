@@ -31,6 +31,10 @@ class OrderSerializer(serializers.ModelSerializer):
         "(`not_paid`, `finance_pending`, `disputed`, `manual`, `refunded`).",
     )
 
+    proof = serializers.SerializerMethodField(
+        help_text="The id of the signed delivery proof (GET /api/v1/proofs/{id}), once delivered."
+    )
+
     class Meta:
         model = Order
         fields = [
@@ -47,8 +51,18 @@ class OrderSerializer(serializers.ModelSerializer):
             "created_at",
             "paid_at",
             "updated_at",
+            "proof",
         ]
         read_only_fields = fields
+
+    def get_proof(self, order: Order) -> str | None:
+        # Licensing files its proofs against the order (a reverse relation by name, so orders
+        # does not import licensing); the list prefetches them.
+        proofs = getattr(order, "proofs", None)
+        if proofs is None:
+            return None
+        latest = max(proofs.all(), key=lambda proof: proof.created_at, default=None)
+        return str(latest.pk) if latest else None
 
 
 class CheckoutResponseSerializer(serializers.Serializer):

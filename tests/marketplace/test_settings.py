@@ -26,6 +26,8 @@ PRODUCTION = {
     "MARKETPLACE_PUBLIC_URL": "https://api.marketplace.example",
     "MARKETPLACE_FINANCE_URL": "https://finance.internal",
     "MARKETPLACE_FINANCE_TOKEN": "finance-token",
+    "MARKETPLACE_LICENSE_SIGNER_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/license",
+    "MARKETPLACE_DELIVERY_KMS_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/delivery",
 }
 
 
@@ -71,6 +73,8 @@ def test_production_with_nothing_set_names_every_missing_variable():
         "MARKETPLACE_PUBLIC_URL",
         "MARKETPLACE_FINANCE_URL",
         "MARKETPLACE_FINANCE_TOKEN",
+        "MARKETPLACE_LICENSE_SIGNER_KEY_ID",
+        "MARKETPLACE_DELIVERY_KMS_KEY_ID",
     ):
         assert f"{variable}: " in result.stderr, variable
     assert "Traceback" not in result.stderr.split("ImproperlyConfigured")[-1]

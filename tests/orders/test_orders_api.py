@@ -33,6 +33,7 @@ ORDER_FIELDS = {
     "created_at",
     "paid_at",
     "updated_at",
+    "proof",
 }
 
 
@@ -209,6 +210,7 @@ def test_the_buyers_own_order(buyer_client: APIClient, buyer: Any, sku: Sku):
         "created_at": body["created_at"],
         "paid_at": None,
         "updated_at": body["updated_at"],
+        "proof": None,
     }
     assert body["created_at"] == order.created_at.isoformat().replace("+00:00", "Z")
 

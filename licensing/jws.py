@@ -1,0 +1,81 @@
+"""Compact JWS (RFC 7515) over canonical JSON: how licenses and delivery proofs are signed.
+
+The header is `{"alg", "kid", "typ"}`; the payload is the canonical JSON of the claims
+(marketplace.canonical), so the same claims always give the same bytes. Signatures are in JOSE
+form (64 bytes for EdDSA and for ES256's r || s), which any JOSE library checks against the
+published JWK Set.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from marketplace.canonical import canonical_json
+from marketplace.jwk import PublicKey, b64url, b64url_decode
+
+
+class JwsInvalid(ValueError):
+    """The token is not a compact JWS this platform could have made; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ParsedJws:
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    @property
+    def kid(self) -> str:
+        return str(self.header.get("kid") or "")
+
+
+def jws_sign(claims: dict[str, Any], signer: Any, *, typ: str = "JWT") -> str:
+    """`signer` has `kid`, `algorithm` and `sign(bytes) -> bytes` (marketplace.keystore)."""
+    header = {"alg": signer.algorithm, "kid": signer.kid, "typ": typ}
+    signing_input = f"{b64url(canonical_json(header))}.{b64url(canonical_json(claims))}"
+    return f"{signing_input}.{b64url(signer.sign(signing_input.encode('ascii')))}"
+
+
+def _json_part(text: str, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(b64url_decode(text))
+    except (ValueError, UnicodeDecodeError):
+        raise JwsInvalid(f"malformed: the {name} is not base64url JSON") from None
+    if not isinstance(value, dict):
+        raise JwsInvalid(f"malformed: the {name} is not a JSON object")
+    return value
+
+
+def jws_parse(token: Any) -> ParsedJws:
+    if not isinstance(token, str) or not token:
+        raise JwsInvalid("malformed: the token must be a non-empty string")
+    if len(token) > 16_384:
+        raise JwsInvalid("malformed: the token is too long")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise JwsInvalid("malformed: a compact JWS has three dot-separated parts")
+    header = _json_part(parts[0], "header")
+    payload = _json_part(parts[1], "payload")
+    try:
+        signature = b64url_decode(parts[2])
+    except ValueError:
+        raise JwsInvalid("malformed: the signature is not base64url") from None
+    if not isinstance(header.get("kid"), str) or not isinstance(header.get("alg"), str):
+        raise JwsInvalid("malformed: the header needs `alg` and `kid`")
+    return ParsedJws(header, payload, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+
+
+def jws_verify(parsed: ParsedJws, keys: dict[str, PublicKey]) -> None:
+    """Raises JwsInvalid unless a published key of that kid and algorithm signed it."""
+    key = keys.get(parsed.kid)
+    if key is None:
+        raise JwsInvalid("unknown-key: no published key has this kid (unknown or revoked)")
+    if parsed.header["alg"] != key.algorithm:
+        raise JwsInvalid(f"bad-signature: the key {key.kid} signs with {key.algorithm}")
+    if not key.verifies(parsed.signature, parsed.signing_input):
+        raise JwsInvalid("bad-signature: the signature does not match the token")

@@ -1,0 +1,79 @@
+"""What licensing does when orders hands an order over (orders.fulfilment): a released order
+gets its license and its delivery; a refunded or disputed one loses both."""
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from audit.services import Actor
+from licensing.models import Delivery, DeliveryStatus, License
+from licensing.services.deliveries import deliveries_withdraw_for_order, delivery_create
+from licensing.services.licenses import license_issue, licenses_revoke_for_order
+from orders.models import Order
+
+LICENSING_WORKER = Actor.service("licensing-worker")
+# A pending delivery no worker started within this long lost its task (or met maintenance);
+# one whose last attempt began this long ago without finishing lost its worker. Settings
+# MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS and MARKETPLACE_DELIVERY_ABANDONED_SECONDS; these
+# are their defaults.
+NEVER_STARTED_SECONDS = 60
+ABANDONED_SECONDS = 20 * 60
+
+
+def _sweep_thresholds() -> tuple[timedelta, timedelta]:
+    never_started = getattr(settings, "DELIVERY_NEVER_STARTED_SECONDS", NEVER_STARTED_SECONDS)
+    abandoned = getattr(settings, "DELIVERY_ABANDONED_SECONDS", ABANDONED_SECONDS)
+    return timedelta(seconds=never_started), timedelta(seconds=abandoned)
+
+
+def order_fulfil(*, order_id: Any, actor: Actor = LICENSING_WORKER) -> dict[str, Any]:
+    """Issues the order's license and creates its delivery, each once. While
+    MAINTENANCE_MODE is on nothing is issued: the sweep comes back for it afterwards."""
+    if settings.MAINTENANCE_MODE:
+        return {"order": str(order_id), "skipped": "maintenance"}
+    license = license_issue(order_id=order_id, actor=actor)
+    delivery = delivery_create(order_id=order_id, actor=actor)
+    return {
+        "order": str(order_id),
+        "license": str(license.pk) if license else None,
+        "delivery": str(delivery.pk) if delivery else None,
+    }
+
+
+def order_revoke(*, order_id: Any, reason: str, actor: Actor = LICENSING_WORKER) -> dict[str, int]:
+    """Revokes the order's licenses and withdraws its packages (a refund, a dispute)."""
+    return {
+        "licenses": licenses_revoke_for_order(order_id=order_id, reason=reason, actor=actor),
+        "deliveries": deliveries_withdraw_for_order(order_id=order_id, reason=reason, actor=actor),
+    }
+
+
+def fulfilment_due(*, limit: int = 500) -> tuple[list[str], list[str]]:
+    """Released orders still without a license or a delivery, and pending deliveries: what a
+    lost hand-over, a crash or maintenance left behind."""
+    orders = (
+        Order.objects.deliverable()
+        .exclude(pk__in=License.objects.values("order_id"))
+        .values_list("pk", flat=True)[:limit]
+    )
+    orders_without_delivery = (
+        Order.objects.deliverable()
+        .exclude(pk__in=Delivery.objects.values("order_id"))
+        .values_list("pk", flat=True)[:limit]
+    )
+    now = timezone.now()
+    never_started, abandoned = _sweep_thresholds()
+    pending = (
+        Delivery.objects.filter(status=DeliveryStatus.PENDING)
+        .filter(
+            Q(attempted_at__isnull=True, created_at__lt=now - never_started)
+            | Q(attempted_at__lt=now - abandoned)
+        )
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    order_ids = sorted({str(pk) for pk in orders} | {str(pk) for pk in orders_without_delivery})
+    return order_ids, [str(pk) for pk in pending]

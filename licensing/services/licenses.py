@@ -1,0 +1,277 @@
+"""Issuing, verifying, revoking and reissuing licenses."""
+
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import Actor, audit_append
+from licensing.jws import JwsInvalid, jws_parse, jws_sign, jws_verify
+from licensing.models import License, LicenseStatus
+from marketplace.exceptions import Conflict, InvalidInput, NotFound
+from marketplace.keystore import public_keys_from_store, signer_for, signing_key_active
+from marketplace.models import SigningKeyPurpose
+from orders.models import Order, OrderStatus
+
+ISSUER = "marketplace"
+LICENSE_KEY_PREFIX = "MKP"
+# Crockford's base32 without the letters people misread (I, L, O, U).
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# What a person may type between the groups: dashes of any kind, spaces, dots, underscores.
+_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015._]+")
+# Crockford's decoding of the letters the alphabet leaves out.
+_MISREAD = str.maketrans({"O": "0", "I": "1", "L": "1"})
+# A refunded or disputed order's licenses stop verifying even before the revocation the refund
+# sets off has run (orders hands it to a worker).
+_REVOKING_ORDER_STATUSES = (OrderStatus.REFUNDED, OrderStatus.DISPUTED)
+
+
+def license_key_generate() -> str:
+    """`MKP-XXXXX-XXXXX-XXXXX-XXXXX`: 100 random bits a person can read out and type."""
+    chars = "".join(secrets.choice(_ALPHABET) for _ in range(20))
+    return f"{LICENSE_KEY_PREFIX}-" + "-".join(chars[i : i + 5] for i in range(0, 20, 5))
+
+
+def license_key_normalize(text: str) -> str | None:
+    """What a person typed, as stored (`MKP-XXXXX-XXXXX-XXXXX-XXXXX`), or None when it cannot
+    be a license key. Case, spaces, missing or extra dashes, the `MKP` prefix and Crockford's
+    misread letters (O for 0, I and L for 1) are forgiven."""
+    cleaned = _SEPARATORS.sub("", text).upper()
+    if cleaned.startswith(LICENSE_KEY_PREFIX) and len(cleaned) == 20 + len(LICENSE_KEY_PREFIX):
+        cleaned = cleaned[len(LICENSE_KEY_PREFIX) :]
+    cleaned = cleaned.translate(_MISREAD)
+    if len(cleaned) != 20 or any(char not in _ALPHABET for char in cleaned):
+        return None
+    return f"{LICENSE_KEY_PREFIX}-" + "-".join(cleaned[i : i + 5] for i in range(0, 20, 5))
+
+
+def _expiry(order: Order, issued_at: datetime) -> datetime | None:
+    days = order.sku.license_duration_days
+    return issued_at + timedelta(days=days) if days else None
+
+
+def license_claims(
+    *, license_id: str, order: Order, issued_at: datetime, expires_at: datetime | None
+) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "jti": license_id,
+        "order": str(order.id),
+        "sku": order.sku_slug,
+        "sku_version": order.sku_version,
+        "sub": str(order.buyer.uuid),
+        "iat": int(issued_at.timestamp()),
+        "entitlements": list(order.sku.license_entitlements or []),
+        "seats": order.sku.license_seats,
+    }
+    if expires_at is not None:
+        claims["exp"] = int(expires_at.timestamp())
+    return claims
+
+
+def _signed_license(order: Order, *, supersedes: License | None = None) -> License:
+    """A new, unsaved license for `order`, signed with the active license key. Signing may
+    call KMS or the signing proxy, so it happens before any lock is taken."""
+    issued_at = timezone.now().replace(microsecond=0)
+    expires_at = _expiry(order, issued_at)
+    # A UUID, not its text: the returned row then compares equal to the same row read back.
+    license_id = uuid.uuid4()
+    signer = signer_for(signing_key_active(purpose=SigningKeyPurpose.LICENSE))
+    token = jws_sign(
+        license_claims(
+            license_id=str(license_id), order=order, issued_at=issued_at, expires_at=expires_at
+        ),
+        signer,
+    )
+    return License(
+        id=license_id,
+        order=order,
+        license_key=license_key_generate(),
+        token=token,
+        kid=signer.kid,
+        entitlements=list(order.sku.license_entitlements or []),
+        seats=order.sku.license_seats,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        supersedes=supersedes,
+    )
+
+
+def license_issue(*, order_id: Any, actor: Actor) -> License | None:
+    """The order's first license, if the order may be delivered and has never had one.
+    Running it twice issues one license (the partial unique constraint and the re-check under
+    the order's lock). Issues nothing while MAINTENANCE_MODE is on (the sweep comes back)."""
+    if settings.MAINTENANCE_MODE:
+        return None
+    order = Order.objects.select_related("sku", "buyer").get(pk=order_id)
+    if not order.is_deliverable() or order.licenses.exists():
+        return None
+    candidate = _signed_license(order)
+    with transaction.atomic():
+        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        if not order.is_deliverable() or order.licenses.exists():
+            return None
+        candidate.order = order
+        candidate.save(force_insert=True)
+        audit_append(
+            actor=actor,
+            action="license.issued",
+            subject=candidate,
+            data={
+                "order": str(order.id),
+                "kid": candidate.kid,
+                "expires_at": candidate.expires_at.isoformat() if candidate.expires_at else None,
+            },
+        )
+    return candidate
+
+
+@dataclass(frozen=True)
+class Verdict:
+    valid: bool
+    reason: str
+    license_id: str | None = None
+    claims: dict[str, Any] | None = None
+
+
+def license_verify(token: Any, *, now: datetime | None = None) -> Verdict:
+    """Signature (against every published license key), expiry, then revocation. Never
+    raises: a malformed token is a verdict like any other."""
+    now = now or timezone.now()
+    try:
+        parsed = jws_parse(token)
+        jws_verify(parsed, public_keys_from_store(purpose=SigningKeyPurpose.LICENSE))
+    except JwsInvalid as exc:
+        return Verdict(False, exc.reason)
+    except RecursionError:
+        # JSON nested thousands deep inside a token short enough to be read.
+        return Verdict(False, "malformed: the token's JSON is nested too deeply")
+    claims = parsed.payload
+    license_id = claims.get("jti")
+    exp = claims.get("exp")
+    if exp is not None and (not isinstance(exp, int) or now.timestamp() >= exp):
+        return Verdict(False, "expired", str(license_id), claims)
+    row = None
+    if isinstance(license_id, str):
+        try:
+            row = (
+                License.objects.filter(pk=uuid.UUID(license_id))
+                .values("status", "order__status")
+                .first()
+            )
+        except ValueError:
+            row = None
+    if row is None:
+        return Verdict(False, "unknown-license: this platform did not issue it", None, claims)
+    if row["status"] == LicenseStatus.REVOKED or row["order__status"] in _REVOKING_ORDER_STATUSES:
+        return Verdict(False, "revoked", license_id, claims)
+    return Verdict(True, "valid", license_id, claims)
+
+
+def license_revoke(*, license_id: Any, reason: str, actor: Actor) -> License:
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("Say why the license is revoked.", errors={"reason": ["Required."]})
+    with transaction.atomic():
+        row = License.objects.select_for_update().filter(pk=license_id).first()
+        if row is None:
+            raise NotFound(f"There is no license {license_id}.")
+        if row.status == LicenseStatus.REVOKED:
+            return row
+        row.status = LicenseStatus.REVOKED
+        row.revoked_at = timezone.now()
+        row.revoked_reason = reason[:300]
+        row.save(update_fields=["status", "revoked_at", "revoked_reason"])
+        audit_append(
+            actor=actor,
+            action="license.revoked",
+            subject=row,
+            data={"order": str(row.order_id), "reason": row.revoked_reason},
+        )
+    return row
+
+
+def licenses_revoke_for_order(*, order_id: Any, reason: str, actor: Actor) -> int:
+    """Revokes every active license of the order (a refund, a dispute)."""
+    ids = list(
+        License.objects.filter(order_id=order_id, status=LicenseStatus.ACTIVE).values_list(
+            "pk", flat=True
+        )
+    )
+    for license_id in ids:
+        license_revoke(license_id=license_id, reason=reason, actor=actor)
+    return len(ids)
+
+
+def license_reissue(*, license_id: Any, reason: str = "", actor: Actor) -> License:
+    """A new key and token for the same order, superseding the old license, which is revoked
+    (both audited). Refused while MAINTENANCE_MODE is on, for an order that cannot be
+    delivered (refunded, disputed, held), and for a license already reissued."""
+    if settings.MAINTENANCE_MODE:
+        raise Conflict("Maintenance mode is on: no license is issued until it ends.")
+    reason = reason.strip()
+    old = License.objects.select_related("order__sku", "order__buyer").filter(pk=license_id).first()
+    if old is None:
+        raise NotFound(f"There is no license {license_id}.")
+    _check_reissuable(old.order)
+    # Signing may call KMS or the signing proxy: done before any lock is taken.
+    candidate = _signed_license(old.order, supersedes=old)
+    with transaction.atomic():
+        # The order first, as license_issue and order_revoke's callers lock it: the order's
+        # state is re-read under its lock, so a refund that lands meanwhile wins.
+        order = Order.objects.select_for_update(of=("self",)).get(pk=old.order_id)
+        _check_reissuable(order)
+        locked = License.objects.select_for_update().get(pk=old.pk)
+        if License.objects.filter(supersedes=locked).exists():
+            raise Conflict(f"License {locked.license_key} was already reissued.")
+        revoked_reason = f"reissued: {reason}" if reason else "reissued"
+        if locked.status == LicenseStatus.ACTIVE:
+            locked.status = LicenseStatus.REVOKED
+            locked.revoked_at = timezone.now()
+            locked.revoked_reason = revoked_reason[:300]
+            locked.save(update_fields=["status", "revoked_at", "revoked_reason"])
+        candidate.order = order
+        candidate.save(force_insert=True)
+        audit_append(
+            actor=actor,
+            action="license.revoked",
+            subject=locked,
+            data={
+                "order": str(order.id),
+                "reason": revoked_reason[:300],
+                "superseded_by": str(candidate.pk),
+            },
+        )
+        audit_append(
+            actor=actor,
+            action="license.reissued",
+            subject=candidate,
+            data={
+                "order": str(order.id),
+                "supersedes": str(locked.pk),
+                "kid": candidate.kid,
+                "reason": reason[:300],
+                "expires_at": candidate.expires_at.isoformat() if candidate.expires_at else None,
+            },
+        )
+    return candidate
+
+
+def _check_reissuable(order: Order) -> None:
+    if not order.is_deliverable():
+        raise Conflict(
+            f"Order {order.id} cannot be delivered ({order.delivery_state}); "
+            "a license is not reissued for it."
+        )
+
+
+def license_find_by_key(text: str) -> License | None:
+    """The license a person read out or typed, however they spelled it."""
+    key = license_key_normalize(text)
+    return License.objects.filter(license_key=key).first() if key else None

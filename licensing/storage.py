@@ -1,0 +1,117 @@
+"""Where delivery packages are kept.
+
+With MARKETPLACE_S3_BUCKET set, in that bucket under `deliveries/`, uploaded with boto3 through
+django-storages' connection: object-lock retention (COMPLIANCE, MARKETPLACE_DELIVERY_RETENTION_DAYS)
+so a delivered package cannot be altered or deleted, SSE-KMS when MARKETPLACE_S3_KMS_KEY_ID is
+set, and the package's metadata on the object. Otherwise in files under
+MARKETPLACE_DATA_DIR/deliveries.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from botocore.exceptions import ClientError
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.utils import timezone
+
+from config.storages import s3_transfer_config
+
+
+def delivery_name(*, order_id: str, delivery_id: str) -> str:
+    return f"deliveries/{order_id}/{delivery_id}.mkpkg"
+
+
+def _storage() -> Storage:
+    default = storages["default"]
+    if hasattr(default, "bucket"):
+        return default
+    return FileSystemStorage(location=str(Path(settings.DATA_DIR) / "deliveries"))
+
+
+def is_s3() -> bool:
+    return hasattr(_storage(), "bucket")
+
+
+def _already_stored(storage: Any, key: str, metadata: dict[str, str]) -> bool:
+    """Whether the newest version under `key` is this very package, stored with this
+    metadata: a retry after a crash between upload and commit then adds no second version
+    (object lock would keep it for the whole retention period)."""
+    try:
+        head = storage.bucket.meta.client.head_object(Bucket=storage.bucket.name, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return head.get("Metadata", {}) == metadata
+
+
+def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> None:
+    """Stores the package under `name`. Packaging is deterministic, so storing the same name
+    again (a retry) stores the same bytes: on S3 nothing is uploaded when the stored object
+    already carries the same metadata (package hash included), otherwise a version is added;
+    a local file is replaced atomically, so a reader never sees half a package."""
+    storage = _storage()
+    if hasattr(storage, "bucket"):
+        key = storage._normalize_name(name)
+        if _already_stored(storage, key, metadata):
+            return
+        extra: dict[str, Any] = {"Metadata": metadata, "ContentType": "application/octet-stream"}
+        if settings.DELIVERY_RETENTION_DAYS > 0:
+            extra["ObjectLockMode"] = "COMPLIANCE"
+            extra["ObjectLockRetainUntilDate"] = timezone.now() + timedelta(
+                days=settings.DELIVERY_RETENTION_DAYS
+            )
+        if settings.S3_KMS_KEY_ID:
+            extra["ServerSideEncryption"] = "aws:kms"
+            extra["SSEKMSKeyId"] = settings.S3_KMS_KEY_ID
+        storage.bucket.Object(key).upload_fileobj(
+            package, ExtraArgs=extra, Config=s3_transfer_config()
+        )
+        return
+    path = Path(storage.path(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            shutil.copyfileobj(package, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def package_open(name: str) -> BinaryIO:
+    return _storage().open(name, "rb")
+
+
+def package_url(name: str, *, expires_in: int) -> str | None:
+    """A presigned S3 URL, or None for local files (the platform serves those itself)."""
+    storage = _storage()
+    if not hasattr(storage, "bucket"):
+        return None
+    return storage.url(name, expire=expires_in)
+
+
+def package_head(name: str) -> dict[str, Any] | None:
+    """The stored object's metadata (S3), for checks and the admin."""
+    storage = _storage()
+    if not hasattr(storage, "bucket"):
+        return None
+    obj = storage.bucket.Object(storage._normalize_name(name))
+    obj.load()
+    return {
+        "metadata": obj.metadata,
+        "object_lock_mode": obj.object_lock_mode,
+        "retain_until": obj.object_lock_retain_until_date,
+        "version_id": obj.version_id,
+        "sse": obj.server_side_encryption,
+    }

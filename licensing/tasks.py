@@ -1,0 +1,101 @@
+"""Licensing's work on the workers. orders sends `order_fulfil` and `order_revoke` by name
+(orders/fulfilment.py) once an order is released, refunded or disputed."""
+
+import logging
+import traceback
+
+from botocore.exceptions import BotoCoreError, ClientError
+from celery import shared_task
+from django.conf import settings
+
+from licensing.keys import DataKeyError, DataKeyUnavailable
+from licensing.metrics import delivery_encrypt_failures
+from licensing.models import Delivery, DeliveryStatus
+from licensing.services import (
+    LICENSING_WORKER,
+    PackagingFailed,
+    delivery_failure_record,
+    fulfilment_due,
+)
+from licensing.services import (
+    delivery_package as delivery_package_service,
+)
+from licensing.services import (
+    order_fulfil as order_fulfil_service,
+)
+from licensing.services import (
+    order_revoke as order_revoke_service,
+)
+from marketplace.keystore import KeyStoreError
+
+logger = logging.getLogger(__name__)
+
+# What a retry may cure: storage and KMS outages, the signer being away, a full disk.
+TRANSIENT = (OSError, BotoCoreError, ClientError, DataKeyUnavailable, KeyStoreError)
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def order_fulfil(order_id: str, reason: str = "released") -> dict:
+    return order_fulfil_service(order_id=order_id)
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def order_revoke(order_id: str, reason: str = "revoked") -> dict:
+    return order_revoke_service(order_id=order_id, reason=reason)
+
+
+def _backoff(attempt: int) -> int:
+    """Seconds before retry `attempt` + 1: 30 s, doubling, at most 30 minutes."""
+    return min(30 * 2 ** max(attempt - 1, 0), 1800)
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=3300, time_limit=3600, max_retries=None)
+def delivery_package(self, delivery_id: str) -> str:  # type: ignore[no-untyped-def]
+    """Packages a delivery; safe to run twice (the service re-checks under a lock, and the
+    package's bytes and name are fixed by the delivery). Transient failures are retried with
+    backoff until the delivery has had MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts, then it is
+    suspended; a permanent one suspends it at once. Every failure is counted in
+    marketplace_delivery_encrypt_failures_total."""
+    try:
+        return delivery_package_service(delivery_id=delivery_id, actor=LICENSING_WORKER)
+    except PackagingFailed as exc:
+        delivery_encrypt_failures.labels(reason="artifact").inc()
+        logger.error("packaging delivery %s cannot succeed: %s", delivery_id, exc)
+        return delivery_failure_record(
+            delivery_id=delivery_id, error=str(exc), permanent=True, actor=LICENSING_WORKER
+        )
+    except DataKeyError as exc:
+        delivery_encrypt_failures.labels(reason="data_key").inc()
+        logger.error("packaging delivery %s cannot succeed: %s", delivery_id, exc)
+        return delivery_failure_record(
+            delivery_id=delivery_id, error=str(exc), permanent=True, actor=LICENSING_WORKER
+        )
+    except TRANSIENT as exc:
+        delivery_encrypt_failures.labels(reason=type(exc).__name__).inc()
+        logger.warning("packaging delivery %s failed: %s", delivery_id, exc)
+        status = delivery_failure_record(
+            delivery_id=delivery_id,
+            # The cause first: last_error is cut at 4,000 characters and the audit event keeps
+            # its first line.
+            error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=-6)}",
+            permanent=False,
+            actor=LICENSING_WORKER,
+        )
+        if status != DeliveryStatus.PENDING:
+            return status
+        attempts = Delivery.objects.filter(pk=delivery_id).values_list("attempts", flat=True)
+        raise self.retry(exc=exc, countdown=_backoff(attempts.first() or 1)) from exc
+
+
+@shared_task(soft_time_limit=50, time_limit=60)
+def fulfilment_sweep() -> dict[str, int]:
+    """Picks up released orders without a license or delivery, and pending deliveries: a lost
+    hand-over, a crash between commit and enqueue, or the end of a maintenance window."""
+    if settings.MAINTENANCE_MODE:
+        return {"orders": 0, "deliveries": 0}
+    order_ids, delivery_ids = fulfilment_due()
+    for order_id in order_ids:
+        order_fulfil.delay(order_id)
+    for delivery_id in delivery_ids:
+        delivery_package.delay(delivery_id)
+    return {"orders": len(order_ids), "deliveries": len(delivery_ids)}
