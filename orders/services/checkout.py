@@ -189,6 +189,12 @@ def checkout_create(
             checkout_session_id=session.id,
             checkout_url=session.url,
         )
+        body = {"order": render(order), "checkout_url": session.url}
+        claim.response_status = 201
+        claim.response_body = body
+        claim.save(update_fields=["response_status", "response_body"])
+        # Last: the chain-head lock it takes is held until the commit, and every writer in the
+        # platform queues on it.
         audit_append(
             actor=Actor.of_user(buyer),
             action="order.created",
@@ -203,10 +209,6 @@ def checkout_create(
                 "checkout_session": session.id,
             },
         )
-        body = {"order": render(order), "checkout_url": session.url}
-        claim.response_status = 201
-        claim.response_body = body
-        claim.save(update_fields=["response_status", "response_body"])
     return CheckoutAnswer(201, body, False)
 
 
