@@ -81,9 +81,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose values are base64url: one in 64 keys starts with "-", which argparse would
+# otherwise take for an option and refuse.
+_VALUE_OPTIONS = ("--key", "--wrapped-key", "--expect-sha256")
+
+
+def _join_values(argv: list[str]) -> list[str]:
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in _VALUE_OPTIONS and index + 1 < len(argv):
+            joined.append(f"{arg}={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(arg)
+        index += 1
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    options = parser.parse_args(argv)
+    options = parser.parse_args(_join_values(sys.argv[1:] if argv is None else argv))
     try:
         if options.new_identity is not None:
             if options.package or options.key or options.identity or options.wrapped_key:

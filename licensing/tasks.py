@@ -26,12 +26,13 @@ from licensing.services import (
 from licensing.services import (
     order_revoke as order_revoke_service,
 )
-from marketplace.keystore import KeyStoreError
+from marketplace.keystore import KeyStoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 # What a retry may cure: storage and KMS outages, the signer being away, a full disk.
-TRANSIENT = (OSError, BotoCoreError, ClientError, DataKeyUnavailable, KeyStoreError)
+# A signer that refuses (KeyStoreError) is not transient: only its being away is.
+TRANSIENT = (OSError, BotoCoreError, ClientError, DataKeyUnavailable, KeyStoreUnavailable)
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)

@@ -28,6 +28,16 @@ _ORDERS_FINANCE_VIEW = (
     "marketplace.view_ledgerentry",
 )
 
+# Licenses, deliveries with their download log, and proofs: read in the admin by Security and
+# Support. Revoking, reissuing and regenerating are service calls allowed by role
+# (LICENSING_ACTION_ROLES), not edits of a row: no add/change permission stands for them.
+_LICENSING_VIEW = (
+    "licensing.view_license",
+    "licensing.view_delivery",
+    "licensing.view_downloadlog",
+    "licensing.view_proof",
+)
+
 ROLE_PERMISSIONS: dict[str, set[str]] = {
     CONTENT_OPS: {
         *(
@@ -64,6 +74,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         *_AUDIT_VIEW,
         "audit.add_checkpoint",  # the audit log's "Sign a checkpoint now" button
         "audit.view_kernelcursor",
+        *_LICENSING_VIEW,
     },
     SUPPORT: {
         "catalog.view_partner",
@@ -74,6 +85,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "orders.view_order",
         "orders.view_webhookevent",
         "orders.view_webhookattempt",
+        *_LICENSING_VIEW,
     },
 }
 
@@ -88,6 +100,16 @@ ORDER_ACTION_ROLES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Who may take each staff action on licenses and deliveries (licensing.admin), by role;
+# superusers may take all. Security answers for what a license proves, so only it revokes and
+# reissues; Support may also regenerate a package (a buyer's download limit, a lost package).
+LICENSING_ACTION_ROLES: dict[str, tuple[str, ...]] = {
+    "revoke_license": (SECURITY,),
+    "reissue_license": (SECURITY,),
+    "regenerate_delivery": (SECURITY, SUPPORT),
+}
+
+
 def has_role(user: Any, *roles: str) -> bool:
     """An active staff user in one of `roles`, or a superuser."""
     if isinstance(user, AnonymousUser) or not (user.is_active and user.is_staff):
@@ -97,6 +119,10 @@ def has_role(user: Any, *roles: str) -> bool:
 
 def may_take_order_action(user: Any, action: str) -> bool:
     return has_role(user, *ORDER_ACTION_ROLES[action])
+
+
+def may_take_licensing_action(user: Any, action: str) -> bool:
+    return has_role(user, *LICENSING_ACTION_ROLES[action])
 
 
 def roles_sync() -> None:

@@ -260,6 +260,11 @@ DELIVERY_KMS_KEY_ID = env.str("MARKETPLACE_DELIVERY_KMS_KEY_ID", default="") or 
 DELIVERY_RETENTION_DAYS = env.int("MARKETPLACE_DELIVERY_RETENTION_DAYS", default=3650)
 DELIVERY_CHUNK_BYTES = env.int("MARKETPLACE_DELIVERY_CHUNK_BYTES", default=1024 * 1024)
 DELIVERY_MAX_ATTEMPTS = env.int("MARKETPLACE_DELIVERY_MAX_ATTEMPTS", default=5)
+# The fulfilment sweep re-sends a pending delivery never started after this long (its task was
+# lost), or whose last attempt began this long ago (its worker died: Redis would redeliver the
+# message only after its visibility timeout). Re-sending a live job is safe, only wasteful.
+DELIVERY_NEVER_STARTED_SECONDS = env.int("MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS", default=60)
+DELIVERY_ABANDONED_SECONDS = env.int("MARKETPLACE_DELIVERY_ABANDONED_SECONDS", default=1200)
 DOWNLOAD_LINK_SECONDS = env.int("MARKETPLACE_DOWNLOAD_LINK_SECONDS", default=900)
 DOWNLOAD_LIMIT = env.int("MARKETPLACE_DOWNLOAD_LIMIT", default=10)
 

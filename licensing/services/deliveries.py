@@ -45,7 +45,10 @@ def delivery_context(delivery: Delivery) -> bytes:
 
 
 def delivery_create(*, order_id: Any, actor: Actor) -> Delivery | None:
-    """The order's first delivery, pending, if the order may be delivered and has none."""
+    """The order's first delivery, pending, if the order may be delivered and has none.
+    Nothing while MAINTENANCE_MODE is on (the fulfilment sweep comes back for the order)."""
+    if settings.MAINTENANCE_MODE:
+        return None
     with transaction.atomic():
         order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
         if not order.is_deliverable() or order.deliveries.exists():
@@ -284,11 +287,10 @@ def _delivery_ready(stored: StoredPackage, *, actor: Actor) -> str:
 
 def delivery_failure_record(*, delivery_id: Any, error: str, permanent: bool, actor: Actor) -> str:
     """Records a failed attempt (`error` starts with a one-line summary) and answers the
-    delivery's status: still `pending` when a
-    retry may follow, `suspended` after a permanent failure or once the delivery has had
-    MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts (visible in the admin, where it can be
-    regenerated). Attempts are counted on the delivery, not per task, so a delivery the sweep
-    sent again does not get a fresh allowance."""
+    delivery's status: still `pending` when a retry may follow, `suspended` after a permanent
+    failure or once the delivery has had MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts (visible
+    in the admin, where it can be regenerated). Attempts are counted on the delivery, not per
+    task, so a delivery the sweep sent again does not get a fresh allowance."""
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
@@ -317,7 +319,10 @@ def delivery_failure_record(*, delivery_id: Any, error: str, permanent: bool, ac
 
 def delivery_regenerate(*, delivery_id: Any, reason: str, actor: Actor) -> Delivery:
     """A new package under a new data key, superseding the delivery. Refused for an order
-    that is refunded, disputed or otherwise not deliverable."""
+    that is refunded, disputed or otherwise not deliverable, and while MAINTENANCE_MODE is on.
+    """
+    if settings.MAINTENANCE_MODE:
+        raise Conflict("Maintenance mode is on: no delivery is packaged until it ends.")
     with transaction.atomic():
         old = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
         if old is None:

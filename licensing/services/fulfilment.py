@@ -15,18 +15,14 @@ from licensing.services.licenses import license_issue, licenses_revoke_for_order
 from orders.models import Order
 
 LICENSING_WORKER = Actor.service("licensing-worker")
-# A pending delivery no worker started within this long lost its task (or met maintenance);
-# one whose last attempt began this long ago without finishing lost its worker. Settings
-# MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS and MARKETPLACE_DELIVERY_ABANDONED_SECONDS; these
-# are their defaults.
-NEVER_STARTED_SECONDS = 60
-ABANDONED_SECONDS = 20 * 60
 
 
 def _sweep_thresholds() -> tuple[timedelta, timedelta]:
-    never_started = getattr(settings, "DELIVERY_NEVER_STARTED_SECONDS", NEVER_STARTED_SECONDS)
-    abandoned = getattr(settings, "DELIVERY_ABANDONED_SECONDS", ABANDONED_SECONDS)
-    return timedelta(seconds=never_started), timedelta(seconds=abandoned)
+    """MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS and MARKETPLACE_DELIVERY_ABANDONED_SECONDS."""
+    return (
+        timedelta(seconds=settings.DELIVERY_NEVER_STARTED_SECONDS),
+        timedelta(seconds=settings.DELIVERY_ABANDONED_SECONDS),
+    )
 
 
 def order_fulfil(*, order_id: Any, actor: Actor = LICENSING_WORKER) -> dict[str, Any]:

@@ -393,3 +393,15 @@ def test_imports_nothing_of_django_or_the_platform(buyer, work) -> None:
     assert "cryptography" in imported
     platform = {"django", "rest_framework", "marketplace", "catalog", "orders", "audit", "config"}
     assert not {name for name in imported if name.split(".")[0] in platform}
+
+
+def test_a_key_that_starts_with_a_dash_is_a_key_not_an_option(buyer, work) -> None:
+    # One data key in 64 encodes to base64url starting with "-".
+    key = next(k for k in iter(lambda: os.urandom(32), None) if b64url_encode(k).startswith("-"))
+    package = make_package(work, key)
+    out = work / "artifact.bin"
+
+    result = decrypt(buyer, work, str(package), "--key", b64url_encode(key), "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == ARTIFACT

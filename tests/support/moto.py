@@ -62,3 +62,25 @@ def s3_storage(s3_bucket: S3Bucket, settings: Any) -> S3Bucket:
         ),
     }
     return s3_bucket
+
+
+@dataclass
+class KmsKey:
+    endpoint: str
+    key_id: str
+    client: Any
+
+
+@pytest.fixture
+def kms_key(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, settings: Any) -> KmsKey:
+    """A symmetric key in moto's KMS, made the delivery data-key key (generate and unwrap)."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client("kms", endpoint_url=moto_endpoint, region_name=REGION)
+    key_id = client.create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")[
+        "KeyMetadata"
+    ]["KeyId"]
+    settings.DELIVERY_KMS_KEY_ID = key_id
+    settings.KMS_ENDPOINT_URL = moto_endpoint
+    settings.KMS_REGION = REGION
+    return KmsKey(endpoint=moto_endpoint, key_id=key_id, client=client)

@@ -105,6 +105,16 @@ def worker_start(settings: Any, *, name: str = "", purge: bool = True) -> Worker
         "MARKETPLACE_SECRET_KEY": settings.SECRET_KEY,
         "MARKETPLACE_WEBHOOK_STRANDED_SECONDS": str(settings.WEBHOOK_STRANDED_SECONDS),
         "MARKETPLACE_WEBHOOK_MAX_ATTEMPTS": str(settings.WEBHOOK_MAX_ATTEMPTS),
+        # Delivery packaging: the KMS key that makes data keys (tests/support/moto.py
+        # `kms_key`), SSE-KMS on the bucket, attempts, retention, chunk size, maintenance.
+        "MARKETPLACE_DELIVERY_KMS_KEY_ID": settings.DELIVERY_KMS_KEY_ID,
+        "MARKETPLACE_S3_KMS_KEY_ID": settings.S3_KMS_KEY_ID,
+        "MARKETPLACE_KMS_ENDPOINT_URL": settings.KMS_ENDPOINT_URL,
+        "MARKETPLACE_KMS_REGION": settings.KMS_REGION,
+        "MARKETPLACE_DELIVERY_MAX_ATTEMPTS": str(settings.DELIVERY_MAX_ATTEMPTS),
+        "MARKETPLACE_DELIVERY_RETENTION_DAYS": str(settings.DELIVERY_RETENTION_DAYS),
+        "MARKETPLACE_DELIVERY_CHUNK_BYTES": str(settings.DELIVERY_CHUNK_BYTES),
+        "MAINTENANCE_MODE": "1" if settings.MAINTENANCE_MODE else "0",
     }
     storage = settings.STORAGES["default"]
     if storage["BACKEND"].endswith("FileSystemStorage"):

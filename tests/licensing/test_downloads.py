@@ -1,0 +1,405 @@
+"""The buyer's package: GET /api/v1/orders/{id}/delivery, the download link it hands out
+(a signed platform URL for local files, a presigned URL on S3), its limits and log, decryption
+with the data key or with the buyer's own X25519 key, and PUT /api/v1/me/delivery-key."""
+
+import hashlib
+import io
+import logging
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from django.core import signing
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework.test import APIClient
+
+from audit.models import AuditEvent
+from licensing import envelope
+from licensing.models import BuyerDeliveryKey, Delivery, DeliveryStatus, DownloadLog
+from licensing.sealing import b64url_decode, b64url_encode, private_key_pem, public_key_text
+from licensing.services import delivery_regenerate, order_fulfil
+from licensing.services.deliveries import delivery_context, delivery_package
+from licensing.services.fulfilment import LICENSING_WORKER
+from marketplace.services import api_token_issue
+from orders.services import order_delivery_hold
+from tests.catalog.factories import TEST_ACTOR
+from tests.licensing.factories import (
+    ARTIFACT,
+    order_delivered,
+    order_disputed,
+    order_paid,
+    order_refunded,
+    order_revoked,
+)
+from tests.orders.factories import order_checked_out, sku_for_sale
+
+pytestmark = pytest.mark.django_db
+
+REPO = Path(__file__).resolve().parents[2]
+KEY_URL = "/api/v1/me/delivery-key"
+
+
+def delivery_url(order) -> str:
+    return f"/api/v1/orders/{order.pk}/delivery"
+
+
+def client_of(user) -> APIClient:
+    _, token = api_token_issue(email=user.email, actor=TEST_ACTOR)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def download(client, url: str, **extra):
+    """Follows a platform download link the way a browser would: no credentials."""
+    return client.get(urlsplit(url).path, **extra)
+
+
+def body_of(response) -> bytes:
+    return b"".join(response.streaming_content)
+
+
+def decrypt(package: bytes, key: bytes, delivery: Delivery) -> bytes:
+    out = io.BytesIO()
+    envelope.decrypt_stream(
+        io.BytesIO(package), out, data_key=key, context=delivery_context(delivery)
+    )
+    return out.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(settings) -> None:
+    settings.DELIVERY_CHUNK_BYTES = 16 * 1024  # several chunks for the ~100 KiB artifact
+
+
+# --- The delivery and its decryption -----------------------------------------------------------
+
+
+def test_the_buyer_downloads_and_decrypts_the_artifact(buyer, buyer_client, client):
+    delivered = order_delivered(buyer)
+
+    before = timezone.now().replace(microsecond=0)
+    response = buyer_client.get(delivery_url(delivered.order))
+    after = timezone.now()
+
+    assert response.status_code == 200, response.content
+    assert response["Cache-Control"] == "no-store"
+    body = response.json()
+    # The link lasts MARKETPLACE_DOWNLOAD_LINK_SECONDS (900 by default) from the answer.
+    expires_at = parse_datetime(body["expires_at"])
+    assert before + timedelta(seconds=900) <= expires_at <= after + timedelta(seconds=900)
+    assert body["format"] == "mkpkg-v1"
+    assert body["sha256"] == delivered.delivery.package_sha256
+    assert body["artifact_sha256"] == hashlib.sha256(ARTIFACT).hexdigest()
+    assert body["wrapped_key"] is None
+    assert body["downloads_left"] == 10
+    assert body["proof"] is not None
+    assert body["download_url"].startswith("http://localhost:8085/marketplace/deliveries/")
+    key = b64url_decode(body["decryption_key"])
+    assert len(key) == 32
+    assert b64url_encode(key) == body["decryption_key"]
+
+    downloaded = download(client, body["download_url"])
+    assert downloaded.status_code == 200
+    assert downloaded["X-Package-SHA256"] == body["sha256"]
+    assert downloaded["Cache-Control"] == "no-store"
+    package = body_of(downloaded)
+    assert hashlib.sha256(package).hexdigest() == body["sha256"]
+    assert decrypt(package, key, delivered.delivery) == ARTIFACT
+
+
+def test_a_registered_x25519_key_gets_the_key_sealed_and_the_cli_opens_it(
+    buyer, buyer_client, client, tmp_path
+):
+    identity = x25519.X25519PrivateKey.generate()
+    registered = buyer_client.put(
+        KEY_URL, {"public_key": public_key_text(identity.public_key())}, format="json"
+    )
+    assert registered.status_code == 200, registered.content
+    assert buyer_client.get(KEY_URL).json()["public_key"] == registered.json()["public_key"]
+    delivered = order_delivered(buyer)
+
+    body = buyer_client.get(delivery_url(delivered.order)).json()
+
+    assert body["decryption_key"] is None
+    assert body["wrapped_key"]
+    package = tmp_path / "package.mkpkg"
+    package.write_bytes(body_of(download(client, body["download_url"])))
+    identity_file = tmp_path / "identity.pem"
+    identity_file.write_bytes(private_key_pem(identity))
+    out = tmp_path / "artifact.bin"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "licensing.decrypt",
+            str(package),
+            "--identity",
+            str(identity_file),
+            "--wrapped-key",
+            body["wrapped_key"],
+            "--expect-sha256",
+            body["artifact_sha256"],
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == ARTIFACT
+    # Another identity cannot open the sealed key.
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_bytes(private_key_pem(x25519.X25519PrivateKey.generate()))
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "licensing.decrypt",
+            str(package),
+            "--identity",
+            str(stranger),
+            "--wrapped-key",
+            body["wrapped_key"],
+            "--out",
+            str(tmp_path / "nope.bin"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert not (tmp_path / "nope.bin").exists()
+
+    # Forgetting the key brings the plain data key back.
+    assert buyer_client.delete(KEY_URL).status_code == 204
+    assert buyer_client.get(KEY_URL).status_code == 404
+    again = buyer_client.get(delivery_url(delivered.order)).json()
+    assert again["wrapped_key"] is None
+    plain_key = b64url_decode(again["decryption_key"])
+    assert decrypt(package.read_bytes(), plain_key, delivered.delivery) == ARTIFACT
+    actions = list(
+        AuditEvent.objects.filter(subject_type="buyer", subject_id=str(buyer.uuid))
+        .order_by("sequence")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["delivery_key.registered", "delivery_key.deleted"]
+
+
+def _ed25519_pem() -> str:
+    return (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"public_key": "not a key"}, "public_key"),
+        ({"public_key": b64url_encode(b"\x01" * 31)}, "public_key"),
+        ({"public_key": b64url_encode(b"\x00" * 32)}, "public_key"),  # a low-order point
+        ({"public_key": _ed25519_pem()}, "public_key"),
+        ({"public_key": ""}, "public_key"),
+        ({"public_key": 42}, "public_key"),
+        ({}, "public_key"),
+        ({"public_key": b64url_encode(b"\x09" + b"\x00" * 31), "kid": "x"}, "kid"),
+        (["x"], "non_field_errors"),
+    ],
+)
+def test_a_bad_delivery_key_is_refused_and_nothing_is_stored(buyer, buyer_client, body, field):
+    events = AuditEvent.objects.count()
+    response = buyer_client.put(KEY_URL, body, format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"]
+    assert not BuyerDeliveryKey.objects.exists()
+    assert AuditEvent.objects.count() == events
+
+
+# --- Who gets what, and when -------------------------------------------------------------------
+
+
+def test_another_buyers_delivery_is_not_found(buyer, other_buyer):
+    delivered = order_delivered(other_buyer)
+    response = client_of(buyer).get(delivery_url(delivered.order))
+    assert response.status_code == 404
+    assert not DownloadLog.objects.exists()
+    assert APIClient().get(delivery_url(delivered.order)).status_code == 401
+
+
+def test_nothing_to_download_before_the_package_is_ready(buyer, buyer_client):
+    pending = order_checked_out(buyer, sku_for_sale())
+    response = buyer_client.get(delivery_url(pending))
+    assert (response.status_code, response.json()["delivery"]) == (409, "not_paid")
+
+    paid = order_paid(buyer)
+    response = buyer_client.get(delivery_url(paid))
+    assert (response.status_code, response.json()["delivery"]) == (409, "pending")
+
+    order_fulfil(order_id=paid.pk)
+    response = buyer_client.get(delivery_url(paid))
+    assert (response.status_code, response.json()["delivery"]) == (409, "pending")
+    assert Delivery.objects.get(order=paid).status == DeliveryStatus.PENDING
+
+
+def test_a_held_order_waits(buyer, buyer_client, client):
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+    order_delivery_hold(order_id=delivered.order.pk, reason="checking", actor=TEST_ACTOR)
+
+    response = buyer_client.get(delivery_url(delivered.order))
+    assert (response.status_code, response.json()["delivery"]) == (409, "manual")
+    assert download(client, link).status_code == 409
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 0
+
+
+@pytest.mark.parametrize(
+    ("ending", "reason"), [(order_refunded, "refunded"), (order_disputed, "disputed")]
+)
+def test_a_refunded_or_disputed_order_is_gone(buyer, buyer_client, client, ending, reason):
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+    ending(delivered.order)
+
+    # Before licensing's revocation has run, and after it.
+    for _ in range(2):
+        response = buyer_client.get(delivery_url(delivered.order))
+        assert response.status_code == 410, response.content
+        assert response["Content-Type"] == "application/problem+json"
+        assert response.json()["reason"] == reason
+        assert "decryption_key" not in response.json()
+        gone = download(client, link)
+        assert (gone.status_code, gone.json()["reason"]) == (410, reason)
+        order_revoked(delivered.order, reason)
+    assert Delivery.objects.get(pk=delivered.delivery.pk).status == DeliveryStatus.WITHDRAWN
+    assert DownloadLog.objects.filter(kind="download").count() == 0
+
+
+# --- The link: counted, logged, limited, expiring, unforgeable ---------------------------------
+
+
+def test_each_download_is_counted_and_logged_until_the_limit(buyer, buyer_client, client, settings):
+    settings.DOWNLOAD_LIMIT = 3
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+
+    for number in range(1, 4):
+        response = download(
+            client, link, REMOTE_ADDR=f"203.0.113.{number}", HTTP_USER_AGENT=f"curl/8.{number}"
+        )
+        assert response.status_code == 200
+        body_of(response)
+        assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == number
+
+    log = list(DownloadLog.objects.order_by("at", "id").values("kind", "ip", "user_agent", "at"))
+    assert [(row["kind"], row["ip"], row["user_agent"]) for row in log] == [
+        ("download", "203.0.113.1", "curl/8.1"),
+        ("download", "203.0.113.2", "curl/8.2"),
+        ("download", "203.0.113.3", "curl/8.3"),
+    ]
+    assert all(row["at"] is not None for row in log)
+
+    over = download(client, link)
+    assert over.status_code == 410
+    assert over.json()["reason"] == "limit"
+    refused = buyer_client.get(delivery_url(delivered.order))
+    assert (refused.status_code, refused.json()["reason"]) == (410, "limit")
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 3
+    assert DownloadLog.objects.count() == 3
+
+    # Support regenerates it: a new package, a new count, and the old link is dead.
+    new = delivery_regenerate(delivery_id=delivered.delivery.pk, reason="limit", actor=TEST_ACTOR)
+    assert delivery_package(delivery_id=new.pk, actor=LICENSING_WORKER) == "ready"
+    fresh = buyer_client.get(delivery_url(delivered.order)).json()
+    assert fresh["downloads_left"] == 3
+    assert download(client, fresh["download_url"]).status_code == 200
+    old = download(client, link)
+    assert (old.status_code, old.json()["reason"]) == (410, "superseded")
+
+
+def test_an_expired_link_is_gone(buyer, buyer_client, client, settings):
+    delivered = order_delivered(buyer)
+    settings.DOWNLOAD_LINK_SECONDS = 0
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+
+    response = download(client, link)
+    assert (response.status_code, response.json()["reason"]) == (410, "expired")
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 0
+    assert not DownloadLog.objects.exists()
+
+
+def test_a_forged_link_is_not_found(buyer, buyer_client, client):
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+    token = urlsplit(link).path.rsplit("/", 1)[1]
+    forged = [
+        token[:-2] + ("AA" if token[-2:] != "AA" else "BB"),
+        signing.dumps({"d": str(delivered.delivery.pk), "e": 4102444800}, salt="another-salt"),
+        signing.dumps({"d": str(delivered.delivery.pk), "e": 4102444800}, key="x" * 50),
+        "nothing",
+    ]
+    for bad in forged:
+        response = client.get(f"/marketplace/deliveries/{bad}")
+        assert response.status_code == 404, bad
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 0
+
+
+def test_the_decryption_key_never_reaches_the_logs(buyer, buyer_client, client, caplog):
+    delivered = order_delivered(buyer)
+    caplog.set_level(logging.DEBUG)
+    for name in ("django", "django.request", "licensing", "marketplace", "orders", "audit"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+    body = buyer_client.get(delivery_url(delivered.order)).json()
+    body_of(download(client, body["download_url"]))
+    buyer_client.get(delivery_url(delivered.order))
+
+    key = body["decryption_key"]
+    raw = b64url_decode(key)
+    logged = caplog.text + "".join(repr(record.args) for record in caplog.records)
+    assert key not in logged
+    assert raw.hex() not in logged
+    assert repr(raw) not in logged
+    for event in AuditEvent.objects.all():
+        assert key not in str(event.data)
+
+
+# --- S3: presigned links, counted when handed out ----------------------------------------------
+
+
+@pytest.mark.s3
+def test_on_s3_a_presigned_link_is_counted_when_handed_out(
+    buyer, buyer_client, s3_storage, settings
+):
+    settings.DOWNLOAD_LIMIT = 2
+    delivered = order_delivered(buyer)
+
+    body = buyer_client.get(
+        delivery_url(delivered.order), REMOTE_ADDR="198.51.100.4", HTTP_USER_AGENT="agent/1"
+    ).json()
+    assert body["download_url"].startswith(s3_storage.endpoint)
+    assert body["downloads_left"] == 1
+    package = requests.get(body["download_url"], timeout=10).content
+    assert hashlib.sha256(package).hexdigest() == body["sha256"]
+    assert decrypt(package, b64url_decode(body["decryption_key"]), delivered.delivery) == ARTIFACT
+    log = DownloadLog.objects.get()
+    assert (log.kind, log.ip, log.user_agent) == ("link", "198.51.100.4", "agent/1")
+
+    assert buyer_client.get(delivery_url(delivered.order)).json()["downloads_left"] == 0
+    over = buyer_client.get(delivery_url(delivered.order))
+    assert (over.status_code, over.json()["reason"]) == (410, "limit")
+    assert DownloadLog.objects.count() == 2
