@@ -7,6 +7,7 @@ published JWK Set.
 """
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +42,28 @@ def jws_sign(claims: dict[str, Any], signer: Any, *, typ: str = "JWT") -> str:
     return f"{signing_input}.{b64url(signer.sign(signing_input.encode('ascii')))}"
 
 
-def _json_part(text: str, name: str) -> dict[str, Any]:
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64url_part(text: str, name: str) -> bytes:
+    """Decodes one part, accepting only its one canonical spelling: no padding, no characters
+    outside the alphabet, no stray bits; so two different strings never verify as one token."""
+    if not _B64URL.fullmatch(text):
+        raise JwsInvalid(f"malformed: the {name} is not base64url")
     try:
-        value = json.loads(b64url_decode(text))
-    except (ValueError, UnicodeDecodeError):
+        raw = b64url_decode(text)
+    except ValueError:
+        raise JwsInvalid(f"malformed: the {name} is not base64url") from None
+    if b64url(raw) != text:
+        raise JwsInvalid(f"malformed: the {name} is not canonical base64url")
+    return raw
+
+
+def _json_part(text: str, name: str) -> dict[str, Any]:
+    raw = _b64url_part(text, name)
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise JwsInvalid(f"malformed: the {name} is not base64url JSON") from None
     if not isinstance(value, dict):
         raise JwsInvalid(f"malformed: the {name} is not a JSON object")
@@ -61,10 +80,7 @@ def jws_parse(token: Any) -> ParsedJws:
         raise JwsInvalid("malformed: a compact JWS has three dot-separated parts")
     header = _json_part(parts[0], "header")
     payload = _json_part(parts[1], "payload")
-    try:
-        signature = b64url_decode(parts[2])
-    except ValueError:
-        raise JwsInvalid("malformed: the signature is not base64url") from None
+    signature = _b64url_part(parts[2], "signature")
     if not isinstance(header.get("kid"), str) or not isinstance(header.get("alg"), str):
         raise JwsInvalid("malformed: the header needs `alg` and `kid`")
     return ParsedJws(header, payload, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)

@@ -117,6 +117,12 @@ class Delivery(models.Model):
         return f"{self.id} ({self.status})"
 
 
+class DownloadKind(models.TextChoices):
+    # On S3 the platform hands out presigned links and never sees the download itself.
+    LINK = "link", "Link handed out (S3)"
+    DOWNLOAD = "download", "Downloaded through the platform"
+
+
 class DownloadLog(models.Model):
     """One download (or, for S3, one presigned link handed out), with who asked."""
 
@@ -124,7 +130,7 @@ class DownloadLog(models.Model):
     at = models.DateTimeField(default=timezone.now)
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=500, blank=True)
-    kind = models.CharField(max_length=16, help_text="`link` (handed out) or `download`.")
+    kind = models.CharField(max_length=16, choices=DownloadKind.choices)
 
     class Meta:
         ordering = ["-at", "-id"]

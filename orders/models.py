@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from catalog.models import Partner, Sku
+from catalog.models import Artifact, Partner, Sku
 
 
 class OrderStatus(models.TextChoices):
@@ -80,6 +80,15 @@ class Order(models.Model):
     amount = models.BigIntegerField(help_text="In the currency's minor units.")
     currency = models.CharField(max_length=3)
     splits = models.JSONField(help_text='[{"partner": slug, "basis_points": n}, ...]')
+    # What was sold is what is delivered and licensed, whatever the SKU becomes afterwards.
+    artifact = models.ForeignKey(
+        Artifact, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    license_duration_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty for a perpetual license."
+    )
+    license_seats = models.PositiveIntegerField(default=1)
+    license_entitlements = models.JSONField(default=list, blank=True)
 
     status = models.CharField(
         max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING

@@ -313,7 +313,8 @@ signer = Signer("license-bench", "EdDSA", key.sign)
 sku = Sku(slug="bench-sku", version="1.0.0", license_duration_days=365,
           license_entitlements=["pro", "updates"], license_seats=3)
 orders = [Order(id=uuid.uuid4(), sku=sku, sku_slug=sku.slug, sku_version=sku.version,
-                buyer=User(uuid=uuid.uuid4())) for _ in range(1000)]
+                license_duration_days=365, license_entitlements=["pro", "updates"],
+                license_seats=3, buyer=User(uuid=uuid.uuid4())) for _ in range(1000)]
 
 def ours():
     count, started = 0, time.perf_counter()

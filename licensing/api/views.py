@@ -27,7 +27,6 @@ from licensing.services import (
     license_verify,
 )
 from licensing.services.downloads import buyer_delivery_key_delete
-from licensing.storage import package_open
 from marketplace.api.problems import PROBLEM_CONTENT_TYPE, problem_body
 from marketplace.api.schema import problem
 from marketplace.exceptions import ApplicationError, Conflict, NotFound
@@ -174,7 +173,7 @@ def package_download(request: HttpRequest, token: str) -> HttpResponse:
     """A platform download link (local files): the link itself is the credential, as a
     presigned S3 URL is."""
     try:
-        delivery = download_link_open(
+        delivery, package = download_link_open(
             token=token,
             ip=_client_ip(request),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
@@ -193,7 +192,7 @@ def package_download(request: HttpRequest, token: str) -> HttpResponse:
             content_type=PROBLEM_CONTENT_TYPE,
         )
     response = FileResponse(
-        package_open(delivery.storage_name),
+        package,
         as_attachment=True,
         filename=f"{delivery.order.sku_slug}-{delivery.order_id}.mkpkg",
         content_type="application/octet-stream",

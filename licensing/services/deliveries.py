@@ -130,7 +130,9 @@ class StoredPackage:
 
 def _pending(delivery_id: Any) -> Delivery | str:
     delivery = (
-        Delivery.objects.select_related("order__sku__artifact").filter(pk=delivery_id).first()
+        Delivery.objects.select_related("order__artifact", "order__sku__artifact")
+        .filter(pk=delivery_id)
+        .first()
     )
     if delivery is None:
         return "missing"
@@ -155,8 +157,9 @@ def delivery_package_upload(*, delivery_id: Any) -> StoredPackage | str:
         attempts=F("attempts") + 1, attempted_at=timezone.now()
     )
     order = delivery.order
-    sku = order.sku
-    artifact = sku.artifact
+    # The artifact sold with the order; orders from before that was recorded fall back to the
+    # SKU's current one.
+    artifact = order.artifact or order.sku.artifact
     if artifact is None:
         raise PackagingFailed(f"SKU {order.sku_slug} has no artifact")
     data_key = _data_key(delivery)
@@ -199,9 +202,9 @@ def delivery_package_upload(*, delivery_id: Any) -> StoredPackage | str:
             "artifact-sha256": info.plaintext_sha256,
             "proof-signer-kid": signer.kid,
         }
-        if sku.manifest_signature:
+        if order.sku.manifest_signature:
             metadata["manifest-signature-sha256"] = hashlib.sha256(
-                sku.manifest_signature.encode()
+                order.sku.manifest_signature.encode()
             ).hexdigest()
         package_store(name, package, metadata=metadata)
     return StoredPackage(delivery=delivery, name=name, info=info, signer=signer)

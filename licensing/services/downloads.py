@@ -9,7 +9,7 @@ and user agent. The data key is never logged.
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.core import signing
@@ -23,7 +23,7 @@ from licensing.keys import data_key_unwrap
 from licensing.models import BuyerDeliveryKey, Delivery, DeliveryStatus, DownloadLog
 from licensing.sealing import b64url_encode, delivery_info, load_public_key, seal_text
 from licensing.services.deliveries import delivery_context
-from licensing.storage import package_url
+from licensing.storage import package_open, package_url
 from marketplace.exceptions import ApplicationError, Conflict, InvalidInput, NotFound
 from orders.models import Order, OrderStatus
 
@@ -34,6 +34,12 @@ class DownloadGone(ApplicationError):
     code = "download-gone"
     title = "This download is no longer available"
     status = 410
+
+
+class PackageUnavailable(ApplicationError):
+    code = "package-unavailable"
+    title = "The package cannot be read right now"
+    status = 503
 
 
 class DeliveryNotReady(Conflict):
@@ -172,9 +178,11 @@ def delivery_access(
     )
 
 
-def download_link_open(*, token: str, ip: str | None, user_agent: str) -> Delivery:
-    """The delivery a platform download link stands for, counted and logged; 410 once the
-    link has expired or the limit is reached."""
+def download_link_open(
+    *, token: str, ip: str | None, user_agent: str
+) -> tuple[Delivery, BinaryIO]:
+    """The delivery a platform download link stands for and its package, opened, counted and
+    logged; 410 once the link has expired or the limit is reached. The caller closes it."""
     try:
         claims = signing.loads(token, salt=_LINK_SALT)
         delivery_id, expires = claims["d"], int(claims["e"])
@@ -200,10 +208,21 @@ def download_link_open(*, token: str, ip: str | None, user_agent: str) -> Delive
             f"({delivery.order.delivery_state}); try again later.",
             extra={"delivery": delivery.order.delivery_state},
         )
-    with transaction.atomic():
-        _count_one(delivery)
-        _log(delivery, kind="download", ip=ip, user_agent=user_agent)
-    return delivery
+    # Opened before the download is counted: a package that cannot be read costs no download.
+    try:
+        handle = package_open(delivery.storage_name)
+    except OSError as exc:
+        raise PackageUnavailable(
+            "The package cannot be read right now; try again shortly."
+        ) from exc
+    try:
+        with transaction.atomic():
+            _count_one(delivery)
+            _log(delivery, kind="download", ip=ip, user_agent=user_agent)
+    except BaseException:
+        handle.close()
+        raise
+    return delivery, handle
 
 
 def buyer_delivery_key_set(*, buyer: Any, public_key: Any) -> BuyerDeliveryKey:

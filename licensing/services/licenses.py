@@ -52,7 +52,7 @@ def license_key_normalize(text: str) -> str | None:
 
 
 def _expiry(order: Order, issued_at: datetime) -> datetime | None:
-    days = order.sku.license_duration_days
+    days = order.license_duration_days
     return issued_at + timedelta(days=days) if days else None
 
 
@@ -67,8 +67,8 @@ def license_claims(
         "sku_version": order.sku_version,
         "sub": str(order.buyer.uuid),
         "iat": int(issued_at.timestamp()),
-        "entitlements": list(order.sku.license_entitlements or []),
-        "seats": order.sku.license_seats,
+        "entitlements": list(order.license_entitlements or []),
+        "seats": order.license_seats,
     }
     if expires_at is not None:
         claims["exp"] = int(expires_at.timestamp())
@@ -95,8 +95,8 @@ def _signed_license(order: Order, *, supersedes: License | None = None) -> Licen
         license_key=license_key_generate(),
         token=token,
         kid=signer.kid,
-        entitlements=list(order.sku.license_entitlements or []),
-        seats=order.sku.license_seats,
+        entitlements=list(order.license_entitlements or []),
+        seats=order.license_seats,
         issued_at=issued_at,
         expires_at=expires_at,
         supersedes=supersedes,

@@ -113,9 +113,10 @@ def test_the_delivery_page_shows_the_download_log(support, delivered, client):
         ip="203.0.113.9",
         user_agent="api-agent",
     )
-    download_link_open(
+    _, package = download_link_open(
         token=access.download_url.rsplit("/", 1)[1], ip="198.51.100.7", user_agent="Wget/1.21"
     )
+    package.close()
 
     page = support.get(f"{DELIVERIES}{delivered.delivery.pk}/change/")
     assert page.status_code == 200

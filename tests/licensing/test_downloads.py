@@ -403,3 +403,20 @@ def test_on_s3_a_presigned_link_is_counted_when_handed_out(
     over = buyer_client.get(delivery_url(delivered.order))
     assert (over.status_code, over.json()["reason"]) == (410, "limit")
     assert DownloadLog.objects.count() == 2
+
+
+def test_a_package_that_cannot_be_read_costs_no_download(buyer, buyer_client, client, settings):
+    """The file is opened before the download is counted."""
+    from licensing.storage import _storage
+
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+    _storage().delete(delivered.delivery.storage_name)
+
+    response = client.get(urlsplit(link).path)
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "package-unavailable"
+    delivered.delivery.refresh_from_db()
+    assert delivered.delivery.downloads == 0
+    assert not DownloadLog.objects.filter(delivery=delivered.delivery).exists()
