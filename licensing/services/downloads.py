@@ -178,9 +178,7 @@ def delivery_access(
     )
 
 
-def download_link_open(
-    *, token: str, ip: str | None, user_agent: str
-) -> tuple[Delivery, BinaryIO]:
+def download_link_open(*, token: str, ip: str | None, user_agent: str) -> tuple[Delivery, BinaryIO]:
     """The delivery a platform download link stands for and its package, opened, counted and
     logged; 410 once the link has expired or the limit is reached. The caller closes it."""
     try:
