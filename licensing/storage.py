@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +52,30 @@ def _already_stored(storage: Any, key: str, metadata: dict[str, str]) -> bool:
     return head.get("Metadata", {}) == metadata
 
 
+@contextlib.contextmanager
+def package_spool(name: str) -> Iterator[BinaryIO]:
+    """A file to write the package of `name` into before it is stored. For local files it is a
+    temporary file next to the destination, which package_store then renames into place: a
+    1 GiB package is written once, not written and copied. For S3 it is a temporary file that
+    package_store uploads."""
+    storage = _storage()
+    if hasattr(storage, "bucket"):
+        with tempfile.TemporaryFile() as spool:
+            yield spool
+        return
+    path = Path(storage.path(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        # Opened by path, so that package_store finds it by its name.
+        with open(temp, "w+b") as spool:
+            yield spool
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
 def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> None:
     """Stores the package under `name`. Packaging is deterministic, so storing the same name
     again (a retry) stores the same bytes: on S3 nothing is uploaded when the stored object
@@ -75,6 +100,13 @@ def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> 
         )
         return
     path = Path(storage.path(name))
+    spooled = getattr(package, "name", None)
+    if isinstance(spooled, str) and Path(spooled).parent == path.parent:
+        # package_spool's file, already in place: made durable and renamed, not copied.
+        package.flush()
+        os.fsync(package.fileno())
+        os.replace(spooled, path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:

@@ -8,7 +8,6 @@ delivery, one proof.
 """
 
 import hashlib
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +23,7 @@ from licensing import envelope
 from licensing.jws import jws_sign
 from licensing.keys import data_key_generate, data_key_unwrap
 from licensing.models import CURRENT_DELIVERY, Delivery, DeliveryStatus, Proof
-from licensing.storage import delivery_name, package_store
+from licensing.storage import delivery_name, package_spool, package_store
 from marketplace.canonical import canonical_json
 from marketplace.exceptions import Conflict, NotFound
 from marketplace.keystore import Signer, signer_for, signing_key_active
@@ -172,7 +171,7 @@ def delivery_package_upload(*, delivery_id: Any) -> StoredPackage | str:
     # memory stays bounded by the chunk size whatever the artifact's size.
     with (
         default_storage.open(artifact.storage_key, "rb") as source,
-        tempfile.TemporaryFile() as package,
+        package_spool(name) as package,
     ):
         info = envelope.encrypt_stream(
             source,
