@@ -4,16 +4,12 @@ endpoint served over HTTP (live_server), Stripe's API answered by its stand-in t
 on Redis doing the processing, PostgreSQL underneath and the local Finance ledger."""
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from io import StringIO
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 from django.core.management import call_command
-from django.db import connection
 
 from audit.models import AuditEvent
 from audit.services import Actor
@@ -34,6 +30,7 @@ from orders.models import (
 from orders.services import order_refund
 from tests.orders.factories import PartnerFactory, sku_for_sale
 from tests.orders.stripe_events import charge_refunded_event, envelope, signed
+from tests.support.pg import backends_blocked_by, order_row_locked
 from tests.support.stripe_api import StripeApiServer
 from tests.support.worker import WorkerProcess, wait_until
 
@@ -58,38 +55,6 @@ def post_event(
     )
 
 
-def _pg_connect() -> psycopg.Connection:
-    db = connection.settings_dict
-    return psycopg.connect(
-        dbname=db["NAME"],
-        user=db["USER"],
-        password=db["PASSWORD"] or None,
-        host=db["HOST"],
-        port=db["PORT"] or 5432,
-    )
-
-
-@contextmanager
-def order_row_locked(order_id: Any) -> Iterator[int]:
-    """Holds `SELECT ... FOR UPDATE` on the order's row in a connection of its own, so whoever
-    processes a payment for it waits; yields that connection's backend pid."""
-    with _pg_connect() as conn:
-        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        conn.execute("SELECT id FROM orders_order WHERE id = %s FOR UPDATE", (order_id,))
-        try:
-            yield pid
-        finally:
-            conn.rollback()
-
-
-def backends_blocked_by(pid: int) -> list[int]:
-    with _pg_connect() as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
-        ).fetchall()
-    return [row[0] for row in rows]
-
-
 def order_actions(order_id: Any) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type="order", subject_id=str(order_id))
@@ -99,14 +64,6 @@ def order_actions(order_id: Any) -> list[str]:
 
 
 # --- The journey -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def buyer_http(live_server: Any, buyer_token: str) -> Iterator[requests.Session]:
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {buyer_token}"
-    yield http
-    http.close()
 
 
 def test_a_buyer_checks_out_pays_through_the_worker_and_is_refunded(

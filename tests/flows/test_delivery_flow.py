@@ -7,7 +7,6 @@ import hashlib
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +64,6 @@ def delivery_keys(s3_storage: S3Bucket, kms_key: KmsKey, settings: Any) -> KmsKe
     settings.DELIVERY_RETENTION_DAYS = 1
     settings.DELIVERY_CHUNK_BYTES = CHUNK
     return kms_key
-
-
-@pytest.fixture
-def buyer_http(live_server: Any, buyer_token: str) -> Iterator[requests.Session]:
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {buyer_token}"
-    yield http
-    http.close()
 
 
 def test_checkout_webhook_license_package_download_decrypt_then_refund_revokes(

@@ -7,15 +7,12 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 import pytest
 import requests
-from django.db import connection
 
 from audit.models import AuditEvent
 from audit.verify import chain_verify
@@ -34,6 +31,7 @@ from orders.models import (
 from orders.tasks import webhook_process, webhooks_retry_due
 from tests.orders.factories import PartnerFactory, order_checked_out, sku_for_sale
 from tests.orders.stripe_events import dispute_created_event, envelope, signed
+from tests.support.pg import backends_alive, backends_blocked_by, order_row_locked
 from tests.support.stripe_api import StripeApiServer
 from tests.support.worker import WorkerProcess, wait_until
 
@@ -96,46 +94,6 @@ def stripe_order(stripe_api: StripeApiServer, buyer: Any, sku: Sku) -> tuple[Ord
 
 def session_event(event_type: str, session: dict[str, Any]) -> dict[str, Any]:
     return envelope(event_type, session)
-
-
-def _pg_connect() -> psycopg.Connection:
-    db = connection.settings_dict
-    return psycopg.connect(
-        dbname=db["NAME"],
-        user=db["USER"],
-        password=db["PASSWORD"] or None,
-        host=db["HOST"],
-        port=db["PORT"] or 5432,
-    )
-
-
-@contextmanager
-def order_row_locked(order_id: Any) -> Iterator[int]:
-    """Holds `SELECT ... FOR UPDATE` on the order's row in a connection of its own, so whoever
-    processes a payment for it waits; yields that connection's backend pid."""
-    with _pg_connect() as conn:
-        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        conn.execute("SELECT id FROM orders_order WHERE id = %s FOR UPDATE", (order_id,))
-        try:
-            yield pid
-        finally:
-            conn.rollback()
-
-
-def backends_blocked_by(pid: int) -> list[int]:
-    with _pg_connect() as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
-        ).fetchall()
-    return [row[0] for row in rows]
-
-
-def backends_alive(pids: list[int]) -> list[int]:
-    with _pg_connect() as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
-        ).fetchall()
-    return [row[0] for row in rows]
 
 
 def order_actions(order: Order) -> Counter[str]:

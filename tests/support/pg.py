@@ -1,0 +1,49 @@
+"""Second connections to the test database, for tests that hold a row lock while a worker
+process tries to take it, and watch who waits on whom."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from django.db import connection
+
+
+def pg_connect() -> psycopg.Connection:
+    db = connection.settings_dict
+    return psycopg.connect(
+        dbname=db["NAME"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        host=db["HOST"],
+        port=db["PORT"] or 5432,
+    )
+
+
+@contextmanager
+def order_row_locked(order_id: Any) -> Iterator[int]:
+    """Holds `SELECT ... FOR UPDATE` on the order's row in a connection of its own, so whoever
+    processes a payment for it waits; yields that connection's backend pid."""
+    with pg_connect() as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.execute("SELECT id FROM orders_order WHERE id = %s FOR UPDATE", (order_id,))
+        try:
+            yield pid
+        finally:
+            conn.rollback()
+
+
+def backends_blocked_by(pid: int) -> list[int]:
+    with pg_connect() as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def backends_alive(pids: list[int]) -> list[int]:
+    with pg_connect() as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchall()
+    return [row[0] for row in rows]
