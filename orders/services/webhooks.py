@@ -98,6 +98,9 @@ def webhook_receive(*, payload: bytes, signature: str | None) -> tuple[WebhookEv
             raise ValueError("an event needs a string `id` and `type`")
         if "\x00" in event_id + event_type:
             raise ValueError("`id` and `type` cannot hold NUL characters")
+        if b"\\u0000" in payload:
+            # Refused on every database alike: PostgreSQL's jsonb cannot hold it.
+            raise ValueError("a string holds a NUL character (\\u0000)")
         if len(event_id) > EVENT_ID_MAX or not 0 < len(event_type) <= EVENT_TYPE_MAX:
             raise ValueError(
                 f"`id` takes 1 to {EVENT_ID_MAX} characters, `type` 1 to {EVENT_TYPE_MAX}"

@@ -66,6 +66,7 @@ def order_actions(order_id: Any) -> list[str]:
 # --- The journey -------------------------------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_a_buyer_checks_out_pays_through_the_worker_and_is_refunded(
     stripe_api: StripeApiServer,
     live_server: Any,

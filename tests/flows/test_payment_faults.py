@@ -229,6 +229,7 @@ def test_five_orders_interleaved_each_end_in_their_own_state(
 # --- A worker killed in the middle of processing -----------------------------------------------
 
 
+@pytest.mark.postgres
 def test_a_worker_killed_while_processing_leaves_the_event_to_be_processed_exactly_once(
     stripe_api: StripeApiServer,
     live_server: Any,

@@ -134,6 +134,7 @@ def test_checkout_creates_the_order_and_its_payment_page(
     assert latency_count("created") == created + 1
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_order_audit_event_and_stored_answer_commit_in_one_transaction(
     buyer_client: APIClient, sku: Sku
