@@ -8,14 +8,12 @@ the local key store's master key wraps it with AES-256-GCM, the delivery id as a
 import secrets
 from dataclasses import dataclass
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 
-from marketplace.keystore import master_key
+from marketplace.keystore import kms_client, master_key
 
 
 class DataKeyUnavailable(Exception):
@@ -33,19 +31,6 @@ class DataKey:
     wrapping: str
 
 
-def _kms():  # type: ignore[no-untyped-def]
-    return boto3.session.Session().client(
-        "kms",
-        endpoint_url=settings.KMS_ENDPOINT_URL or None,
-        region_name=settings.KMS_REGION,
-        config=Config(
-            connect_timeout=settings.KEYSTORE_TIMEOUT_SECONDS,
-            read_timeout=settings.KEYSTORE_TIMEOUT_SECONDS,
-            retries={"mode": "standard", "max_attempts": 2},
-        ),
-    )
-
-
 def _context(delivery_id: str) -> dict[str, str]:
     return {"marketplace:delivery": delivery_id}
 
@@ -54,7 +39,7 @@ def data_key_generate(*, delivery_id: str) -> DataKey:
     key_id = settings.DELIVERY_KMS_KEY_ID
     if key_id:
         try:
-            answer = _kms().generate_data_key(
+            answer = kms_client().generate_data_key(
                 KeyId=key_id, KeySpec="AES_256", EncryptionContext=_context(delivery_id)
             )
         except (BotoCoreError, ClientError) as exc:
@@ -69,7 +54,7 @@ def data_key_generate(*, delivery_id: str) -> DataKey:
 def data_key_unwrap(*, delivery_id: str, wrapped: bytes, wrapping: str) -> bytes:
     if wrapping.startswith("kms:"):
         try:
-            answer = _kms().decrypt(
+            answer = kms_client().decrypt(
                 CiphertextBlob=wrapped,
                 KeyId=wrapping.removeprefix("kms:"),
                 EncryptionContext=_context(delivery_id),

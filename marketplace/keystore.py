@@ -204,6 +204,14 @@ _KMS_TRANSIENT = {
 }
 
 
+def kms_client() -> Any:
+    """The KMS client for the configured endpoint, region and timeout (licensing's data keys
+    use it too)."""
+    return _kms_client(
+        settings.KMS_ENDPOINT_URL, settings.KMS_REGION, settings.KEYSTORE_TIMEOUT_SECONDS
+    )
+
+
 @lru_cache(maxsize=8)
 def _kms_client(endpoint_url: str, region: str, timeout: float) -> Any:
     # A client per configuration, made once: creating one costs tens of milliseconds. Its own
@@ -225,9 +233,7 @@ class KmsBackend:
 
     def __init__(self) -> None:
         self.endpoint = settings.KMS_ENDPOINT_URL or f"AWS KMS ({settings.KMS_REGION})"
-        self.client = _kms_client(
-            settings.KMS_ENDPOINT_URL, settings.KMS_REGION, settings.KEYSTORE_TIMEOUT_SECONDS
-        )
+        self.client = kms_client()
 
     @contextmanager
     def _calling(self, action: str) -> Iterator[None]:

@@ -43,6 +43,8 @@ _STATUS_RANK = {
 
 # Statuses in which the platform has received the buyer's money at some point.
 MONEY_TAKEN = (OrderStatus.PAID, OrderStatus.DISPUTED, OrderStatus.REFUNDED)
+# Statuses that take back what was delivered: licenses stop verifying, packages are gone.
+REVOKING = (OrderStatus.DISPUTED, OrderStatus.REFUNDED)
 
 
 class DeliveryHold(models.TextChoices):

@@ -28,7 +28,7 @@ from marketplace.canonical import canonical_json
 from marketplace.exceptions import Conflict, NotFound
 from marketplace.keystore import Signer, signer_for, signing_key_active
 from marketplace.models import SigningKeyPurpose
-from orders.models import FinancePosting, Order, OrderStatus, PostingKind
+from orders.models import FinancePosting, Order, PostingKind
 
 PACKAGE_FORMAT = "mkpkg-v1"
 
@@ -330,7 +330,7 @@ def delivery_regenerate(*, delivery_id: Any, reason: str, actor: Actor) -> Deliv
         if old is None:
             raise NotFound(f"There is no delivery {delivery_id}.")
         order = Order.objects.select_for_update(of=("self",)).get(pk=old.order_id)
-        if order.status != OrderStatus.PAID or not order.is_deliverable():
+        if not order.is_deliverable():
             raise Conflict(
                 f"Order {order.id} is {order.status} ({order.delivery_state}): its delivery "
                 "cannot be regenerated."

@@ -20,12 +20,18 @@ from django.utils import timezone
 
 from audit.services import Actor, audit_append
 from licensing.keys import data_key_unwrap
-from licensing.models import BuyerDeliveryKey, Delivery, DeliveryStatus, DownloadLog
+from licensing.models import (
+    BuyerDeliveryKey,
+    Delivery,
+    DeliveryStatus,
+    DownloadKind,
+    DownloadLog,
+)
 from licensing.sealing import b64url_encode, delivery_info, load_public_key, seal_text
 from licensing.services.deliveries import delivery_context
 from licensing.storage import package_open, package_url
 from marketplace.exceptions import ApplicationError, Conflict, InvalidInput, NotFound
-from orders.models import Order, OrderStatus
+from orders.models import REVOKING, Order
 
 _LINK_SALT = "licensing.download-link"
 
@@ -60,7 +66,7 @@ class DeliveryAccess:
 def _gone_for_order(order: Order) -> None:
     """A refunded or disputed order's package is gone for good: 410 with the order's status as
     the reason, even before the withdrawal the refund sets off has run."""
-    if order.status in (OrderStatus.REFUNDED, OrderStatus.DISPUTED):
+    if order.status in REVOKING:
         raise DownloadGone(
             f"Order {order.id} is {order.status}: its package can no longer be downloaded.",
             extra={"reason": str(order.status)},
@@ -159,7 +165,7 @@ def delivery_access(
     if url is not None:
         with transaction.atomic():
             _count_one(delivery)
-            _log(delivery, kind="link", ip=ip, user_agent=user_agent)
+            _log(delivery, kind=DownloadKind.LINK, ip=ip, user_agent=user_agent)
     else:
         if delivery.downloads >= settings.DOWNLOAD_LIMIT:
             raise _limit_reached()
@@ -216,7 +222,7 @@ def download_link_open(*, token: str, ip: str | None, user_agent: str) -> tuple[
     try:
         with transaction.atomic():
             _count_one(delivery)
-            _log(delivery, kind="download", ip=ip, user_agent=user_agent)
+            _log(delivery, kind=DownloadKind.DOWNLOAD, ip=ip, user_agent=user_agent)
     except BaseException:
         handle.close()
         raise

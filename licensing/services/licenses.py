@@ -17,7 +17,7 @@ from licensing.models import License, LicenseStatus
 from marketplace.exceptions import Conflict, InvalidInput, NotFound
 from marketplace.keystore import public_keys_from_store, signer_for, signing_key_active
 from marketplace.models import SigningKeyPurpose
-from orders.models import Order, OrderStatus
+from orders.models import REVOKING, Order
 
 ISSUER = "marketplace"
 LICENSE_KEY_PREFIX = "MKP"
@@ -27,9 +27,6 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _SEPARATORS = re.compile(r"[\s\-\u2010-\u2015._]+")
 # Crockford's decoding of the letters the alphabet leaves out.
 _MISREAD = str.maketrans({"O": "0", "I": "1", "L": "1"})
-# A refunded or disputed order's licenses stop verifying even before the revocation the refund
-# sets off has run (orders hands it to a worker).
-_REVOKING_ORDER_STATUSES = (OrderStatus.REFUNDED, OrderStatus.DISPUTED)
 
 
 def license_key_generate() -> str:
@@ -109,7 +106,7 @@ def license_issue(*, order_id: Any, actor: Actor) -> License | None:
     the order's lock). Issues nothing while MAINTENANCE_MODE is on (the sweep comes back)."""
     if settings.MAINTENANCE_MODE:
         return None
-    order = Order.objects.select_related("sku", "buyer").get(pk=order_id)
+    order = Order.objects.select_related("buyer").get(pk=order_id)
     if not order.is_deliverable() or order.licenses.exists():
         return None
     candidate = _signed_license(order)
@@ -149,9 +146,6 @@ def license_verify(token: Any, *, now: datetime | None = None) -> Verdict:
         jws_verify(parsed, public_keys_from_store(purpose=SigningKeyPurpose.LICENSE))
     except JwsInvalid as exc:
         return Verdict(False, exc.reason)
-    except RecursionError:
-        # JSON nested thousands deep inside a token short enough to be read.
-        return Verdict(False, "malformed: the token's JSON is nested too deeply")
     claims = parsed.payload
     license_id = claims.get("jti")
     exp = claims.get("exp")
@@ -169,7 +163,9 @@ def license_verify(token: Any, *, now: datetime | None = None) -> Verdict:
             row = None
     if row is None:
         return Verdict(False, "unknown-license: this platform did not issue it", None, claims)
-    if row["status"] == LicenseStatus.REVOKED or row["order__status"] in _REVOKING_ORDER_STATUSES:
+    # A refunded or disputed order's licenses stop verifying even before the revocation the
+    # refund sets off has run (orders hands it to a worker).
+    if row["status"] == LicenseStatus.REVOKED or row["order__status"] in REVOKING:
         return Verdict(False, "revoked", license_id, claims)
     return Verdict(True, "valid", license_id, claims)
 
@@ -216,7 +212,7 @@ def license_reissue(*, license_id: Any, reason: str = "", actor: Actor) -> Licen
     if settings.MAINTENANCE_MODE:
         raise Conflict("Maintenance mode is on: no license is issued until it ends.")
     reason = reason.strip()
-    old = License.objects.select_related("order__sku", "order__buyer").filter(pk=license_id).first()
+    old = License.objects.select_related("order__buyer").filter(pk=license_id).first()
     if old is None:
         raise NotFound(f"There is no license {license_id}.")
     _check_reissuable(old.order)
@@ -231,23 +227,26 @@ def license_reissue(*, license_id: Any, reason: str = "", actor: Actor) -> Licen
         if License.objects.filter(supersedes=locked).exists():
             raise Conflict(f"License {locked.license_key} was already reissued.")
         revoked_reason = f"reissued: {reason}" if reason else "reissued"
-        if locked.status == LicenseStatus.ACTIVE:
+        revoked_now = locked.status == LicenseStatus.ACTIVE
+        if revoked_now:
+            # Before the new license is saved: one active license per order is a constraint.
             locked.status = LicenseStatus.REVOKED
             locked.revoked_at = timezone.now()
             locked.revoked_reason = revoked_reason[:300]
             locked.save(update_fields=["status", "revoked_at", "revoked_reason"])
         candidate.order = order
         candidate.save(force_insert=True)
-        audit_append(
-            actor=actor,
-            action="license.revoked",
-            subject=locked,
-            data={
-                "order": str(order.id),
-                "reason": revoked_reason[:300],
-                "superseded_by": str(candidate.pk),
-            },
-        )
+        if revoked_now:
+            audit_append(
+                actor=actor,
+                action="license.revoked",
+                subject=locked,
+                data={
+                    "order": str(order.id),
+                    "reason": revoked_reason[:300],
+                    "superseded_by": str(candidate.pk),
+                },
+            )
         audit_append(
             actor=actor,
             action="license.reissued",

@@ -105,8 +105,10 @@ def finance_replay(*, actor: Actor, include_rejected: bool = False) -> dict[str,
     With `include_rejected`, rejected postings are put back to pending first."""
     if include_rejected:
         with transaction.atomic():
-            for posting in FinancePosting.objects.select_for_update().filter(
-                status=PostingStatus.REJECTED
+            for posting in (
+                FinancePosting.objects.select_for_update(of=("self",))
+                .select_related("order")
+                .filter(status=PostingStatus.REJECTED)
             ):
                 posting.status = PostingStatus.PENDING
                 posting.next_attempt_at = timezone.now()

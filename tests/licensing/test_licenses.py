@@ -346,6 +346,18 @@ def test_reissue_supersedes_and_revokes_the_old_license(license):
     assert License.objects.filter(order=license.order).count() == 2
 
 
+def test_reissuing_a_revoked_license_records_no_second_revocation(license):
+    license_revoke(license_id=license.pk, reason="leaked", actor=TEST_ACTOR)
+
+    new = license_reissue(license_id=license.pk, reason="replacement", actor=TEST_ACTOR)
+
+    license.refresh_from_db()
+    assert license.revoked_reason == "leaked"  # the revocation it had stands
+    assert audit_actions(license) == ["license.issued", "license.revoked"]
+    assert audit_actions(new) == ["license.reissued"]
+    assert license_verify(new.token).valid
+
+
 def test_reissue_is_refused_for_a_refunded_order_and_in_maintenance(buyer, settings):
     order = order_licensed(buyer)
     license = License.objects.get(order=order)
