@@ -49,7 +49,8 @@ from audit.chain import (
     stored_record,
 )
 from audit.models import AuditEvent, AuditExport, ChainHead
-from marketplace.keystore import public_keys_from_store, signer_for, signing_key_active
+from audit.signing_keys import signing_key_active
+from marketplace.keystore import public_keys_from_store, signer_for
 from marketplace.models import SigningKeyPurpose
 
 logger = logging.getLogger(__name__)

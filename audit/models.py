@@ -12,6 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from audit.chain import GENESIS_HASH
+from marketplace.actors import ActorType
 
 
 class AppendOnly(Exception):
@@ -47,13 +48,6 @@ class AppendOnlyModel(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         _refuse(f"deleting {self._meta.verbose_name} {self.pk}")
-
-
-class ActorType(models.TextChoices):
-    STAFF = "staff", "Staff user"
-    BUYER = "buyer", "Buyer"
-    SERVICE = "service", "Service"
-    SYSTEM = "system", "System"
 
 
 class AuditEvent(AppendOnlyModel):

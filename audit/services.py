@@ -1,37 +1,13 @@
-"""Writing the audit log: appending events and signing checkpoints."""
+"""Writing the audit log: appending events."""
 
-from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
-from audit.chain import checkpoint_message, record_hash, record_of
-from audit.models import ActorType, AuditEvent, ChainHead, Checkpoint
-from marketplace.keystore import b64url, signer_for, signing_key_active
-from marketplace.models import SigningKeyPurpose
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who caused an event: a staff user or a buyer (by their uuid), or a named service."""
-
-    type: str
-    id: str
-
-    @classmethod
-    def of_user(cls, user: Any) -> "Actor":
-        kind = ActorType.STAFF if user.is_staff else ActorType.BUYER
-        return cls(kind, str(user.uuid))
-
-    @classmethod
-    def service(cls, name: str) -> "Actor":
-        return cls(ActorType.SERVICE, name)
-
-    @classmethod
-    def system(cls, name: str = "") -> "Actor":
-        return cls(ActorType.SYSTEM, name)
-
+from audit.chain import record_hash, record_of
+from audit.models import AuditEvent, ChainHead
+from marketplace.actors import Actor
 
 Subject = models.Model | tuple[str, Any]
 
@@ -115,33 +91,3 @@ def _after_append() -> None:
     from audit.fanout import kernel_push_soon
 
     transaction.on_commit(kernel_push_soon)
-
-
-def checkpoint_create() -> Checkpoint | None:
-    """Signs the last committed event with the audit key. None when nothing new was appended
-    since the last checkpoint."""
-    if not AuditEvent.objects.exists():
-        return None
-    # The key first: creating it appends an event, which this checkpoint then covers.
-    signer = signer_for(signing_key_active(purpose=SigningKeyPurpose.AUDIT))
-    last = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
-    if last is None or Checkpoint.objects.filter(sequence__gte=last["sequence"]).exists():
-        return None
-    signed_at = timezone.now()
-    message = checkpoint_message(
-        sequence=last["sequence"], chain_hash=last["hash"], signed_at=signed_at, key_id=signer.kid
-    )
-    checkpoint = Checkpoint(
-        sequence=last["sequence"],
-        hash=last["hash"],
-        signed_at=signed_at,
-        key_id=signer.kid,
-        signature=b64url(signer.sign(message)),
-    )
-    try:
-        with transaction.atomic():
-            checkpoint.save()
-    except IntegrityError:
-        # Two beats raced to sign the same head: the other one's checkpoint is as good.
-        return None
-    return checkpoint

@@ -6,7 +6,7 @@ import logging
 from celery import Task, shared_task
 
 from audit import exports, fanout
-from audit.services import checkpoint_create
+from audit.checkpoints import checkpoint_create
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from audit.chain import (
     stored_record,
 )
 from audit.models import AuditEvent, ChainHead, Checkpoint
-from marketplace.keystore import PublicKey, public_keys_from_store
+from marketplace.jwk import PublicKey
+from marketplace.keystore import public_keys_from_store
 from marketplace.models import SigningKeyPurpose
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit.services import Actor
 from catalog import services
 from catalog.manifests import manifest_for, manifest_signing_input
 from catalog.models import Category, Partner, PartnerKind, Sku, SkuStatus
+from marketplace.actors import Actor
 
 PARTNERS = [
     ("northwind", "Northwind Software", PartnerKind.PUBLISHER, "CTR-2026-0141", "PAY-NW-001"),

@@ -9,13 +9,13 @@ from celery import shared_task
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from audit.services import Actor
 from catalog.models import Artifact, ManifestStatus, Sku, SkuStatus
 from catalog.services import (
     artifact_integrity_record,
     artifact_orphans_delete,
     sku_manifest_verify,
 )
+from marketplace.actors import Actor
 
 logger = logging.getLogger(__name__)
 

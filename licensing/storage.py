@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils import timezone
 
-from config.storages import s3_transfer_config
+from marketplace.storages import s3_transfer_config
 
 
 def delivery_name(*, order_id: str, delivery_id: str) -> str:

@@ -6,12 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection
-
-from config.celery import app as celery_app
 
 
 class CheckFailed(Exception):
@@ -43,7 +42,9 @@ def check_broker() -> None:
             if not folder.is_dir():
                 raise CheckFailed(f"broker folder {folder} is missing")
         return
-    with celery_app.connection_for_write(url=settings.CELERY_BROKER_URL, connect_timeout=2) as conn:
+    with current_app.connection_for_write(
+        url=settings.CELERY_BROKER_URL, connect_timeout=2
+    ) as conn:
         conn.ensure_connection(max_retries=0)
 
 

@@ -69,7 +69,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "marketplace.view_apitoken",
         "marketplace.change_apitoken",
         # Rotating and revoking keys, and pushing to the Kernel, check the Security group
-        # itself (marketplace.admin.is_security): no model permission stands for them.
+        # itself (has_role): no model permission stands for them.
         "marketplace.view_signingkey",
         *_AUDIT_VIEW,
         "audit.add_checkpoint",  # the audit log's "Sign a checkpoint now" button

@@ -8,9 +8,9 @@ from django.core.cache import cache
 from django.db import connection
 from rest_framework.test import APIClient
 
+from accounts.services import api_token_issue
 from marketplace.models import User
 from marketplace.roles import CONTENT_OPS, FINANCE, roles_sync
-from marketplace.services import api_token_issue
 from tests.catalog.factories import TEST_ACTOR, Publisher, make_publisher
 
 pytest_plugins = [

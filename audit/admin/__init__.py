@@ -8,6 +8,6 @@ are read with a loose index scan, the page count of the unfiltered list is the l
 fetched in one query.
 """
 
-from audit.admin import events, kernel, records
+from audit.admin import events, kernel, records, signing_keys
 
-__all__ = ["events", "kernel", "records"]
+__all__ = ["events", "kernel", "records", "signing_keys"]

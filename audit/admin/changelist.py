@@ -19,7 +19,8 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.http import urlencode
 
-from audit.models import ActorType, AuditEvent
+from audit.models import AuditEvent
+from marketplace.actors import ActorType
 from marketplace.models import User
 
 USER_ACTORS = (ActorType.STAFF, ActorType.BUYER)

@@ -32,16 +32,18 @@ from audit.admin.changelist import (
     events_url,
     search_q,
 )
-from audit.admin.common import ReadOnlyAdmin
 from audit.chain import format_time
+from audit.checkpoints import checkpoint_create
 from audit.models import AuditEvent
-from audit.services import checkpoint_create
 from audit.verify import chain_verify
+from marketplace.admin.helpers import ReadOnlyAdmin
 from marketplace.keystore import KeyStoreError
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
+    # Append-only records: no bulk action applies to them.
+    actions = None
     list_display = ["sequence", "when", "actor", "action", "subject"]
     list_filter = [
         ActionFilter,

@@ -16,16 +16,19 @@ from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
-from audit.admin.common import ReadOnlyAdmin
 from audit.fanout import KernelPushFailed, kernel_cursor_state, kernel_push_now
 from audit.models import KernelCursor
-from marketplace.admin import is_security
+from marketplace.admin.helpers import ReadOnlyAdmin
+from marketplace.roles import SECURITY, has_role
 
 
 @admin.register(KernelCursor)
 class KernelCursorAdmin(ReadOnlyAdmin):
+    # Nothing here is changed in bulk.
+    actions = None
+
     def has_push_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request) and is_security(request.user)
+        return self.has_view_permission(request) and has_role(request.user, SECURITY)
 
     def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view

@@ -5,12 +5,14 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from audit.admin.common import ReadOnlyAdmin
 from audit.models import AuditExport, Checkpoint
+from marketplace.admin.helpers import ReadOnlyAdmin
 
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(ReadOnlyAdmin):
+    # Append-only records: no bulk action applies to them.
+    actions = None
     list_display = ["sequence_link", "short_hash", "signed_at", "key_id"]
     list_filter = ["key_id"]
     show_facets = admin.ShowFacets.NEVER
@@ -32,6 +34,8 @@ class CheckpointAdmin(ReadOnlyAdmin):
 
 @admin.register(AuditExport)
 class AuditExportAdmin(ReadOnlyAdmin):
+    # Append-only records: no bulk action applies to them.
+    actions = None
     list_display = [
         "day",
         "event_count",

@@ -57,7 +57,8 @@ WRITER = """
 import os, sys, time, django
 django.setup()
 from django.db import transaction
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from marketplace.actors import Actor
 name, action = sys.argv[1], sys.argv[5]
 rate, seconds, start_at = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 interval = 1.0 / rate

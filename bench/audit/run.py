@@ -74,7 +74,8 @@ APPENDER = """
 import os, sys, time, django
 django.setup()
 from django.db import transaction
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from marketplace.actors import Actor
 name, seconds, start_at = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 time.sleep(max(0.0, start_at - time.time()))
 deadline, count = start_at + seconds, 0

@@ -16,8 +16,8 @@ import django
 
 
 def seed(*, buyers: int) -> dict[str, object]:
-    from audit.services import Actor
-    from marketplace.services import api_token_issue
+    from accounts.services import api_token_issue
+    from marketplace.actors import Actor
     from tests.catalog.factories import PartnerFactory, make_publisher, publish_sku
 
     run = uuid.uuid4().hex[:8]

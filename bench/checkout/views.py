@@ -23,8 +23,9 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.models import Sku
+from marketplace.actors import Actor
 from marketplace.models import ApiToken, User
 from orders.models import IdempotencyKey, Order
 from orders.services.checkout import request_fingerprint

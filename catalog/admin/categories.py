@@ -7,11 +7,11 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from audit.services import Actor
 from catalog import services
 from catalog.models import (
     Category,
 )
+from marketplace.actors import Actor
 
 # --- Categories --------------------------------------------------------------------------------
 

@@ -7,14 +7,14 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 
-from audit.services import Actor
 from catalog import services
-from catalog.admin.common import URL_FIELDS_HTTPS, as_form_error, reason_action
 from catalog.models import (
     KeyStatus,
     Partner,
     PartnerKey,
 )
+from marketplace.actors import Actor
+from marketplace.admin.helpers import URL_FIELDS_HTTPS, as_form_error, reason_action
 from marketplace.exceptions import ApplicationError
 
 # --- Partners ----------------------------------------------------------------------------------

@@ -12,14 +12,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
-from audit.services import Actor
 from catalog import services
-from catalog.admin.common import HttpsURLField, reason_action
 from catalog.exceptions import TransitionRefused
 from catalog.manifests import manifest_for, manifest_parse
 from catalog.models import Partner, RoyaltySplit, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
 from catalog.services import StoredArtifact
+from marketplace.actors import Actor
+from marketplace.admin.helpers import HttpsURLField, reason_action
 from marketplace.exceptions import ApplicationError
 from marketplace.money import format_amount
 

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     ArtifactTooLarge,
@@ -29,6 +29,7 @@ from catalog.models import (
 )
 from catalog.services.locks import sku_lock
 from catalog.services.status import sku_status_change
+from marketplace.actors import Actor
 from marketplace.models import User
 from marketplace.streams import HashingReader, SizeLimitExceeded
 

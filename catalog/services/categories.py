@@ -3,7 +3,7 @@
 from django.db import transaction
 from django.db.models import ProtectedError
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     InvalidCategory,
@@ -12,6 +12,7 @@ from catalog.models import (
     Category,
 )
 from catalog.services.changes import category_fields, changes, recorded
+from marketplace.actors import Actor
 
 CATEGORY_MAX_DEPTH = 8
 

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     InvalidPartnerKey,
@@ -23,6 +23,7 @@ from catalog.models import (
 )
 from catalog.services.changes import changes, partner_fields, recorded
 from catalog.services.status import sku_status_change
+from marketplace.actors import Actor
 from marketplace.kernel import decode_signature
 
 # --- Partners ----------------------------------------------------------------------------------

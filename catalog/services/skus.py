@@ -8,7 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     InvalidManifest,
@@ -29,6 +29,7 @@ from catalog.selectors import sku_activation_blockers
 from catalog.services.changes import NOTE_MAX, changes, recorded, sku_fields, splits_record
 from catalog.services.locks import sku_lock
 from catalog.services.status import sku_status_change
+from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.kernel import KernelUnavailable, PublisherKey, decode_signature, get_kernel
 

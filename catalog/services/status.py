@@ -2,8 +2,9 @@
 
 from datetime import datetime
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.models import Sku, SkuStatus
+from marketplace.actors import Actor
 
 REASON_MAX = 300
 STATUS_FIELDS = ["status", "status_reason", "status_changed_at"]

@@ -1,16 +1,9 @@
-"""Picks the settings module for MARKETPLACE_SERVICE_ENV (dev, staging or prod)."""
+"""Picks the settings module for MARKETPLACE_SERVICE_ENV (dev, staging or prod), read from the
+same source as every setting (config.env: the environment and, when asked, the .env file)."""
 
-import os
+from config.env import service_env
 
-from django.core.exceptions import ImproperlyConfigured
-
-_service_env = os.environ.get("MARKETPLACE_SERVICE_ENV", "dev")
-
-if _service_env == "dev":
+if service_env() == "dev":
     from config.settings.local import *
-elif _service_env in ("staging", "prod"):
-    from config.settings.production import *
 else:
-    raise ImproperlyConfigured(
-        f"MARKETPLACE_SERVICE_ENV must be dev, staging or prod, not {_service_env!r}."
-    )
+    from config.settings.production import *

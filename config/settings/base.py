@@ -8,17 +8,12 @@ under ``MARKETPLACE_DATA_DIR``. ``production.py`` refuses those defaults.
 from datetime import timedelta
 from pathlib import Path
 
-import environ
+from celery.schedules import crontab
 
-from config.storages import s3_storage
+from config.env import BASE_DIR, env, service_env
+from marketplace.storages import s3_storage
 
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
-
-env = environ.Env()
-if env.bool("MARKETPLACE_READ_ENV_FILE", default=False):
-    env.read_env(str(BASE_DIR / ".env"))
-
-SERVICE_ENV = env.str("MARKETPLACE_SERVICE_ENV", default="dev")
+SERVICE_ENV = service_env()
 
 DATA_DIR = Path(env.str("MARKETPLACE_DATA_DIR", default="var"))
 if not DATA_DIR.is_absolute():
@@ -49,11 +44,12 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "marketplace",
+    "audit",
+    "accounts",
     "catalog",
     "orders",
     "licensing",
     "previews",
-    "audit",
 ]
 
 MIDDLEWARE = [
@@ -277,9 +273,74 @@ AUDIT_EXPORT_DIR = Path(env.str("MARKETPLACE_AUDIT_EXPORT_DIR", default=str(DATA
 AUDIT_CHECKPOINT_MINUTES = env.int("MARKETPLACE_AUDIT_CHECKPOINT_MINUTES", default=5)
 SIGNING_ENDPOINT = env.str("MARKETPLACE_SIGNING_ENDPOINT", default="")
 
+# --- Beat schedule -----------------------------------------------------------------------------
+
+CELERY_BEAT_SCHEDULE = {
+    # Signs the audit chain's head (audit.services.checkpoint_create).
+    "audit-checkpoint": {
+        "task": "audit.tasks.audit_checkpoint",
+        "schedule": 60.0 * AUDIT_CHECKPOINT_MINUTES,
+        "options": {"expires": 55},
+    },
+    # Exports each UTC day not exported yet (normally yesterday) with its signed digest.
+    "audit-export-nightly": {
+        "task": "audit.tasks.audit_export_nightly",
+        "schedule": crontab(hour=0, minute=30),
+    },
+    # Pushes what a lost wake-up or a failed task left behind to the Kernel (audit.fanout).
+    "audit-push-to-kernel": {
+        "task": "audit.tasks.audit_push_to_kernel",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    # A manifest whose check found the Kernel unreachable is checked again until it answers.
+    "catalog-reverify-manifests": {
+        "task": "catalog.tasks.manifests_reverify_unavailable",
+        "schedule": crontab(minute="*/10"),
+    },
+    # Re-reads every active SKU's artifact from storage and compares it with its recorded hash.
+    "catalog-check-artifact-integrity": {
+        "task": "catalog.tasks.artifacts_check_integrity",
+        "schedule": crontab(hour=3, minute=17),
+    },
+    # Removes stored uploads that no artifact refers to (a form sent back after its upload).
+    "catalog-sweep-orphan-artifacts": {
+        "task": "catalog.tasks.artifacts_sweep_orphans",
+        "schedule": crontab(hour=4, minute=7),
+    },
+    # Webhook events whose processing failed (backoff elapsed) or whose enqueue was lost.
+    "orders-webhooks-retry": {
+        "task": "orders.tasks.webhooks_retry_due",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    # Ledger entries Finance has not acknowledged yet (it was down): sent again.
+    "orders-finance-replay": {
+        "task": "orders.tasks.finance_replay_due",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    "orders-idempotency-keys-expire": {
+        "task": "orders.tasks.idempotency_keys_expire",
+        "schedule": crontab(minute=23),
+    },
+    "orders-metrics-refresh": {
+        "task": "orders.tasks.orders_metrics_refresh",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    # Released orders without a license or delivery, pending deliveries no worker finished:
+    # a lost hand-over, a crash, or the end of a maintenance window.
+    "licensing-fulfilment-sweep": {
+        "task": "licensing.tasks.fulfilment_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+}
+
 # --- Key store ---------------------------------------------------------------------------------
 
-# Where license signing keys are made and used (marketplace/keystore.py): "local" (Ed25519,
+# Where license signing keys are made and used (marketplace/keystore/): "local" (Ed25519,
 # sealed in the database), "kms" (AWS KMS, ES256) or "proxy" (an HTTP signing service). Unset,
 # it follows what is configured: a KMS key id means kms, a signing endpoint means proxy. Audit
 # keys are always local: the audit log must go on recording when a remote signer is down.

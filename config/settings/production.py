@@ -120,6 +120,21 @@ elif urlsplit(FINANCE_URL).scheme != "https":
 if not FINANCE_TOKEN:
     _refuse("MARKETPLACE_FINANCE_TOKEN", "not set (Finance requires a bearer token)")
 
+# Settings that would turn a safety off.
+if DELIVERY_RETENTION_DAYS < 1:
+    _refuse(
+        "MARKETPLACE_DELIVERY_RETENTION_DAYS",
+        "must be at least 1 day (0 turns the packages' object lock off)",
+    )
+if not 0 < STRIPE_WEBHOOK_TOLERANCE_SECONDS <= 3600:
+    _refuse(
+        "MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+        "must be 1 to 3600 seconds (a wider window lets a captured webhook be replayed later)",
+    )
+SECURE_HSTS_SECONDS = env.int("MARKETPLACE_HSTS_SECONDS", default=31536000)
+if SECURE_HSTS_SECONDS < 1:
+    _refuse("MARKETPLACE_HSTS_SECONDS", "must be at least 1 (0 turns HSTS off)")
+
 if _problems:
     raise ImproperlyConfigured(
         f"Refusing to start with MARKETPLACE_SERVICE_ENV={SERVICE_ENV}:\n  - "
@@ -135,7 +150,6 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = True
 # Probes and scrapers talk plain HTTP inside the cluster.
 SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
-SECURE_HSTS_SECONDS = env.int("MARKETPLACE_HSTS_SECONDS", default=31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = env.bool("MARKETPLACE_HSTS_PRELOAD", default=False)
 SESSION_COOKIE_SECURE = True

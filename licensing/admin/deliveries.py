@@ -10,13 +10,13 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from audit.services import Actor
-from catalog.admin.common import reason_action
 from licensing.admin.common import by_id_or_order, short_hash, uuid_of
 from licensing.models import Delivery, DownloadLog
 from licensing.services import delivery_regenerate
+from marketplace.actors import Actor
+from marketplace.admin.helpers import ReadOnlyAdmin, reason_action
 from marketplace.roles import may_take_licensing_action
-from orders.admin.common import ReadOnlyAdmin, order_admin_link
+from orders.admin.common import order_admin_link
 
 
 def _delivery_link(delivery_id: Any) -> SafeString | str:

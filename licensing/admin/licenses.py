@@ -5,14 +5,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.safestring import SafeString
 
-from audit.services import Actor
-from catalog.admin.common import reason_action
 from licensing.admin.common import by_id_or_order
 from licensing.models import License, LicenseStatus
 from licensing.services import license_reissue, license_revoke
 from licensing.services.licenses import license_key_normalize
+from marketplace.actors import Actor
+from marketplace.admin.helpers import ReadOnlyAdmin, reason_action
 from marketplace.roles import may_take_licensing_action
-from orders.admin.common import ReadOnlyAdmin, order_admin_link
+from orders.admin.common import order_admin_link
 
 
 @admin.register(License)

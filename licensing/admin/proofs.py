@@ -7,7 +7,8 @@ from django.utils.safestring import SafeString
 
 from licensing.admin.common import by_id_or_order
 from licensing.models import Proof
-from orders.admin.common import ReadOnlyAdmin, order_admin_link, pretty_json
+from marketplace.admin.helpers import ReadOnlyAdmin
+from orders.admin.common import order_admin_link, pretty_json
 
 
 @admin.register(Proof)

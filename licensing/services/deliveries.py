@@ -18,15 +18,17 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from audit.signing_keys import signing_key_active
 from licensing import envelope
 from licensing.jws import jws_sign
 from licensing.keys import data_key_generate, data_key_unwrap
 from licensing.models import CURRENT_DELIVERY, Delivery, DeliveryStatus, Proof
 from licensing.storage import delivery_name, package_spool, package_store
+from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.exceptions import Conflict, NotFound
-from marketplace.keystore import Signer, signer_for, signing_key_active
+from marketplace.keystore import Signer, signer_for
 from marketplace.models import SigningKeyPurpose
 from orders.models import FinancePosting, Order, PostingKind
 

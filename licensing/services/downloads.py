@@ -18,7 +18,7 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from licensing.keys import data_key_unwrap
 from licensing.models import (
     BuyerDeliveryKey,
@@ -30,6 +30,7 @@ from licensing.models import (
 from licensing.sealing import b64url_encode, delivery_info, load_public_key, seal_text
 from licensing.services.deliveries import delivery_context
 from licensing.storage import package_open, package_url
+from marketplace.actors import Actor
 from marketplace.exceptions import ApplicationError, Conflict, InvalidInput, NotFound
 from orders.models import REVOKING, Order
 

@@ -8,10 +8,10 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from audit.services import Actor
 from licensing.models import Delivery, DeliveryStatus, License
 from licensing.services.deliveries import deliveries_withdraw_for_order, delivery_create
 from licensing.services.licenses import license_issue, licenses_revoke_for_order
+from marketplace.actors import Actor
 from orders.models import Order
 
 LICENSING_WORKER = Actor.service("licensing-worker")

@@ -11,11 +11,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from audit.signing_keys import signing_key_active
 from licensing.jws import JwsInvalid, jws_parse, jws_sign, jws_verify
 from licensing.models import License, LicenseStatus
+from marketplace.actors import Actor
 from marketplace.exceptions import Conflict, InvalidInput, NotFound
-from marketplace.keystore import public_keys_from_store, signer_for, signing_key_active
+from marketplace.keystore import public_keys_from_store, signer_for
 from marketplace.models import SigningKeyPurpose
 from orders.models import REVOKING, Order
 

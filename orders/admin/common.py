@@ -23,19 +23,6 @@ DELIVERY_LABELS = {
 }
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows are written by the services only; the view permission lets staff read them."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 def order_admin_link(order_id: Any) -> SafeString | str:
     if order_id is None:
         return "—"

@@ -11,13 +11,13 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.safestring import SafeString
 
-from audit.services import Actor
+from marketplace.actors import Actor
+from marketplace.admin.helpers import ReadOnlyAdmin
 from marketplace.finance import FinanceUnavailable
 from marketplace.money import format_amount
 from marketplace.roles import may_take_order_action
 from orders import services
 from orders.admin.common import (
-    ReadOnlyAdmin,
     order_admin_link,
     pretty_json,
     report_postings,

@@ -20,15 +20,14 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
 from audit.admin.changelist import USER_ACTORS, emails_by_uuid
-from audit.services import Actor
-from catalog.admin.common import reason_action
+from marketplace.actors import Actor
+from marketplace.admin.helpers import ReadOnlyAdmin, reason_action
 from marketplace.exceptions import ApplicationError
 from marketplace.money import format_amount
 from marketplace.roles import may_take_order_action
 from orders import selectors, services
 from orders.admin.common import (
     DELIVERY_LABELS,
-    ReadOnlyAdmin,
     pretty_json,
     report_postings,
     utc,

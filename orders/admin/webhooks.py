@@ -13,11 +13,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
-from audit.services import Actor
+from marketplace.actors import Actor
+from marketplace.admin.helpers import ReadOnlyAdmin
 from marketplace.roles import may_take_order_action
 from orders import services
 from orders.admin.common import (
-    ReadOnlyAdmin,
     order_admin_link,
     pretty_json,
     utc,

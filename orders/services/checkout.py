@@ -20,9 +20,10 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.exceptions import SkuNotFound
 from catalog.models import Sku, SkuStatus
+from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from orders.exceptions import (
     CheckoutInProgress,

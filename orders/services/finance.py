@@ -15,7 +15,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from marketplace.actors import Actor
 from marketplace.finance import FinanceRejected, FinanceUnavailable, get_finance
 from orders import fulfilment
 from orders.models import FinancePosting, Order, PostingKind, PostingStatus

@@ -21,8 +21,9 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from catalog.models import Partner
+from marketplace.actors import Actor
 from orders import fulfilment
 from orders.gateways import GatewayRejected, GatewayUnavailable, get_gateway
 from orders.metrics import webhook_failures

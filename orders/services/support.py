@@ -9,7 +9,8 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Sum
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from marketplace.actors import Actor
 from marketplace.exceptions import InvalidInput
 from orders import fulfilment
 from orders.exceptions import (

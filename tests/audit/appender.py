@@ -14,7 +14,8 @@ def main() -> None:
     django.setup()
     from django.db import transaction
 
-    from audit.services import Actor, audit_append
+    from audit.services import audit_append
+    from marketplace.actors import Actor
 
     time.sleep(max(0.0, start_at - time.time()))
     for index in range(count):

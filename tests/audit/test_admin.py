@@ -11,8 +11,10 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from audit.checkpoints import checkpoint_create
 from audit.models import AuditEvent, AuditExport, Checkpoint
-from audit.services import Actor, audit_append, checkpoint_create
+from audit.services import audit_append
+from marketplace.actors import Actor
 from marketplace.models import User
 from marketplace.roles import SECURITY, SUPPORT
 from tests.conftest import _staff

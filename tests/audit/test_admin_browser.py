@@ -8,7 +8,8 @@ from django.db import transaction
 from playwright.sync_api import Page, expect
 from pytest_django.live_server_helper import LiveServer
 
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from marketplace.actors import Actor
 from marketplace.models import User
 from marketplace.roles import SECURITY
 from tests.conftest import STAFF_PASSWORD, _staff

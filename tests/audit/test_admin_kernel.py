@@ -8,7 +8,8 @@ from django.contrib.messages import get_messages
 from django.db import transaction
 
 from audit.models import AuditEvent, KernelCursor
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from marketplace.actors import Actor
 from marketplace.models import User
 from marketplace.roles import FINANCE, SECURITY
 from tests.conftest import _staff

@@ -6,11 +6,13 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from audit.chain import GENESIS_HASH, record_hash, record_of
+from audit.checkpoints import checkpoint_create
 from audit.models import AppendOnly, AuditEvent, ChainHead, Checkpoint
-from audit.services import Actor, audit_append, checkpoint_create
+from audit.services import audit_append
+from audit.signing_keys import signing_key_revoke, signing_key_rotate
 from audit.tasks import audit_checkpoint
 from audit.verify import chain_verify
-from marketplace.keystore import signing_key_revoke, signing_key_rotate
+from marketplace.actors import Actor
 from marketplace.models import SigningKeyPurpose
 
 pytestmark = pytest.mark.django_db

@@ -22,8 +22,10 @@ from django.utils import timezone
 
 from audit.exports import audit_export_day
 from audit.models import ChainHead
-from audit.services import Actor, audit_append
-from marketplace.keystore import jwks_of, signing_key_rotate
+from audit.services import audit_append
+from audit.signing_keys import signing_key_rotate
+from marketplace.actors import Actor
+from marketplace.keystore import jwks_of
 from marketplace.models import SigningKey, SigningKeyPurpose
 
 pytestmark = pytest.mark.django_db

@@ -29,9 +29,11 @@ from audit.exports import (
     export_key,
 )
 from audit.models import AuditEvent, AuditExport, ChainHead
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from audit.signing_keys import signing_key_active, signing_key_rotate
 from audit.tasks import audit_export_nightly
-from marketplace.keystore import jwks_of, signing_key_active, signing_key_rotate
+from marketplace.actors import Actor
+from marketplace.keystore import jwks_of
 from marketplace.models import SigningKey, SigningKeyPurpose
 from tests.support.moto import S3Bucket
 from tests.support.net import free_port

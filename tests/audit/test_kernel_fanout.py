@@ -21,8 +21,9 @@ from audit import fanout
 from audit.chain import export_line, format_time, record_of
 from audit.fanout import KernelPushFailed, kernel_cursor_state, kernel_push
 from audit.models import AuditEvent, KernelCursor
-from audit.services import Actor, audit_append
+from audit.services import audit_append
 from config.celery import app as celery_app
+from marketplace.actors import Actor
 from marketplace.kernel import AuditAck, LocalKernel
 from tests.support.kernel import AUDIT_PATH, KernelServer, json_reply, not_json, server_error
 from tests.support.net import free_port

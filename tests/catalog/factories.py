@@ -10,10 +10,10 @@ import factory
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from factory.django import DjangoModelFactory
 
-from audit.services import Actor
 from catalog import services
 from catalog.manifests import manifest_for
 from catalog.models import Category, Partner, PartnerKind, Sku
+from marketplace.actors import Actor
 from tests.support.keys import new_signing_key, public_key_b64, sign_manifest
 
 # Who the audit log names for what the test data set up.

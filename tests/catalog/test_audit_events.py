@@ -14,7 +14,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import Actor
 from catalog import services
 from catalog.exceptions import (
     InvalidCategory,
@@ -26,6 +25,7 @@ from catalog.exceptions import (
 from catalog.manifests import manifest_for
 from catalog.models import Category, ManifestStatus, Partner, Sku, SkuStatus
 from catalog.tasks import artifact_check_integrity, artifacts_sweep_orphans, sku_verify_manifest
+from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.models import User
 from tests.catalog.factories import (

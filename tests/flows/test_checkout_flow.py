@@ -12,8 +12,8 @@ import requests
 from django.core.management import call_command
 
 from audit.models import AuditEvent
-from audit.services import Actor
 from audit.verify import chain_verify
+from marketplace.actors import Actor
 from marketplace.models import LedgerEntry
 from orders.models import (
     FinancePosting,

@@ -15,9 +15,9 @@ import requests
 from botocore.exceptions import ClientError
 
 from audit.models import AuditEvent
-from audit.services import Actor
 from audit.verify import chain_verify
 from licensing.models import Delivery, DeliveryStatus, License, LicenseStatus, Proof
+from marketplace.actors import Actor
 from orders.models import Order
 from orders.services import order_refund
 from tests.orders.factories import sku_for_sale

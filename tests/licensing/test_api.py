@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
+from accounts.services import api_token_issue
 from licensing.models import License, Proof
 from licensing.services import license_revoke, order_fulfil
 from licensing.services.deliveries import proof_fingerprint
 from marketplace.jwk import b64url
-from marketplace.services import api_token_issue
 from tests.catalog.factories import TEST_ACTOR
 from tests.licensing.factories import order_delivered, order_licensed, order_paid
 from tests.orders.factories import order_checked_out, sku_for_sale

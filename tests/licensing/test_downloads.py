@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
+from accounts.services import api_token_issue
 from audit.models import AuditEvent
 from licensing import envelope
 from licensing.models import BuyerDeliveryKey, Delivery, DeliveryStatus, DownloadLog
@@ -27,7 +28,6 @@ from licensing.sealing import b64url_decode, b64url_encode, private_key_pem, pub
 from licensing.services import delivery_regenerate, order_fulfil
 from licensing.services.deliveries import delivery_context, delivery_package
 from licensing.services.fulfilment import LICENSING_WORKER
-from marketplace.services import api_token_issue
 from orders.services import order_delivery_hold
 from tests.catalog.factories import TEST_ACTOR
 from tests.licensing.factories import (

@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from audit.models import AuditEvent
+from audit.signing_keys import signing_key_active, signing_key_revoke
 from licensing.jws import jws_parse
 from licensing.models import License, LicenseStatus
 from licensing.services import (
@@ -27,7 +28,7 @@ from licensing.services.fulfilment import LICENSING_WORKER
 from licensing.services.licenses import license_find_by_key, license_key_normalize
 from marketplace.exceptions import Conflict, InvalidInput
 from marketplace.jwk import b64url, b64url_decode
-from marketplace.keystore import signer_for, signing_key_active, signing_key_revoke
+from marketplace.keystore import signer_for
 from marketplace.models import SigningKey, SigningKeyPurpose, SigningKeyStatus
 from tests.catalog.factories import TEST_ACTOR
 from tests.licensing.factories import (

@@ -15,14 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jws
 from joserfc.jwk import KeySet
 
+from audit.signing_keys import signing_key_active, signing_key_revoke, signing_key_rotate
 from marketplace.jwk import PublicKey, b64url, es256_signature_from_der, public_keys_from_jwks
-from marketplace.keystore import (
-    Signer,
-    signer_for,
-    signing_key_active,
-    signing_key_revoke,
-    signing_key_rotate,
-)
+from marketplace.keystore import Signer, signer_for
 from marketplace.models import SigningKeyPurpose
 from tests.support.moto import CREDENTIALS, REGION
 from tests.support.signing_proxy import SigningProxy

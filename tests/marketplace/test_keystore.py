@@ -8,15 +8,9 @@ from django.core.management import call_command
 from joserfc.jwk import KeySet
 
 from audit.models import AuditEvent
+from audit.signing_keys import signing_key_active, signing_key_revoke, signing_key_rotate
 from marketplace.jwk import public_keys_from_jwks
-from marketplace.keystore import (
-    KeyStoreError,
-    jwk_of,
-    signer_for,
-    signing_key_active,
-    signing_key_revoke,
-    signing_key_rotate,
-)
+from marketplace.keystore import KeyStoreError, jwk_of, signer_for
 from marketplace.models import SigningKeyPurpose, SigningKeyStatus
 
 pytestmark = pytest.mark.django_db

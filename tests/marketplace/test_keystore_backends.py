@@ -17,6 +17,7 @@ from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 
 from audit.models import AuditEvent
+from audit.signing_keys import signing_key_active, signing_key_revoke, signing_key_rotate
 from marketplace.jwk import b64url, es256_signature_to_der
 from marketplace.keystore import (
     KeyStoreError,
@@ -26,9 +27,6 @@ from marketplace.keystore import (
     jwks_of,
     public_keys_from_store,
     signer_for,
-    signing_key_active,
-    signing_key_revoke,
-    signing_key_rotate,
 )
 from marketplace.models import SigningKey, SigningKeyPurpose, SigningKeyStatus
 from tests.marketplace.test_settings import PRODUCTION, manage

@@ -110,6 +110,19 @@ def test_production_with_nothing_set_names_every_missing_variable():
             {"MARKETPLACE_BROKER_URL": "filesystem://"},
             "MARKETPLACE_BROKER_URL: not set (the server-less broker is refused)",
         ),
+        (
+            {"MARKETPLACE_DELIVERY_RETENTION_DAYS": "0"},
+            "MARKETPLACE_DELIVERY_RETENTION_DAYS: must be at least 1 day (0 turns the packages'",
+        ),
+        ({"MARKETPLACE_HSTS_SECONDS": "0"}, "MARKETPLACE_HSTS_SECONDS: must be at least 1"),
+        (
+            {"MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS": "86400"},
+            "MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS: must be 1 to 3600 seconds",
+        ),
+        (
+            {"MARKETPLACE_AUDIT_RETENTION_DAYS": "0"},
+            "MARKETPLACE_AUDIT_RETENTION_DAYS: must be at least 1 day",
+        ),
     ],
 )
 def test_production_refuses_insecure_values(override, message):
@@ -131,3 +144,82 @@ def test_an_unknown_service_env_is_refused():
     result = manage("check", MARKETPLACE_SERVICE_ENV="production")
     assert result.returncode != 0
     assert "MARKETPLACE_SERVICE_ENV must be dev, staging or prod" in result.stderr
+
+
+def test_production_asked_for_in_a_env_file_is_refused_like_the_environment(tmp_path):
+    # The settings module is chosen from the same source the settings read: a .env file that
+    # asks for prod without its secrets gets the production refusal, not the dev settings.
+    env_file = tmp_path / ".env"
+    env_file.write_text("MARKETPLACE_SERVICE_ENV=prod\nMARKETPLACE_DEBUG=0\n")
+
+    result = manage("check", MARKETPLACE_READ_ENV_FILE="1", MARKETPLACE_ENV_FILE=str(env_file))
+
+    assert result.returncode != 0
+    assert "Refusing to start with MARKETPLACE_SERVICE_ENV=prod" in result.stderr
+    assert "MARKETPLACE_SECRET_KEY: not set" in result.stderr
+    assert "MARKETPLACE_DATABASE_URL: not set" in result.stderr
+
+
+def test_the_celery_app_reads_its_settings_from_the_env_file_too(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "MARKETPLACE_AUDIT_CHECKPOINT_MINUTES=7\nMARKETPLACE_CELERY_QUEUE=from-the-file\n"
+    )
+    script = (
+        "from config.celery import app; app.loader.import_default_modules(); "
+        "print(app.conf.beat_schedule['audit-checkpoint']['schedule'], "
+        "app.conf.task_default_queue)"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=BASE_DIR,
+        env={
+            **{
+                k: v for k, v in os.environ.items() if not k.startswith(("MARKETPLACE_", "DJANGO_"))
+            },
+            "MARKETPLACE_READ_ENV_FILE": "1",
+            "MARKETPLACE_ENV_FILE": str(env_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["420.0", "from-the-file"]
+
+
+def test_the_environment_wins_over_the_env_file(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("MARKETPLACE_SERVICE_ENV=prod\n")
+
+    result = manage(
+        "check",
+        MARKETPLACE_READ_ENV_FILE="1",
+        MARKETPLACE_ENV_FILE=str(env_file),
+        MARKETPLACE_SERVICE_ENV="dev",
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_missing_env_file_that_was_asked_for_is_refused(tmp_path):
+    result = manage(
+        "check", MARKETPLACE_READ_ENV_FILE="1", MARKETPLACE_ENV_FILE=str(tmp_path / "none")
+    )
+
+    assert result.returncode != 0
+    assert "MARKETPLACE_READ_ENV_FILE is set but" in result.stderr
+
+
+def test_the_dev_settings_named_directly_still_get_the_production_refusal():
+    # Importing any settings module runs config.settings first, which chooses by the service
+    # environment: naming the dev settings is no way around production's checks.
+    result = manage(
+        "check", MARKETPLACE_SERVICE_ENV="prod", DJANGO_SETTINGS_MODULE="config.settings.local"
+    )
+
+    assert result.returncode != 0
+    assert "Refusing to start with MARKETPLACE_SERVICE_ENV=prod" in result.stderr

@@ -12,9 +12,9 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
+from accounts.services import api_token_issue
 from audit.models import AuditEvent
 from catalog.models import Sku, SkuStatus
-from marketplace.services import api_token_issue
 from orders.models import IdempotencyKey, Order, OrderStatus
 from orders.services.checkout import request_fingerprint
 from tests.catalog.factories import TEST_ACTOR

@@ -9,8 +9,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.services import api_token_issue
 from catalog.models import Sku
-from marketplace.services import api_token_issue
 from orders.models import Order, OrderStatus
 from tests.catalog.factories import TEST_ACTOR
 from tests.orders.factories import order_checked_out, sku_for_sale

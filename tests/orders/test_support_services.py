@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from audit.models import AuditEvent
-from audit.services import Actor
+from marketplace.actors import Actor
 from marketplace.exceptions import InvalidInput
 from marketplace.models import LedgerEntry, User
 from orders.exceptions import (

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from config.storages import s3_storage as s3_storage_config
+from marketplace.storages import s3_storage as s3_storage_config
 from tests.support.net import free_port, wait_for_http
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -1,5 +1,5 @@
 """A stand-in for the signing proxy: a plain HTTP server on loopback that holds real private
-keys and speaks the API documented in marketplace/keystore.py, so the real client
+keys and speaks the API documented in marketplace/keystore/__init__.py, so the real client
 (ProxyBackend, `requests`) is tested against a real socket.
 
     POST /v1/keys                 Authorization: Bearer <token> (401 otherwise)

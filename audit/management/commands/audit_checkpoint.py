@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from audit.services import checkpoint_create
+from audit.checkpoints import checkpoint_create
 
 
 class Command(BaseCommand):

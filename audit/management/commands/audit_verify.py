@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.chain import ExportReport, digest_chain_problem, verify_export
-from marketplace.keystore import PublicKey, public_keys_from_jwks
+from marketplace.jwk import PublicKey, public_keys_from_jwks
 
 
 class Command(BaseCommand):

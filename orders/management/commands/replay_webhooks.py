@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from audit.services import Actor
+from marketplace.actors import Actor
 from orders.models import WebhookEvent, WebhookStatus
 from orders.services import webhook_event_replay
 

@@ -1,12 +1,16 @@
+"""The audited writes on people: buyers and their API tokens."""
+
 from datetime import datetime
 
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
 from audit.chain import format_time
-from audit.services import Actor, audit_append
+from audit.services import audit_append
+from marketplace.actors import Actor
 from marketplace.exceptions import InvalidInput
 from marketplace.models import ApiToken, User
 
@@ -88,3 +92,39 @@ def api_token_revoke(*, token_pk: int, actor: Actor) -> bool:
         data={"user": str(token.user.uuid), "hint": token.hint},
     )
     return True
+
+
+@transaction.atomic
+def staff_account_ensure(
+    *, email: str, password: str | None, roles: list[str], actor: Actor
+) -> tuple[User, bool]:
+    """The superuser staff account with this email, created if there is none, in at least
+    `roles`. `password` sets its password (kept as it is when None, unless the account is new;
+    a new account without one cannot log in with a password). Answers the account and whether
+    it was created.
+
+    Records `staff.created`, `staff.password_set` and `staff.roles_added` for what changed,
+    naming the account by uuid; never the password or the email.
+    """
+    user = User.objects.select_for_update().filter(email__iexact=email).first()
+    created = user is None
+    if user is None:
+        user = User.objects.create_user(email=email, password=password)
+    elif password is not None:
+        user.set_password(password)
+    if not (user.is_staff and user.is_superuser):
+        user.is_staff = user.is_superuser = True
+    user.save()
+    subject = _user_subject(user)
+    if created:
+        audit_append(actor=actor, action="staff.created", subject=subject, data={})
+    elif password is not None:
+        audit_append(actor=actor, action="staff.password_set", subject=subject, data={})
+    missing = Group.objects.filter(name__in=roles).exclude(pk__in=user.groups.values("pk"))
+    added = sorted(missing.values_list("name", flat=True))
+    if added:
+        user.groups.add(*missing)
+        audit_append(
+            actor=actor, action="staff.roles_added", subject=subject, data={"roles": added}
+        )
+    return user, created

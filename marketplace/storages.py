@@ -1,4 +1,5 @@
-"""Storage options shared by the settings and by whatever builds an S3 storage on its own."""
+"""Storage options shared by the settings and by whatever builds an S3 storage on its own
+(imported by the settings: nothing here may touch Django's settings or models)."""
 
 from typing import Any
 

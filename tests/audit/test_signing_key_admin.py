@@ -8,8 +8,9 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 
-from audit.models import ActorType, AuditEvent
-from marketplace.keystore import signing_key_active
+from audit.models import AuditEvent
+from audit.signing_keys import signing_key_active
+from marketplace.actors import ActorType
 from marketplace.models import SigningKey, SigningKeyPurpose, SigningKeyStatus, User
 from marketplace.roles import CONTENT_OPS, SECURITY
 from tests.conftest import _staff
@@ -148,7 +149,7 @@ def test_revoke_asks_for_a_reason_and_changes_nothing_without_one(security_clien
     )
 
     assert confirm.status_code == 200
-    assert confirm.templates[0].name == "admin/catalog/action_reason.html"
+    assert confirm.templates[0].name == "admin/action_reason.html"
     assert audit_key.kid in confirm.content.decode()
     assert empty.status_code == 200
     assert empty.context["reason_missing"] is True

@@ -1,4 +1,5 @@
-"""Pieces the catalog's admin pages share."""
+"""What every app's admin pages share: read-only admins, actions that ask for a reason, and
+service errors shown in a form."""
 
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,28 @@ from marketplace.exceptions import ApplicationError
 URL_FIELDS_HTTPS = {models.URLField: {"assume_scheme": "https"}}
 
 
+class HttpsURLField(forms.URLField):
+    """Takes a link typed without a scheme as https, as Django 6 will."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("assume_scheme", "https")
+        super().__init__(**kwargs)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows are written by the services only; the view permission lets staff read them.
+    Superusers cannot add, change or delete them here either."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def as_form_error(exc: ApplicationError) -> forms.ValidationError:
     return forms.ValidationError(exc.detail)
 
@@ -27,7 +50,7 @@ def reason_action(
     queryset: QuerySet,
     *,
     title: str,
-    apply: Callable[[Any, str], None],
+    apply: Callable[[Any, str], Any],
     done: str,
 ) -> HttpResponse | None:
     """An action that asks for a reason on an intermediate page, then applies to each object
@@ -54,12 +77,4 @@ def reason_action(
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "reason_missing": "apply" in request.POST,
     }
-    return TemplateResponse(request, "admin/catalog/action_reason.html", context)
-
-
-class HttpsURLField(forms.URLField):
-    """Takes a link typed without a scheme as https, as Django 6 will."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("assume_scheme", "https")
-        super().__init__(**kwargs)
+    return TemplateResponse(request, "admin/action_reason.html", context)

@@ -3,8 +3,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from audit.services import Actor
-from marketplace.keystore import KeyStoreError, KeyStoreUnavailable, signing_key_rotate
+from audit.signing_keys import signing_key_rotate
+from marketplace.actors import Actor
+from marketplace.keystore import KeyStoreError, KeyStoreUnavailable
 from marketplace.models import SigningKeyPurpose
 
 

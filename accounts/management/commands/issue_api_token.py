@@ -4,9 +4,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from audit.services import Actor
+from accounts.services import api_token_issue
+from marketplace.actors import Actor
 from marketplace.exceptions import ApplicationError
-from marketplace.services import api_token_issue
 
 
 class Command(BaseCommand):

@@ -5,11 +5,11 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from accounts.services import api_token_revoke
 from audit.chain import format_time
 from audit.models import AuditEvent
 from marketplace.models import ApiToken, User
 from marketplace.roles import SECURITY
-from marketplace.services import api_token_revoke
 from tests.catalog.factories import TEST_ACTOR
 from tests.conftest import _staff
 

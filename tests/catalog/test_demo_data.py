@@ -10,6 +10,7 @@ from django.db.models import Count
 from audit.models import AuditEvent
 from catalog.models import Category, ManifestStatus, Partner, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
+from marketplace.models import User
 
 pytestmark = pytest.mark.django_db
 
@@ -47,11 +48,35 @@ def test_demo_data_is_a_real_catalog_and_loads_once(client):
 
     counts = (Partner.objects.count(), Category.objects.count(), Sku.objects.count())
     events = AuditEvent.objects.count()
-    second = load("--staff-password", "chosen-password-123")
+    second = load()
     assert (Partner.objects.count(), Category.objects.count(), Sku.objects.count()) == counts
     assert AuditEvent.objects.count() == events  # nothing new was loaded, nothing recorded
     assert "0 SKUs created" in second
-    assert "chosen-password-123" in second
+    # The second run keeps the staff password and prints it again.
+    assert re.search(r"Staff account: (\S+) / (\S+)", second).groups() == (email, password)
+    assert client.login(username=email, password=password)
+
+    third = load("--staff-password", "chosen-password-123")
+    assert "chosen-password-123" in third
+    assert list(
+        AuditEvent.objects.filter(sequence__gt=events).values_list("action", flat=True)
+    ) == ["staff.password_set"]
+    assert client.login(username=email, password="chosen-password-123")
+
+
+def test_a_staff_password_changed_since_the_demo_set_it_is_neither_replaced_nor_shown():
+    first = load()
+    email, password = re.search(r"Staff account: (\S+) / (\S+)", first).groups()
+    staff = User.objects.get(email=email)
+    staff.set_password("changed-by-its-owner-42")
+    staff.save()
+
+    again = load()
+
+    assert password not in again
+    assert f"Staff account: {email} (its password was changed" in again
+    staff.refresh_from_db()
+    assert staff.check_password("changed-by-its-owner-42")
 
 
 def test_demo_data_leaves_an_audit_chain_that_verifies():
@@ -70,6 +95,8 @@ def test_demo_data_leaves_an_audit_chain_that_verifies():
     skus = Sku.objects.count()
     statuses = dict(Sku.objects.values_list("status").annotate(n=Count("pk")).order_by())
     assert per_action == {
+        "staff.created": 1,
+        "staff.roles_added": 1,
         "partner.created": Partner.objects.count(),
         "partner.key_registered": Partner.objects.count(),
         "category.created": Category.objects.count(),
