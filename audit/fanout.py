@@ -25,7 +25,7 @@ and the cursor moves only from the value the push read (a compare-and-set), so t
 once only send the same events twice, which the Kernel's idempotence absorbs.
 
 Backoff. A failed push adds one to the cursor's attempts, keeps the error and its time, and is
-retried after 1, 2, 4, ... seconds (capped at BACKOFF_MAX_SECONDS), counted from the cursor,
+retried after 1, 2, 4, ... seconds (capped at a minute: KERNEL_BACKOFF), counted from the cursor,
 not from one task: wake-ups that come during that window send nothing, so an outage meets one
 attempt per window, however many events are appended meanwhile. `kernel_push_now` (the
 audit_push_kernel command) pushes at once, whatever the window.
@@ -48,6 +48,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from audit.chain import export_line, record_of
 from audit.models import AuditEvent, ChainHead, KernelCursor
+from marketplace.backoff import Backoff
 from marketplace.kernel import AuditAck, Kernel, KernelRejected, KernelUnavailable, get_kernel
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ BUSY_DELAY_SECONDS = 0.5
 # How long a push task goes on before it hands over to a fresh one (the task's soft time
 # limit is 60 s, and one Kernel call can take MARKETPLACE_KERNEL_TIMEOUT_SECONDS on top).
 PUSH_BUDGET_SECONDS = 20.0
-BACKOFF_BASE_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 60.0  # the beat entry runs every minute anyway
+# The beat entry runs every minute anyway.
+KERNEL_BACKOFF = Backoff(base=1.0, cap=60.0)
 SCHEDULED_KEY = "audit:kernel-push"
 # The key outlives the countdown by this much: if the task is lost, the next wake-up after
 # that is not swallowed for longer.
@@ -129,10 +130,6 @@ class KernelCursorState:
     @property
     def backlog(self) -> int:
         return max(self.head_sequence - self.acknowledged_sequence, 0)
-
-
-def kernel_backoff_seconds(attempts: int) -> float:
-    return min(BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0), BACKOFF_MAX_SECONDS)
 
 
 # --- Waking a push -----------------------------------------------------------------------------
@@ -279,7 +276,7 @@ def _cursor(*, lock: bool) -> KernelCursor | None:
 def _backoff_left(cursor: KernelCursor) -> float:
     if not cursor.attempts or cursor.last_attempt_at is None:
         return 0.0
-    due = cursor.last_attempt_at.timestamp() + kernel_backoff_seconds(cursor.attempts)
+    due = cursor.last_attempt_at.timestamp() + KERNEL_BACKOFF.seconds(cursor.attempts)
     return max(due - time.time(), 0.0)
 
 
@@ -359,7 +356,7 @@ def _record_failure(cursor: KernelCursor, exc: Exception) -> KernelPushFailed:
         attempts=F("attempts") + 1, last_error=message, last_attempt_at=timezone.now()
     )
     attempts = cursor.attempts + 1
-    retry_in = kernel_backoff_seconds(attempts)
+    retry_in = KERNEL_BACKOFF.seconds(attempts)
     kernel_push_failures.labels(reason=reason).inc()
     log = logger.error if reason != "unavailable" else logger.warning
     log(

@@ -26,6 +26,7 @@ from licensing.services import (
 from licensing.services import (
     order_revoke as order_revoke_service,
 )
+from marketplace.backoff import Backoff
 from marketplace.keystore import KeyStoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,8 @@ def order_revoke(order_id: str, reason: str = "revoked") -> dict:
     return order_revoke_service(order_id=order_id, reason=reason)
 
 
-def _backoff(attempt: int) -> int:
-    """Seconds before retry `attempt` + 1: 30 s, doubling, at most 30 minutes."""
-    return min(30 * 2 ** max(attempt - 1, 0), 1800)
+# Before packaging is tried again: 30 s, doubling, at most 30 minutes.
+PACKAGING_BACKOFF = Backoff(base=30, cap=1800)
 
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=3300, time_limit=3600, max_retries=None)
@@ -85,7 +85,9 @@ def delivery_package(self, delivery_id: str) -> str:  # type: ignore[no-untyped-
         if status != DeliveryStatus.PENDING:
             return status
         attempts = Delivery.objects.filter(pk=delivery_id).values_list("attempts", flat=True)
-        raise self.retry(exc=exc, countdown=_backoff(attempts.first() or 1)) from exc
+        raise self.retry(
+            exc=exc, countdown=PACKAGING_BACKOFF.seconds(attempts.first() or 1)
+        ) from exc
 
 
 @shared_task(soft_time_limit=50, time_limit=60)

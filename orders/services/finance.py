@@ -8,7 +8,6 @@ posting waits and is replayed with backoff; the order stays paid with its delive
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
@@ -17,6 +16,7 @@ from django.utils import timezone
 
 from audit.services import audit_append
 from marketplace.actors import Actor
+from marketplace.backoff import Backoff
 from marketplace.finance import FinanceRejected, FinanceUnavailable, get_finance
 from orders import fulfilment
 from orders.models import FinancePosting, Order, PostingKind, PostingStatus
@@ -24,9 +24,8 @@ from orders.models import FinancePosting, Order, PostingKind, PostingStatus
 FINANCE_WORKER = Actor.service("finance-worker")
 
 
-def finance_retry_delay(attempts: int) -> timedelta:
-    """15 s, 30 s, 1 min, ... capped at 15 minutes: Finance outages are waited out."""
-    return timedelta(seconds=min(15 * 2 ** max(attempts - 1, 0), 900))
+# 15 s, 30 s, 1 min, ... capped at 15 minutes: Finance outages are waited out.
+FINANCE_BACKOFF = Backoff(base=15, cap=900)
 
 
 def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> str:
@@ -44,7 +43,7 @@ def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> s
         FinancePosting.objects.filter(pk=posting.pk, status=PostingStatus.PENDING).update(
             attempts=F("attempts") + 1,
             last_error=str(exc)[:2000],
-            next_attempt_at=timezone.now() + finance_retry_delay(posting.attempts + 1),
+            next_attempt_at=timezone.now() + FINANCE_BACKOFF.delay(posting.attempts + 1),
         )
         return PostingStatus.PENDING
     except FinanceRejected as exc:

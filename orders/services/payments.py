@@ -14,7 +14,6 @@ same events ends in the same order, the same lines and the same ledger.
 import logging
 import traceback
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -24,6 +23,7 @@ from django.utils import timezone
 from audit.services import audit_append
 from catalog.models import Partner
 from marketplace.actors import Actor
+from marketplace.backoff import Backoff
 from orders import fulfilment
 from orders.gateways import GatewayRejected, GatewayUnavailable, get_gateway
 from orders.metrics import webhook_failures
@@ -64,9 +64,8 @@ class EventUnusable(Exception):
     once for an operator."""
 
 
-def retry_delay(attempts: int) -> timedelta:
-    """30 s, 1 min, 2 min, ... capped at one hour."""
-    return timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
+# 30 s, 1 min, 2 min, ... capped at one hour.
+WEBHOOK_BACKOFF = Backoff(base=30, cap=3600)
 
 
 # --- Order changes (caller holds the order's row lock) ------------------------------------------
@@ -417,7 +416,9 @@ def _failure_record(event_pk: int, started: Any, error: str, *, terminal: bool) 
         event.last_error = error[:4000]
         dead = terminal or event.attempts >= settings.WEBHOOK_MAX_ATTEMPTS
         event.status = WebhookStatus.DEAD if dead else WebhookStatus.FAILED
-        event.next_attempt_at = None if dead else timezone.now() + retry_delay(event.attempts)
+        event.next_attempt_at = (
+            None if dead else timezone.now() + WEBHOOK_BACKOFF.delay(event.attempts)
+        )
         event.save(update_fields=["attempts", "last_error", "status", "next_attempt_at"])
         WebhookAttempt.objects.create(
             event=event, number=event.attempts, started_at=started, succeeded=False, detail=error

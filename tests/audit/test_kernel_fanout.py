@@ -277,7 +277,7 @@ def test_a_kernel_that_is_down_is_retried_with_a_growing_backoff(
 
 
 def test_the_backoff_doubles_up_to_a_minute() -> None:
-    assert [fanout.kernel_backoff_seconds(n) for n in (1, 2, 3, 6, 7, 20)] == [
+    assert [fanout.KERNEL_BACKOFF.seconds(n) for n in (1, 2, 3, 6, 7, 20)] == [
         1.0,
         2.0,
         4.0,

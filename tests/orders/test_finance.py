@@ -31,7 +31,7 @@ from orders.services import (
     webhook_receive,
     webhook_secrets,
 )
-from orders.services.finance import finance_retry_delay
+from orders.services.finance import FINANCE_BACKOFF
 from orders.tasks import finance_post, finance_replay_due
 from tests.catalog.factories import TEST_ACTOR
 from tests.orders.factories import order_checked_out, sku_for_sale
@@ -239,7 +239,7 @@ def test_local_ledger_records_a_key_once_and_refuses_it_for_another_entry():
 
 
 def test_retry_delay_doubles_and_is_capped():
-    assert [finance_retry_delay(n).total_seconds() for n in (1, 2, 3, 4, 7, 20)] == [
+    assert [FINANCE_BACKOFF.delay(n).total_seconds() for n in (1, 2, 3, 4, 7, 20)] == [
         15,
         30,
         60,
