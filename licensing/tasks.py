@@ -1,12 +1,11 @@
-"""Licensing's work on the workers. orders sends `order_fulfil` and `order_revoke` by name
-(orders/fulfilment.py) once an order is released, refunded or disputed."""
+"""Licensing's work on the workers. `order_fulfil` and `order_revoke` are sent by
+licensing.handover once orders hands over a released, refunded or disputed order."""
 
 import logging
 import traceback
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import shared_task
-from django.conf import settings
 
 from licensing.keys import DataKeyError, DataKeyUnavailable
 from licensing.metrics import delivery_encrypt_failures
@@ -28,6 +27,7 @@ from licensing.services import (
 )
 from marketplace.backoff import Backoff
 from marketplace.keystore import KeyStoreUnavailable
+from marketplace.maintenance import maintenance_on
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def delivery_package(self, delivery_id: str) -> str:  # type: ignore[no-untyped-
 def fulfilment_sweep() -> dict[str, int]:
     """Picks up released orders without a license or delivery, and pending deliveries: a lost
     hand-over, a crash between commit and enqueue, or the end of a maintenance window."""
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         return {"orders": 0, "deliveries": 0}
     order_ids, delivery_ids = fulfilment_due()
     for order_id in order_ids:

@@ -2,7 +2,7 @@ import hashlib
 import json
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.api.problems import PROBLEM_CONTENT_TYPE, problem_body
+from marketplace.api.problems import problem_response
 from marketplace.health import health_report
 from marketplace.keystore import jwks_of
 from marketplace.models import SigningKey
@@ -88,30 +88,27 @@ def _is_admin(request: HttpRequest) -> bool:
     return request.path.startswith("/admin/")
 
 
-def _problem(request: HttpRequest, status: int, detail: str) -> JsonResponse:
-    body = problem_body(status=status, detail=detail, instance=request.path)
-    return JsonResponse(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
-
-
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_admin(request):
         return defaults.page_not_found(request, exception)
-    return _problem(request, 404, f"Nothing is served at {request.path}.")
+    return problem_response(request, status=404, detail=f"Nothing is served at {request.path}.")
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_admin(request):
         return defaults.bad_request(request, exception)
-    return _problem(request, 400, "The request could not be understood.")
+    return problem_response(request, status=400, detail="The request could not be understood.")
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_admin(request):
         return defaults.permission_denied(request, exception)
-    return _problem(request, 403, "You are not allowed to do this.")
+    return problem_response(request, status=403, detail="You are not allowed to do this.")
 
 
 def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     if _is_admin(request):
         return defaults.server_error(request)
-    return _problem(request, 500, "An unexpected error occurred; it has been logged.")
+    return problem_response(
+        request, status=500, detail="An unexpected error occurred; it has been logged."
+    )

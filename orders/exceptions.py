@@ -3,12 +3,6 @@
 from marketplace.exceptions import ApplicationError, Conflict, InvalidInput, NotFound
 
 
-class MaintenanceMode(ApplicationError):
-    code = "maintenance"
-    title = "The platform is in maintenance"
-    status = 503
-
-
 class IdempotencyKeyReused(ApplicationError):
     code = "idempotency-key-reused"
     title = "This Idempotency-Key was used for another request"

@@ -9,19 +9,11 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from marketplace.api.problems import PROBLEM_CONTENT_TYPE, problem_body
+from marketplace.api.problems import problem_response
 from marketplace.money import format_amount
 from orders.gateways import local
 from orders.models import Order
 from orders.services import signature_header, webhook_secrets
-
-
-def _problem(request: HttpRequest, status: int, code: str, detail: str) -> JsonResponse:
-    return JsonResponse(
-        problem_body(status=status, code=code, detail=detail, instance=request.path),
-        status=status,
-        content_type=PROBLEM_CONTENT_TYPE,
-    )
 
 
 def _local_order(session_id: str) -> Order:
@@ -68,7 +60,12 @@ def local_checkout_event(request: HttpRequest, session_id: str) -> HttpResponse:
     except (ValueError, AttributeError):
         outcome = None
     if outcome not in LOCAL_OUTCOMES:
-        return _problem(request, 400, "invalid-input", "outcome must be pay, decline or expire.")
+        return problem_response(
+            request,
+            status=400,
+            code="invalid-input",
+            detail="outcome must be pay, decline or expire.",
+        )
     event_type, status, payment_status, goes_to = LOCAL_OUTCOMES[outcome]
     event = local.event_envelope(
         event_type, local.session_object(order, status=status, payment_status=payment_status)

@@ -9,13 +9,12 @@ from orders.models import Order, OrderQuerySet
 
 
 def order_list_for_buyer(*, buyer: Any) -> OrderQuerySet:
-    # "proofs" is licensing's reverse relation, named rather than imported (see OrderSerializer).
-    return Order.objects.for_buyer(buyer).prefetch_related("proofs")
+    return Order.objects.for_buyer(buyer)
 
 
 def order_get_for_buyer(*, buyer: Any, order_id: Any) -> Order:
     """The buyer's order; another buyer's order is as unknown as one that does not exist."""
-    order = Order.objects.for_buyer(buyer).prefetch_related("proofs").filter(pk=order_id).first()
+    order = Order.objects.for_buyer(buyer).filter(pk=order_id).first()
     if order is None:
         raise OrderNotFound(f"You have no order {order_id}.")
     return order

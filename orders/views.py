@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from marketplace.api.problems import PROBLEM_CONTENT_TYPE, problem_body
+from marketplace.api.problems import error_response, problem_response
 from marketplace.exceptions import ApplicationError
 from orders.services import webhook_receive
 
@@ -18,18 +18,15 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     """Verifies, stores and acknowledges; a worker does the rest."""
     try:
         if len(request.body) > WEBHOOK_MAX_BYTES:
-            return _problem(request, 413, "payload-too-large", "The body is larger than 1 MiB.")
+            return problem_response(
+                request,
+                status=413,
+                code="payload-too-large",
+                detail="The body is larger than 1 MiB.",
+            )
         event, created = webhook_receive(
             payload=request.body, signature=request.headers.get("Stripe-Signature")
         )
     except ApplicationError as exc:
-        return _problem(request, exc.status, exc.code, exc.detail)
+        return error_response(request, exc)
     return JsonResponse({"received": True, "id": event.event_id, "duplicate": not created})
-
-
-def _problem(request: HttpRequest, status: int, code: str, detail: str) -> JsonResponse:
-    return JsonResponse(
-        problem_body(status=status, code=code, detail=detail, instance=request.path),
-        status=status,
-        content_type=PROBLEM_CONTENT_TYPE,
-    )

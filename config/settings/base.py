@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "orders",
     "licensing",
     "previews",
+    # Last: joins the apps together once all are ready (config/apps.py).
+    "config.apps.PlatformConfig",
 ]
 
 MIDDLEWARE = [

@@ -1,3 +1,4 @@
+import uuid
 from typing import Any
 
 from rest_framework import serializers
@@ -54,17 +55,28 @@ class VerdictSerializer(serializers.Serializer):
         "`expired`, `revoked`, `unknown-license: …`."
     )
     license = serializers.DictField(
-        allow_null=True, help_text="The token's claims, when its signature verified."
+        source="claims",
+        allow_null=True,
+        help_text="The token's claims, when its signature verified.",
     )
 
 
 class DeliverySerializer(serializers.Serializer):
+    """Renders a DeliveryAccess (licensing.services.delivery_access); `proof` comes from the
+    context (licensing.selectors.proof_id_latest)."""
+
     download_url = serializers.URLField()
     expires_at = serializers.DateTimeField()
-    sha256 = serializers.CharField(help_text="SHA-256 of the package (what you download).")
-    artifact_sha256 = serializers.CharField(help_text="SHA-256 of the artifact once decrypted.")
-    format = serializers.CharField()
-    size = serializers.IntegerField(help_text="The package's size in bytes.")
+    sha256 = serializers.CharField(
+        source="delivery.package_sha256", help_text="SHA-256 of the package (what you download)."
+    )
+    artifact_sha256 = serializers.CharField(
+        source="delivery.artifact_sha256", help_text="SHA-256 of the artifact once decrypted."
+    )
+    format = serializers.CharField(source="delivery.format")
+    size = serializers.IntegerField(
+        source="delivery.package_size", help_text="The package's size in bytes."
+    )
     decryption_key = serializers.CharField(
         allow_null=True, help_text="The data key, base64url; null when `wrapped_key` is given."
     )
@@ -73,7 +85,12 @@ class DeliverySerializer(serializers.Serializer):
         help_text="The data key sealed to your registered X25519 key (HPKE), base64url.",
     )
     downloads_left = serializers.IntegerField()
-    proof = serializers.UUIDField(allow_null=True)
+    proof = serializers.SerializerMethodField(
+        help_text="The id of the signed delivery proof (GET /api/v1/proofs/{id})."
+    )
+
+    def get_proof(self, access: Any) -> uuid.UUID | None:
+        return self.context.get("proof")
 
 
 class ProofSerializer(serializers.ModelSerializer):
@@ -81,6 +98,26 @@ class ProofSerializer(serializers.ModelSerializer):
         model = Proof
         fields = ["id", "order", "delivery", "payload", "fingerprint", "token", "signer_kid"]
         read_only_fields = fields
+
+
+class DeliveryKeyInputSerializer(serializers.Serializer):
+    """`{"public_key": string}` and nothing else; the key itself is checked by the service."""
+
+    public_key = serializers.JSONField(
+        required=False, help_text="Your X25519 public key: base64url of its 32 raw bytes, or PEM."
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"non_field_errors": ['Send a JSON object {"public_key": ...}.']}
+            )
+        unknown = sorted(set(data) - {"public_key"})
+        if unknown:
+            raise serializers.ValidationError(
+                {field: ["Unknown field; the body takes only `public_key`."] for field in unknown}
+            )
+        return {"public_key": data.get("public_key")}
 
 
 class DeliveryKeySerializer(serializers.Serializer):

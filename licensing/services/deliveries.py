@@ -29,7 +29,9 @@ from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.exceptions import Conflict, NotFound
 from marketplace.keystore import Signer, signer_for
+from marketplace.maintenance import maintenance_on
 from marketplace.models import SigningKeyPurpose
+from orders.locks import order_lock
 from orders.models import FinancePosting, Order, PostingKind
 
 PACKAGE_FORMAT = "mkpkg-v1"
@@ -48,10 +50,10 @@ def delivery_context(delivery: Delivery) -> bytes:
 def delivery_create(*, order_id: Any, actor: Actor) -> Delivery | None:
     """The order's first delivery, pending, if the order may be delivered and has none.
     Nothing while MAINTENANCE_MODE is on (the fulfilment sweep comes back for the order)."""
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         return None
     with transaction.atomic():
-        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        order = order_lock(order_id)
         if not order.is_deliverable() or order.deliveries.exists():
             return None
         delivery = Delivery.objects.create(order=order)
@@ -219,7 +221,7 @@ def delivery_package(*, delivery_id: Any, actor: Actor) -> str:
     Raises what a retry may cure (storage, KMS or signer outages) for the task to retry, and
     PackagingFailed when a retry cannot help.
     """
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         return "maintenance"
     stored = delivery_package_upload(delivery_id=delivery_id)
     if isinstance(stored, str):
@@ -325,13 +327,15 @@ def delivery_regenerate(*, delivery_id: Any, reason: str, actor: Actor) -> Deliv
     """A new package under a new data key, superseding the delivery. Refused for an order
     that is refunded, disputed or otherwise not deliverable, and while MAINTENANCE_MODE is on.
     """
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         raise Conflict("Maintenance mode is on: no delivery is packaged until it ends.")
+    order_id = Delivery.objects.filter(pk=delivery_id).values_list("order_id", flat=True).first()
+    if order_id is None:
+        raise NotFound(f"There is no delivery {delivery_id}.")
     with transaction.atomic():
-        old = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
-        if old is None:
-            raise NotFound(f"There is no delivery {delivery_id}.")
-        order = Order.objects.select_for_update(of=("self",)).get(pk=old.order_id)
+        # The order before its delivery (orders.locks), then the delivery read again.
+        order = order_lock(order_id)
+        old = Delivery.objects.select_for_update().get(pk=delivery_id)
         if not order.is_deliverable():
             raise Conflict(
                 f"Order {order.id} is {order.status} ({order.delivery_state}): its delivery "
@@ -362,6 +366,7 @@ def deliveries_withdraw_for_order(*, order_id: Any, reason: str, actor: Actor) -
     """A refunded or disputed order's packages can no longer be downloaded."""
     withdrawn = 0
     with transaction.atomic():
+        order_lock(order_id)  # orders.locks: the order before its deliveries
         for delivery in Delivery.objects.select_for_update().filter(
             order_id=order_id, status__in=CURRENT_DELIVERY
         ):

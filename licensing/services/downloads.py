@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.services import audit_append
+from licensing.exceptions import DeliveryNotReady, DownloadGone, PackageUnavailable
 from licensing.keys import data_key_unwrap
 from licensing.models import (
     BuyerDeliveryKey,
@@ -31,27 +32,10 @@ from licensing.sealing import b64url_encode, delivery_info, load_public_key, sea
 from licensing.services.deliveries import delivery_context
 from licensing.storage import package_open, package_url
 from marketplace.actors import Actor
-from marketplace.exceptions import ApplicationError, Conflict, InvalidInput, NotFound
+from marketplace.exceptions import InvalidInput, NotFound
 from orders.models import REVOKING, Order
 
 _LINK_SALT = "licensing.download-link"
-
-
-class DownloadGone(ApplicationError):
-    code = "download-gone"
-    title = "This download is no longer available"
-    status = 410
-
-
-class PackageUnavailable(ApplicationError):
-    code = "package-unavailable"
-    title = "The package cannot be read right now"
-    status = 503
-
-
-class DeliveryNotReady(Conflict):
-    code = "delivery-not-ready"
-    title = "The delivery is not ready"
 
 
 @dataclass(frozen=True)

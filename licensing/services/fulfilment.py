@@ -1,4 +1,4 @@
-"""What licensing does when orders hands an order over (orders.fulfilment): a released order
+"""What licensing does when orders hands an order over (orders.handover): a released order
 gets its license and its delivery; a refunded or disputed one loses both."""
 
 from datetime import timedelta
@@ -12,6 +12,7 @@ from licensing.models import Delivery, DeliveryStatus, License
 from licensing.services.deliveries import deliveries_withdraw_for_order, delivery_create
 from licensing.services.licenses import license_issue, licenses_revoke_for_order
 from marketplace.actors import Actor
+from marketplace.maintenance import maintenance_on
 from orders.models import Order
 
 LICENSING_WORKER = Actor.service("licensing-worker")
@@ -28,7 +29,7 @@ def _sweep_thresholds() -> tuple[timedelta, timedelta]:
 def order_fulfil(*, order_id: Any, actor: Actor = LICENSING_WORKER) -> dict[str, Any]:
     """Issues the order's license and creates its delivery, each once. While
     MAINTENANCE_MODE is on nothing is issued: the sweep comes back for it afterwards."""
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         return {"order": str(order_id), "skipped": "maintenance"}
     license = license_issue(order_id=order_id, actor=actor)
     delivery = delivery_create(order_id=order_id, actor=actor)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -18,7 +17,9 @@ from licensing.models import License, LicenseStatus
 from marketplace.actors import Actor
 from marketplace.exceptions import Conflict, InvalidInput, NotFound
 from marketplace.keystore import public_keys_from_store, signer_for
+from marketplace.maintenance import maintenance_on
 from marketplace.models import SigningKeyPurpose
+from orders.locks import order_lock
 from orders.models import REVOKING, Order
 
 ISSUER = "marketplace"
@@ -106,14 +107,14 @@ def license_issue(*, order_id: Any, actor: Actor) -> License | None:
     """The order's first license, if the order may be delivered and has never had one.
     Running it twice issues one license (the partial unique constraint and the re-check under
     the order's lock). Issues nothing while MAINTENANCE_MODE is on (the sweep comes back)."""
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         return None
     order = Order.objects.select_related("buyer").get(pk=order_id)
     if not order.is_deliverable() or order.licenses.exists():
         return None
     candidate = _signed_license(order)
     with transaction.atomic():
-        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        order = order_lock(order_id)
         if not order.is_deliverable() or order.licenses.exists():
             return None
         candidate.order = order
@@ -176,10 +177,12 @@ def license_revoke(*, license_id: Any, reason: str, actor: Actor) -> License:
     reason = reason.strip()
     if not reason:
         raise InvalidInput("Say why the license is revoked.", errors={"reason": ["Required."]})
+    order_id = License.objects.filter(pk=license_id).values_list("order_id", flat=True).first()
+    if order_id is None:
+        raise NotFound(f"There is no license {license_id}.")
     with transaction.atomic():
-        row = License.objects.select_for_update().filter(pk=license_id).first()
-        if row is None:
-            raise NotFound(f"There is no license {license_id}.")
+        order_lock(order_id)  # orders.locks: the order before its licenses
+        row = License.objects.select_for_update().get(pk=license_id)
         if row.status == LicenseStatus.REVOKED:
             return row
         row.status = LicenseStatus.REVOKED
@@ -211,7 +214,7 @@ def license_reissue(*, license_id: Any, reason: str = "", actor: Actor) -> Licen
     """A new key and token for the same order, superseding the old license, which is revoked
     (both audited). Refused while MAINTENANCE_MODE is on, for an order that cannot be
     delivered (refunded, disputed, held), and for a license already reissued."""
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         raise Conflict("Maintenance mode is on: no license is issued until it ends.")
     reason = reason.strip()
     old = License.objects.select_related("order__buyer").filter(pk=license_id).first()
@@ -221,9 +224,9 @@ def license_reissue(*, license_id: Any, reason: str = "", actor: Actor) -> Licen
     # Signing may call KMS or the signing proxy: done before any lock is taken.
     candidate = _signed_license(old.order, supersedes=old)
     with transaction.atomic():
-        # The order first, as license_issue and order_revoke's callers lock it: the order's
-        # state is re-read under its lock, so a refund that lands meanwhile wins.
-        order = Order.objects.select_for_update(of=("self",)).get(pk=old.order_id)
+        # The order first (orders.locks): its state is re-read under its lock, so a refund
+        # that lands meanwhile wins.
+        order = order_lock(old.order_id)
         _check_reissuable(order)
         locked = License.objects.select_for_update().get(pk=old.pk)
         if License.objects.filter(supersedes=locked).exists():

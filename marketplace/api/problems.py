@@ -1,8 +1,9 @@
 """RFC 9457 problem details for every error the platform answers.
 
 One DRF exception handler covers domain errors, Django's ValidationError, Http404 and
-PermissionDenied, and DRF's own exceptions; marketplace.views reuses `problem_body` for errors
-raised outside DRF (unknown URLs, server errors).
+PermissionDenied, and DRF's own exceptions. Plain Django views (the webhook, download links, the
+local checkout pages, the error handlers) answer with `problem_response` or
+`error_response`, which build the same body and headers.
 """
 
 from http import HTTPStatus
@@ -10,7 +11,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -47,6 +48,49 @@ def problem_body(
     if extra:
         body.update(extra)
     return body
+
+
+def error_headers(exc: ApplicationError) -> dict[str, str]:
+    """A domain error that names when to come back (`retry_after`) says it in Retry-After."""
+    if "retry_after" in exc.extra:
+        return {"Retry-After": str(exc.extra["retry_after"])}
+    return {}
+
+
+def _error_body(exc: ApplicationError, instance: str | None) -> dict[str, Any]:
+    return problem_body(
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        instance=instance,
+        errors=exc.errors,
+        extra=exc.extra,
+    )
+
+
+def problem_response(
+    request: HttpRequest,
+    *,
+    status: int,
+    detail: str,
+    code: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JsonResponse:
+    """A problem-details answer from a plain Django view."""
+    body = problem_body(status=status, code=code, title=title, detail=detail, instance=request.path)
+    return JsonResponse(body, status=status, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+def error_response(request: HttpRequest, exc: ApplicationError) -> JsonResponse:
+    """A domain error answered from a plain Django view, exactly as the API answers it."""
+    return JsonResponse(
+        _error_body(exc, request.path),
+        status=exc.status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=error_headers(exc),
+    )
 
 
 def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -90,17 +134,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     headers: dict[str, str] = {}
 
     if isinstance(exc, ApplicationError):
-        if "retry_after" in exc.extra:
-            headers["Retry-After"] = str(exc.extra["retry_after"])
-        body = problem_body(
-            status=exc.status,
-            code=exc.code,
-            title=exc.title,
-            detail=exc.detail,
-            instance=instance,
-            errors=exc.errors,
-            extra=exc.extra,
-        )
+        headers.update(error_headers(exc))
+        body = _error_body(exc, instance)
     elif isinstance(exc, DjangoValidationError | drf_exceptions.ValidationError):
         errors = (
             _django_validation_errors(exc)

@@ -25,10 +25,10 @@ from catalog.exceptions import SkuNotFound
 from catalog.models import Sku, SkuStatus
 from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
+from marketplace.maintenance import MaintenanceMode, maintenance_on
 from orders.exceptions import (
     CheckoutInProgress,
     IdempotencyKeyReused,
-    MaintenanceMode,
     PaymentProviderRejected,
     PaymentProviderUnavailable,
     SkuNotForSale,
@@ -130,7 +130,7 @@ def checkout_create(
     for sale. If the provider cannot be reached the claim is kept (with its order id) but
     unlocked, so a retry with the same key picks it up.
     """
-    if settings.MAINTENANCE_MODE:
+    if maintenance_on():
         raise MaintenanceMode("Checkout is paused for maintenance; try again shortly.")
     fingerprint = request_fingerprint({"sku": sku_slug})
     claim = _claim(buyer=buyer, key=idempotency_key, fingerprint=fingerprint)

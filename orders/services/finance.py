@@ -18,7 +18,8 @@ from audit.services import audit_append
 from marketplace.actors import Actor
 from marketplace.backoff import Backoff
 from marketplace.finance import FinanceRejected, FinanceUnavailable, get_finance
-from orders import fulfilment
+from orders import handover
+from orders.locks import order_lock, orders_lock
 from orders.models import FinancePosting, Order, PostingKind, PostingStatus
 
 FINANCE_WORKER = Actor.service("finance-worker")
@@ -48,6 +49,7 @@ def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> s
         return PostingStatus.PENDING
     except FinanceRejected as exc:
         with transaction.atomic(durable=True):
+            order_lock(posting.order_id)  # orders.locks: the order before its postings
             locked = FinancePosting.objects.select_for_update().get(pk=posting.pk)
             if locked.status != PostingStatus.PENDING:
                 return locked.status
@@ -65,10 +67,10 @@ def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> s
 
     released = False
     with transaction.atomic(durable=True):
+        order = order_lock(posting.order_id)  # orders.locks: the order before its postings
         locked = FinancePosting.objects.select_for_update().get(pk=posting.pk)
         if locked.status != PostingStatus.PENDING:
             return locked.status
-        order = Order.objects.select_for_update(of=("self",)).get(pk=locked.order_id)
         locked.status = PostingStatus.POSTED
         locked.attempts += 1
         locked.ledger_reference = reference
@@ -88,7 +90,7 @@ def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> s
             released = order.is_deliverable()
         audit_append(actor=actor, action="finance.posted", subject=order, data=data)
         if released:
-            transaction.on_commit(lambda: fulfilment.order_released(str(order.id)))
+            transaction.on_commit(lambda: handover.order_released(str(order.id)))
     return PostingStatus.POSTED
 
 
@@ -105,11 +107,14 @@ def finance_replay(*, actor: Actor, include_rejected: bool = False) -> dict[str,
     With `include_rejected`, rejected postings are put back to pending first."""
     if include_rejected:
         with transaction.atomic():
+            rejected = FinancePosting.objects.filter(status=PostingStatus.REJECTED)
+            orders = orders_lock(rejected.values_list("order_id", flat=True))
             for posting in (
-                FinancePosting.objects.select_for_update(of=("self",))
-                .select_related("order")
-                .filter(status=PostingStatus.REJECTED)
+                FinancePosting.objects.select_for_update()
+                .filter(status=PostingStatus.REJECTED, order_id__in=list(orders))
+                .order_by("pk")
             ):
+                posting.order = orders[posting.order_id]
                 posting.status = PostingStatus.PENDING
                 posting.next_attempt_at = timezone.now()
                 posting.save(update_fields=["status", "next_attempt_at"])

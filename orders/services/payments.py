@@ -24,7 +24,7 @@ from audit.services import audit_append
 from catalog.models import Partner
 from marketplace.actors import Actor
 from marketplace.backoff import Backoff
-from orders import fulfilment
+from orders import handover
 from orders.gateways import GatewayRejected, GatewayUnavailable, get_gateway
 from orders.metrics import webhook_failures
 from orders.models import (
@@ -321,7 +321,7 @@ def _apply(event: WebhookEvent) -> tuple[str, str]:
                     data={"amount_refunded": total, "payment_recorded": captured},
                 )
                 if moved:
-                    after_commit.append(lambda: fulfilment.order_revoked(str(order.id), "refunded"))
+                    after_commit.append(lambda: handover.order_revoked(str(order.id), "refunded"))
             else:
                 moved = False
                 if total > before:
@@ -347,7 +347,7 @@ def _apply(event: WebhookEvent) -> tuple[str, str]:
                 order.delivery_hold = DeliveryHold.DISPUTED
                 order.hold_reason = f"dispute {obj.get('id')}: {obj.get('reason') or ''}"[:300]
                 order.save(update_fields=["delivery_hold", "hold_reason", "updated_at"])
-                after_commit.append(lambda: fulfilment.order_revoked(str(order.id), "disputed"))
+                after_commit.append(lambda: handover.order_revoked(str(order.id), "disputed"))
         for callback in after_commit:
             transaction.on_commit(callback)
         return WebhookStatus.PROCESSED, _outcome(order, moved)

@@ -12,26 +12,19 @@ from django.db.models import Sum
 from audit.services import audit_append
 from marketplace.actors import Actor
 from marketplace.exceptions import InvalidInput
-from orders import fulfilment
+from orders import handover
 from orders.exceptions import (
-    OrderNotFound,
     OrderStateConflict,
     PaymentProviderRejected,
     PaymentProviderUnavailable,
     RefundNotAllowed,
 )
 from orders.gateways import GatewayRejected, GatewayUnavailable, get_gateway
+from orders.locks import order_lock
 from orders.models import DeliveryHold, Order, OrderStatus, Refund
 
 # Longer than a gateway call with its retries may take; a crashed holder frees it by expiry.
 REFUND_LOCK_SECONDS = 120
-
-
-def _locked(order_id: Any) -> Order:
-    order = Order.objects.select_for_update(of=("self",)).filter(pk=order_id).first()
-    if order is None:
-        raise OrderNotFound(f"There is no order {order_id}.")
-    return order
 
 
 @contextmanager
@@ -99,7 +92,7 @@ def order_refund(
     reason = reason.strip()[:300]
     with _refund_lock(order_id):
         with transaction.atomic():
-            order = _locked(order_id)
+            order = order_lock(order_id)
             if order.paid_at is None or not order.payment_intent_id:
                 raise OrderStateConflict(f"Order {order.id} has no captured payment to refund.")
             if order.status == OrderStatus.DISPUTED:
@@ -141,7 +134,7 @@ def order_refund(
         except GatewayRejected as exc:
             raise PaymentProviderRejected(str(exc)) from exc
         with transaction.atomic():
-            order = _locked(order.id)
+            order = order_lock(order.id)
             refund, created = Refund.objects.get_or_create(
                 gateway_refund_id=result.id,
                 defaults={
@@ -174,7 +167,7 @@ def order_delivery_hold(*, order_id: Any, reason: str, actor: Actor) -> Order:
     if not reason:
         raise InvalidInput("Say why the delivery is held.", errors={"reason": ["Required."]})
     with transaction.atomic():
-        order = _locked(order_id)
+        order = order_lock(order_id)
         if order.delivery_hold == DeliveryHold.MANUAL:
             return order
         previous = order.delivery_hold
@@ -198,7 +191,7 @@ def order_delivery_release(*, order_id: Any, actor: Actor) -> Order:
     releases it, not staff. Raises OrderStateConflict for the hold of an order still disputed.
     """
     with transaction.atomic():
-        order = _locked(order_id)
+        order = order_lock(order_id)
         if not order.delivery_hold:
             return order
         if order.delivery_hold == DeliveryHold.DISPUTED and order.status == OrderStatus.DISPUTED:
@@ -216,5 +209,5 @@ def order_delivery_release(*, order_id: Any, actor: Actor) -> Order:
             data={"previous_hold": previous, "delivery": order.delivery_state},
         )
         if order.is_deliverable():
-            transaction.on_commit(lambda: fulfilment.order_released(str(order.id)))
+            transaction.on_commit(lambda: handover.order_released(str(order.id)))
     return order

@@ -16,7 +16,7 @@ from kombu.simple import SimpleQueue
 
 from audit.models import AuditEvent
 from catalog.models import Sku
-from orders import fulfilment
+from licensing import tasks as licensing_tasks
 from orders.gateways.local import intent_id_of
 from orders.models import (
     FinancePosting,
@@ -430,29 +430,8 @@ def test_events_the_platform_does_not_act_on_are_recorded_and_ignored(buyer, sku
 # --- Hand-over to licensing ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def revoked_calls() -> Iterator[list[tuple[str, str]]]:
-    """A task registered under the name licensing will use; what it is asked to do is
-    recorded when a test runs the message taken from the broker."""
-    calls: list[tuple[str, str]] = []
-    existing = current_app.tasks.pop(fulfilment.ORDER_REVOKED_TASK, None)
-
-    @current_app.task(name=fulfilment.ORDER_REVOKED_TASK, shared=False)
-    def order_revoke(order_id: str, reason: str) -> None:
-        calls.append((order_id, reason))
-
-    yield calls
-    current_app.tasks.pop(fulfilment.ORDER_REVOKED_TASK, None)
-    if existing is not None:
-        current_app.tasks.register(existing)
-
-
-@pytest.fixture
-def no_revoke_task() -> Iterator[None]:
-    existing = current_app.tasks.pop(fulfilment.ORDER_REVOKED_TASK, None)
-    yield
-    if existing is not None:
-        current_app.tasks.register(existing)
+# Licensing's task, as orders.handover sends it through licensing.handover.
+REVOKE_TASK = licensing_tasks.order_revoke.name
 
 
 def broker_messages(task_name: str) -> list[tuple[list, dict]]:
@@ -476,23 +455,24 @@ def broker_messages(task_name: str) -> list[tuple[list, dict]]:
     return found
 
 
-def test_a_refund_is_handed_to_licensing_when_its_task_exists(
-    buyer, sku, revoked_calls, django_capture_on_commit_callbacks
-):
+def test_a_refund_is_handed_to_licensing(buyer, sku, django_capture_on_commit_callbacks):
     order = order_checked_out(buyer, sku)
     apply(session_event("checkout.session.completed", order))
     order.refresh_from_db()
-    broker_messages(fulfilment.ORDER_REVOKED_TASK)  # whatever earlier tests left
+    broker_messages(REVOKE_TASK)  # whatever earlier tests left
 
     with django_capture_on_commit_callbacks(execute=True):
         stored = receive(charge_refunded_event(order, amount_refunded=1999))
     with django_capture_on_commit_callbacks(execute=True):
         webhook_event_process(event_pk=stored.pk)
 
-    sent = broker_messages(fulfilment.ORDER_REVOKED_TASK)
+    sent = broker_messages(REVOKE_TASK)
     assert sent == [([str(order.id)], {"reason": "refunded"})]
-    current_app.tasks[fulfilment.ORDER_REVOKED_TASK](*sent[0][0], **sent[0][1])
-    assert revoked_calls == [(str(order.id), "refunded")]
+    # The message runs licensing's revocation (nothing was issued yet to revoke).
+    assert licensing_tasks.order_revoke(*sent[0][0], **sent[0][1]) == {
+        "licenses": 0,
+        "deliveries": 0,
+    }
 
     # A partial refund does not revoke.
     other = order_checked_out(buyer, sku, key="partial")
@@ -500,42 +480,18 @@ def test_a_refund_is_handed_to_licensing_when_its_task_exists(
     other.refresh_from_db()
     with django_capture_on_commit_callbacks(execute=True):
         webhook_event_process(event_pk=receive(charge_refunded_event(other, amount_refunded=5)).pk)
-    assert broker_messages(fulfilment.ORDER_REVOKED_TASK) == []
+    assert broker_messages(REVOKE_TASK) == []
 
 
-def test_a_dispute_is_handed_to_licensing(
-    buyer, sku, revoked_calls, django_capture_on_commit_callbacks
-):
+def test_a_dispute_is_handed_to_licensing(buyer, sku, django_capture_on_commit_callbacks):
     order = order_checked_out(buyer, sku)
     apply(session_event("checkout.session.completed", order))
     order.refresh_from_db()
-    broker_messages(fulfilment.ORDER_REVOKED_TASK)
+    broker_messages(REVOKE_TASK)
 
     with django_capture_on_commit_callbacks(execute=True):
         webhook_event_process(event_pk=receive(dispute_created_event(order)).pk)
 
-    assert broker_messages(fulfilment.ORDER_REVOKED_TASK) == [
-        ([str(order.id)], {"reason": "disputed"})
-    ]
+    assert broker_messages(REVOKE_TASK) == [([str(order.id)], {"reason": "disputed"})]
     order.refresh_from_db()
     assert order.delivery_state == "disputed"
-
-
-def test_nothing_is_sent_to_licensing_while_no_task_has_the_name(
-    buyer, sku, no_revoke_task, django_capture_on_commit_callbacks
-):
-    order = order_checked_out(buyer, sku)
-    apply(session_event("checkout.session.completed", order))
-    order.refresh_from_db()
-    broker_messages(fulfilment.ORDER_REVOKED_TASK)
-
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        webhook_event_process(
-            event_pk=receive(charge_refunded_event(order, amount_refunded=1999)).pk
-        )
-
-    order.refresh_from_db()
-    assert order.status == OrderStatus.REFUNDED
-    assert len(callbacks) >= 1  # the revoke hand-over ran, and found no task to send
-    assert fulfilment.order_revoked(str(order.id), "refunded") is False
-    assert broker_messages(fulfilment.ORDER_REVOKED_TASK) == []
