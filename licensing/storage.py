@@ -16,12 +16,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from botocore.exceptions import ClientError
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils import timezone
 
-from marketplace.storages import s3_transfer_config
+from marketplace.objectlock import object_lock_put, s3_head
 
 
 def delivery_name(*, order_id: str, delivery_id: str) -> str:
@@ -35,21 +34,12 @@ def _storage() -> Storage:
     return FileSystemStorage(location=str(Path(settings.DATA_DIR) / "deliveries"))
 
 
-def is_s3() -> bool:
-    return hasattr(_storage(), "bucket")
-
-
 def _already_stored(storage: Any, key: str, metadata: dict[str, str]) -> bool:
     """Whether the newest version under `key` is this very package, stored with this
     metadata: a retry after a crash between upload and commit then adds no second version
     (object lock would keep it for the whole retention period)."""
-    try:
-        head = storage.bucket.meta.client.head_object(Bucket=storage.bucket.name, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return head.get("Metadata", {}) == metadata
+    head = s3_head(storage.bucket.meta.client, bucket=storage.bucket.name, key=key)
+    return head is not None and head.get("Metadata", {}) == metadata
 
 
 @contextlib.contextmanager
@@ -86,17 +76,16 @@ def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> 
         key = storage._normalize_name(name)
         if _already_stored(storage, key, metadata):
             return
-        extra: dict[str, Any] = {"Metadata": metadata, "ContentType": "application/octet-stream"}
-        if settings.DELIVERY_RETENTION_DAYS > 0:
-            extra["ObjectLockMode"] = "COMPLIANCE"
-            extra["ObjectLockRetainUntilDate"] = timezone.now() + timedelta(
-                days=settings.DELIVERY_RETENTION_DAYS
-            )
-        if settings.S3_KMS_KEY_ID:
-            extra["ServerSideEncryption"] = "aws:kms"
-            extra["SSEKMSKeyId"] = settings.S3_KMS_KEY_ID
-        storage.bucket.Object(key).upload_fileobj(
-            package, ExtraArgs=extra, Config=s3_transfer_config()
+        days = settings.DELIVERY_RETENTION_DAYS
+        object_lock_put(
+            storage.bucket.meta.client,
+            bucket=storage.bucket.name,
+            key=key,
+            body=package,
+            retain_until=timezone.now() + timedelta(days=days) if days > 0 else None,
+            content_type="application/octet-stream",
+            metadata=metadata,
+            kms_key_id=settings.S3_KMS_KEY_ID,
         )
         return
     path = Path(storage.path(name))
@@ -131,19 +120,3 @@ def package_url(name: str, *, expires_in: int) -> str | None:
     if not hasattr(storage, "bucket"):
         return None
     return storage.url(name, expire=expires_in)
-
-
-def package_head(name: str) -> dict[str, Any] | None:
-    """The stored object's metadata (S3), for checks and the admin."""
-    storage = _storage()
-    if not hasattr(storage, "bucket"):
-        return None
-    obj = storage.bucket.Object(storage._normalize_name(name))
-    obj.load()
-    return {
-        "metadata": obj.metadata,
-        "object_lock_mode": obj.object_lock_mode,
-        "retain_until": obj.object_lock_retain_until_date,
-        "version_id": obj.version_id,
-        "sse": obj.server_side_encryption,
-    }

@@ -141,10 +141,6 @@ class Order(models.Model):
         return OrderStatus.rank(status) > OrderStatus.rank(self.status)
 
     @property
-    def amount_refundable(self) -> int:
-        return self.amount - self.amount_refunded if self.paid_at else 0
-
-    @property
     def delivery_state(self) -> str:
         """`released` when licensing may deliver; otherwise why not."""
         if self.status != OrderStatus.PAID:

@@ -273,9 +273,3 @@ def _check_reissuable(order: Order) -> None:
             f"Order {order.id} cannot be delivered ({order.delivery_state}); "
             "a license is not reissued for it."
         )
-
-
-def license_find_by_key(text: str) -> License | None:
-    """The license a person read out or typed, however they spelled it."""
-    key = license_key_normalize(text)
-    return License.objects.filter(license_key=key).first() if key else None
