@@ -46,7 +46,9 @@ def test_a_tampered_artifact_is_found_by_the_nightly_check_and_taken_off_sale(
     intact = publish_sku(publisher, slug="intact")
     tampered = publish_sku(publisher, slug="tampered")
     stored = Path(default_storage.path(tampered.artifact.storage_key))
-    stored.write_bytes(stored.read_bytes()[:-1] + b"!")
+    content = bytearray(stored.read_bytes())
+    content[-1] ^= 0x01  # a changed byte, whatever it was
+    stored.write_bytes(bytes(content))
 
     artifacts_check_integrity.delay()
 
