@@ -1,15 +1,21 @@
-"""Users and API tokens in the admin. Token revocation goes through accounts.services, which
-records it."""
+"""Users and API tokens in the admin. What an edit changes in an account's access (active,
+staff, superuser, roles) and token revocations are recorded through accounts.services."""
 
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
-from accounts.services import api_token_revoke
+from accounts.services import (
+    Access,
+    account_access_record,
+    account_password_set_record,
+    api_token_revoke,
+)
 from marketplace.actors import Actor
 from marketplace.models import ApiToken, User
 
@@ -52,6 +58,32 @@ class UserAdmin(DjangoUserAdmin):
         (None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]}),
     ]
     filter_horizontal = ["groups"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        # The access before the edit, read before the form saves anything.
+        request._access_before = Access.of(obj) if obj is not None else None
+        return super().get_form(request, obj, **kwargs)
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        # The password form saves, then redirects; the event is written in the same
+        # transaction, so a failed save records nothing.
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            if request.method == "POST" and response.status_code == 302:
+                account_password_set_record(
+                    user=User.objects.get(pk=id), actor=Actor.of_user(request.user)
+                )
+        return response
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # Inside the admin's transaction, after the roles are saved: the audit event commits
+        # or rolls back with the change it records.
+        account_access_record(
+            user=form.instance, before=request._access_before, actor=Actor.of_user(request.user)
+        )
 
 
 @admin.register(ApiToken)

@@ -1,5 +1,6 @@
-"""The audited writes on people: buyers and their API tokens."""
+"""The audited writes on people: buyers, their API tokens, staff accounts and their access."""
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth.models import Group
@@ -94,6 +95,66 @@ def api_token_revoke(*, token_pk: int, actor: Actor) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Access:
+    """What an account may do: the flags and staff roles an audit event compares."""
+
+    is_active: bool
+    is_staff: bool
+    is_superuser: bool
+    roles: frozenset[str]
+
+    @classmethod
+    def of(cls, user: User) -> "Access":
+        return cls(
+            user.is_active,
+            user.is_staff,
+            user.is_superuser,
+            frozenset(user.groups.values_list("name", flat=True)),
+        )
+
+
+def account_access_record(*, user: User, before: Access | None, actor: Actor) -> bool:
+    """Records what changed in the account's access since `before` (None: the account is
+    new), in the caller's transaction (the admin's save): `account.created` with its access
+    for a new account, otherwise `account.access_changed` with the flags that changed and the
+    roles added and removed. Records nothing, and answers False, when nothing did."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("account_access_record must run in the transaction of the change")
+    after = Access.of(user)
+    subject = _user_subject(user)
+    if before is None:
+        audit_append(
+            actor=actor,
+            action="account.created",
+            subject=subject,
+            data={
+                "is_active": after.is_active,
+                "is_staff": after.is_staff,
+                "is_superuser": after.is_superuser,
+                "roles": sorted(after.roles),
+            },
+        )
+        return True
+    changes: dict[str, object] = {
+        flag: getattr(after, flag)
+        for flag in ("is_active", "is_staff", "is_superuser")
+        if getattr(before, flag) != getattr(after, flag)
+    }
+    if added := sorted(after.roles - before.roles):
+        changes["roles_added"] = added
+    if removed := sorted(before.roles - after.roles):
+        changes["roles_removed"] = removed
+    if changes:
+        audit_append(actor=actor, action="account.access_changed", subject=subject, data=changes)
+    return bool(changes)
+
+
+def account_password_set_record(*, user: User, actor: Actor) -> None:
+    """Records `account.password_set` (never the password) in the caller's transaction."""
+    audit_append(actor=actor, action="account.password_set", subject=_user_subject(user), data={})
+
+
 @transaction.atomic
 def staff_account_ensure(
     *, email: str, password: str | None, roles: list[str], actor: Actor
@@ -101,30 +162,19 @@ def staff_account_ensure(
     """The superuser staff account with this email, created if there is none, in at least
     `roles`. `password` sets its password (kept as it is when None, unless the account is new;
     a new account without one cannot log in with a password). Answers the account and whether
-    it was created.
-
-    Records `staff.created`, `staff.password_set` and `staff.roles_added` for what changed,
-    naming the account by uuid; never the password or the email.
+    it was created. Records what changed as the admin's edits are recorded
+    (`account.created`, `account.access_changed`, `account.password_set`).
     """
     user = User.objects.select_for_update().filter(email__iexact=email).first()
-    created = user is None
+    before = Access.of(user) if user is not None else None
     if user is None:
         user = User.objects.create_user(email=email, password=password)
     elif password is not None:
         user.set_password(password)
-    if not (user.is_staff and user.is_superuser):
-        user.is_staff = user.is_superuser = True
+    user.is_staff = user.is_superuser = True
     user.save()
-    subject = _user_subject(user)
-    if created:
-        audit_append(actor=actor, action="staff.created", subject=subject, data={})
-    elif password is not None:
-        audit_append(actor=actor, action="staff.password_set", subject=subject, data={})
-    missing = Group.objects.filter(name__in=roles).exclude(pk__in=user.groups.values("pk"))
-    added = sorted(missing.values_list("name", flat=True))
-    if added:
-        user.groups.add(*missing)
-        audit_append(
-            actor=actor, action="staff.roles_added", subject=subject, data={"roles": added}
-        )
-    return user, created
+    user.groups.add(*Group.objects.filter(name__in=roles))
+    account_access_record(user=user, before=before, actor=actor)
+    if before is not None and password is not None:
+        account_password_set_record(user=user, actor=actor)
+    return user, before is None

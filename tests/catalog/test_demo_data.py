@@ -60,7 +60,7 @@ def test_demo_data_is_a_real_catalog_and_loads_once(client):
     assert "chosen-password-123" in third
     assert list(
         AuditEvent.objects.filter(sequence__gt=events).values_list("action", flat=True)
-    ) == ["staff.password_set"]
+    ) == ["account.password_set"]
     assert client.login(username=email, password="chosen-password-123")
 
 
@@ -95,8 +95,7 @@ def test_demo_data_leaves_an_audit_chain_that_verifies():
     skus = Sku.objects.count()
     statuses = dict(Sku.objects.values_list("status").annotate(n=Count("pk")).order_by())
     assert per_action == {
-        "staff.created": 1,
-        "staff.roles_added": 1,
+        "account.created": 1,
         "partner.created": Partner.objects.count(),
         "partner.key_registered": Partner.objects.count(),
         "category.created": Category.objects.count(),
