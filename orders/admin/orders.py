@@ -65,7 +65,6 @@ class RefundForm(forms.Form):
     def __init__(self, *args: Any, order: Order, refundable: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.order = order
-        self.refundable = refundable
         self.fields["scope"].choices = [
             ("full", f"Everything not refunded yet ({format_amount(refundable, order.currency)})"),
             ("partial", "Part of it"),
@@ -88,15 +87,9 @@ class RefundForm(forms.Form):
                 f"Enter the amount as a whole number of minor units "
                 f"(e.g. 250 for {format_amount(250, currency)}), not “{text[:20]}”.",
             )
-        elif int(text) <= 0:
-            self.add_error("amount", "The amount must be greater than zero.")
-        elif int(text) > self.refundable:
-            self.add_error(
-                "amount",
-                f"At most {self.refundable} ({format_amount(self.refundable, currency)}) "
-                f"can still be refunded.",
-            )
         else:
+            # What the amount may be (positive, at most what is left) is the service's rule:
+            # its refusal is shown at this field (refund_view).
             data["amount"] = int(text)
         return data
 
@@ -111,8 +104,12 @@ class HoldForm(forms.Form):
 
 
 def _service_error_to_form(form: forms.Form, exc: ApplicationError) -> None:
-    fields = [name for name in (exc.errors or {}) if name in form.fields]
-    form.add_error(fields[0] if fields else None, exc.detail)
+    """A service's refusal, at the field it names (with the service's words for it)."""
+    for name, messages_ in (exc.errors or {}).items():
+        if name in form.fields:
+            form.add_error(name, messages_)
+            return
+    form.add_error(None, exc.detail)
 
 
 @admin.register(Order)

@@ -12,6 +12,7 @@ from django.db.models import Sum
 from audit.services import audit_append
 from marketplace.actors import Actor
 from marketplace.exceptions import InvalidInput
+from marketplace.money import format_amount
 from orders import handover
 from orders.exceptions import (
     OrderStateConflict,
@@ -87,7 +88,7 @@ def order_refund(
     if amount is not None and amount <= 0:
         raise RefundNotAllowed(
             "The refund amount must be greater than zero.",
-            errors={"amount": ["Must be greater than zero."]},
+            errors={"amount": ["The amount must be greater than zero."]},
         )
     reason = reason.strip()[:300]
     with _refund_lock(order_id):
@@ -109,9 +110,10 @@ def order_refund(
                 )
             amount = refundable if amount is None else amount
             if amount > refundable:
+                left = format_amount(refundable, order.currency)
                 raise RefundNotAllowed(
                     f"At most {refundable} {order.currency} (minor units) can still be refunded.",
-                    errors={"amount": [f"Must not exceed {refundable}."]},
+                    errors={"amount": [f"At most {refundable} ({left}) can still be refunded."]},
                 )
             already = order.amount - refundable
             known_refunds = set(order.refunds.values_list("gateway_refund_id", flat=True))
