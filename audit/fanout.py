@@ -150,10 +150,10 @@ def kernel_push_later(countdown: float) -> None:
     shared = not isinstance(caches["default"], LocMemCache)
     if shared and not cache.add(SCHEDULED_KEY, 1, timeout=countdown + SCHEDULED_GRACE_SECONDS):
         return
-    from audit.tasks import audit_push_to_kernel
+    from audit.tasks import kernel_push
 
     try:
-        audit_push_to_kernel.apply_async(countdown=countdown)
+        kernel_push.apply_async(countdown=countdown)
     except BrokerUnavailable:
         # The events are committed and the cursor still points before them: the beat entry
         # pushes them once the broker is back. The commit that called this must not fail.

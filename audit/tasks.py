@@ -1,18 +1,22 @@
-"""Audit work done by the workers. Each task calls a service and declares its retry policy;
-running one twice is harmless."""
+"""Audit work done by the workers. Each task is named after the service it calls and declares
+its retry policy; running one twice is harmless."""
 
 import logging
 
 from celery import Task, shared_task
 
-from audit import exports, fanout
-from audit.checkpoints import checkpoint_create
+from audit import checkpoints, exports, fanout
+from marketplace.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
+# Before an export that met a transient storage error is tried again: a minute, doubling,
+# at most an hour.
+EXPORT_BACKOFF = Backoff(base=60, cap=3600)
+
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=60, time_limit=90, max_retries=None)
-def audit_push_to_kernel(self: Task) -> int:
+def kernel_push(self: Task) -> int:
     """Pushes the events the Kernel has not acknowledged (audit.fanout). Woken after the
     commits that append events, and by beat every minute as a safety net. Safe to run twice:
     one push holds the cursor at a time and the Kernel ignores what it already has.
@@ -47,7 +51,7 @@ def _export_transient(exc: Exception) -> bool:
 
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=1800, time_limit=1900, max_retries=8)
-def audit_export_nightly(self: Task) -> int:
+def audit_exports_catch_up(self: Task) -> int:
     """Exports every UTC day up to yesterday that is not exported yet (beat, 00:30 UTC), and
     returns how many it registered. Safe to run twice: a registered day is skipped, and what a
     failed run stored is accepted only when identical (audit.exports).
@@ -62,12 +66,12 @@ def audit_export_nightly(self: Task) -> int:
         if isinstance(exc, exports.ExportError) or not _export_transient(exc):
             logger.error("audit export failed and is not retried: %s", exc)
             raise
-        countdown = min(60 * 2**self.request.retries, 3600)
+        countdown = EXPORT_BACKOFF.seconds(self.request.retries + 1)
         raise self.retry(exc=exc, countdown=countdown) from exc
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
-def audit_checkpoint() -> int | None:
+def checkpoint_create() -> int | None:
     """Signs the chain head; does nothing when the last event is already signed."""
-    checkpoint = checkpoint_create()
+    checkpoint = checkpoints.checkpoint_create()
     return checkpoint.sequence if checkpoint else None

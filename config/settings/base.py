@@ -280,18 +280,18 @@ SIGNING_ENDPOINT = env.str("MARKETPLACE_SIGNING_ENDPOINT", default="")
 CELERY_BEAT_SCHEDULE = {
     # Signs the audit chain's head (audit.services.checkpoint_create).
     "audit-checkpoint": {
-        "task": "audit.tasks.audit_checkpoint",
+        "task": "audit.tasks.checkpoint_create",
         "schedule": 60.0 * AUDIT_CHECKPOINT_MINUTES,
         "options": {"expires": 55},
     },
     # Exports each UTC day not exported yet (normally yesterday) with its signed digest.
     "audit-export-nightly": {
-        "task": "audit.tasks.audit_export_nightly",
+        "task": "audit.tasks.audit_exports_catch_up",
         "schedule": crontab(hour=0, minute=30),
     },
     # Pushes what a lost wake-up or a failed task left behind to the Kernel (audit.fanout).
     "audit-push-to-kernel": {
-        "task": "audit.tasks.audit_push_to_kernel",
+        "task": "audit.tasks.kernel_push",
         "schedule": 60.0,
         "options": {"expires": 55},
     },

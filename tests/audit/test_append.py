@@ -10,7 +10,7 @@ from audit.checkpoints import checkpoint_create
 from audit.models import AppendOnly, AuditEvent, ChainHead, Checkpoint
 from audit.services import audit_append
 from audit.signing_keys import signing_key_revoke, signing_key_rotate
-from audit.tasks import audit_checkpoint
+from audit.tasks import checkpoint_create as checkpoint_task
 from audit.verify import chain_verify
 from marketplace.actors import Actor
 from marketplace.models import SigningKeyPurpose
@@ -268,8 +268,8 @@ def test_the_checkpoint_command_signs_the_head_once() -> None:
 
 def test_the_beat_task_signs_the_head_and_is_harmless_twice() -> None:
     append()
-    assert audit_checkpoint.apply().get() == 2  # event 2 is the audit key's creation
-    assert audit_checkpoint.apply().get() is None
+    assert checkpoint_task.apply().get() == 2  # event 2 is the audit key's creation
+    assert checkpoint_task.apply().get() is None
     assert Checkpoint.objects.count() == 1
 
 
@@ -278,7 +278,7 @@ def test_beat_schedules_checkpoints_exports_and_the_kernel_push() -> None:
 
     tasks = {entry["task"] for entry in app.conf.beat_schedule.values()}
     assert {
-        "audit.tasks.audit_checkpoint",
-        "audit.tasks.audit_export_nightly",
-        "audit.tasks.audit_push_to_kernel",
+        "audit.tasks.checkpoint_create",
+        "audit.tasks.audit_exports_catch_up",
+        "audit.tasks.kernel_push",
     } <= tasks

@@ -31,7 +31,7 @@ from audit.exports import (
 from audit.models import AuditEvent, AuditExport, ChainHead
 from audit.services import audit_append
 from audit.signing_keys import signing_key_active, signing_key_rotate
-from audit.tasks import audit_export_nightly
+from audit.tasks import audit_exports_catch_up as export_task
 from marketplace.actors import Actor
 from marketplace.keystore import jwks_of
 from marketplace.models import SigningKey, SigningKeyPurpose
@@ -458,7 +458,7 @@ def test_the_nightly_task_exports_yesterday_on_the_worker(worker_audit_bucket, c
     day = today() - timedelta(days=1)
     append_at(at(day), 2)
 
-    audit_export_nightly.delay()
+    export_task.delay()
 
     wait_until(lambda: AuditExport.objects.filter(day=day).exists(), worker=celery_worker)
     export = AuditExport.objects.get(day=day)
@@ -468,5 +468,5 @@ def test_the_nightly_task_exports_yesterday_on_the_worker(worker_audit_bucket, c
         Bucket=worker_audit_bucket.name, Key=export_key(day)
     )
     assert head["ObjectLockMode"] == "COMPLIANCE"
-    assert "audit_export_nightly" in celery_worker.log()
+    assert "audit.tasks.audit_exports_catch_up" in celery_worker.log()
     assert os.environ["MARKETPLACE_AUDIT_BUCKET"] == worker_audit_bucket.name

@@ -614,7 +614,7 @@ def test_a_worker_pushes_committed_events_to_the_kernel(
 
     assert time.monotonic() - started < 5
     assert kernel.audit_events == [line_object(e) for e in AuditEvent.objects.order_by("sequence")]
-    assert "audit.tasks.audit_push_to_kernel" in kernel_worker.log()
+    assert "audit.tasks.kernel_push" in kernel_worker.log()
 
 
 @pytest.mark.worker
