@@ -61,9 +61,10 @@ class VerdictSerializer(serializers.Serializer):
     )
 
 
+# Renders a DeliveryAccess (licensing.services.delivery_access); `proof` comes from the
+# context (licensing.selectors.proof_id_latest).
 class DeliverySerializer(serializers.Serializer):
-    """Renders a DeliveryAccess (licensing.services.delivery_access); `proof` comes from the
-    context (licensing.selectors.proof_id_latest)."""
+    """Where to download your package, and how to decrypt it."""
 
     download_url = serializers.URLField()
     expires_at = serializers.DateTimeField()

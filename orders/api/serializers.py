@@ -25,10 +25,9 @@ class CheckoutInputSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+# Looks up the proofs of the whole page at once (licensing answers them through
+# orders.handover), so a page costs the same queries whatever its size.
 class OrderListSerializer(serializers.ListSerializer):
-    """Looks up the proofs of the whole page at once (licensing answers them through
-    orders.handover), so a page costs the same queries whatever its size."""
-
     def to_representation(self, data: Any) -> list[Any]:
         orders = list(data.all() if isinstance(data, models.manager.BaseManager) else data)
         self.child.context["proofs"] = handover.latest_proofs([order.pk for order in orders])
