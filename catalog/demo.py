@@ -132,7 +132,8 @@ OFF_SALE = {
     "polygon-forge-brushed-steel": SkuStatus.SUSPENDED,
     "lumen-audio-rain-on-roof": SkuStatus.RETIRED,
 }
-# A draft whose manifest names another file, so activation shows its refusal.
+# A draft whose manifest names another file: its signature is good, so its manifest status is
+# a mismatch (not verified), and activation shows its refusal.
 MISMATCHED_MANIFEST = "polygon-forge-harbour-boats"
 
 

@@ -1,9 +1,10 @@
 import base64
 import hashlib
 import uuid
+from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -11,6 +12,49 @@ from django.utils import timezone
 from marketplace.money import validate_currency
 
 BASIS_POINTS_TOTAL = 10_000
+PREVIEW_TTL_MIN_SECONDS = 60
+PREVIEW_TTL_MAX_SECONDS = 86_400
+
+
+def constraint_field(constraint: models.BaseConstraint, opts: Any) -> str | None:
+    """The field at which a form shows a constraint's violation: the one field a check refers
+    to, or the last field of a unique constraint (the ones before it are its scope, e.g. the
+    partner of a key id). None for a constraint about several fields."""
+    if isinstance(constraint, models.UniqueConstraint):
+        return constraint.fields[-1] if constraint.fields else None
+    if isinstance(constraint, models.CheckConstraint):
+        fields = Q(constraint.condition).referenced_base_fields - {"pk", opts.pk.name}
+        return next(iter(fields)) if len(fields) == 1 else None
+    return None
+
+
+class ConstraintErrorsAtFields:
+    """Puts the error of each violated constraint at the field it covers (Django puts a check
+    constraint's error on the whole form), in the words of its `violation_error_message`.
+
+    Only constraints with their own `violation_error_code` are moved, so an error is matched to
+    its constraint by code, not by wording."""
+
+    _meta: Any
+
+    def validate_constraints(self, exclude: Any = None) -> None:
+        try:
+            super().validate_constraints(exclude=exclude)  # type: ignore[misc]
+        except ValidationError as exc:
+            fields = {
+                constraint.violation_error_code: field
+                for constraint in self._meta.constraints
+                if constraint.violation_error_code
+                and (field := constraint_field(constraint, self._meta))
+            }
+            errors: dict[str, list[ValidationError]] = {}
+            for field, field_errors in exc.error_dict.items():
+                for error in field_errors:
+                    if field == NON_FIELD_ERRORS:
+                        errors.setdefault(fields.get(error.code, field), []).append(error)
+                    else:
+                        errors.setdefault(field, []).append(error)
+            raise ValidationError(errors) from None
 
 
 def validate_entitlements(value: object) -> None:
@@ -33,10 +77,14 @@ class PartnerQuerySet(models.QuerySet["Partner"]):
         return self.filter(is_active=True)
 
 
-class Partner(models.Model):
+class Partner(ConstraintErrorsAtFields, models.Model):
     """A publisher or creator whose goods are sold and who is paid royalties."""
 
-    slug = models.SlugField(max_length=64, unique=True)
+    slug = models.SlugField(
+        max_length=64,
+        unique=True,
+        error_messages={"unique": "Another partner already has this slug; choose another."},
+    )
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=PartnerKind.choices)
     legal_name = models.CharField(max_length=200, blank=True)
@@ -59,7 +107,10 @@ class Partner(models.Model):
         ordering = ["slug"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(kind__in=PartnerKind.values), name="partner_kind_valid"
+                condition=Q(kind__in=PartnerKind.values),
+                name="partner_kind_valid",
+                violation_error_code="partner_kind_valid",
+                violation_error_message="Choose whether the partner is a publisher or a creator.",
             ),
         ]
 
@@ -77,7 +128,7 @@ class PartnerKeyQuerySet(models.QuerySet["PartnerKey"]):
         return self.filter(status=KeyStatus.ACTIVE)
 
 
-class PartnerKey(models.Model):
+class PartnerKey(ConstraintErrorsAtFields, models.Model):
     """An Ed25519 public key with which a partner signs its manifests."""
 
     partner = models.ForeignKey(Partner, on_delete=models.PROTECT, related_name="keys")
@@ -102,9 +153,19 @@ class PartnerKey(models.Model):
         verbose_name = "partner signing key"
         ordering = ["partner_id", "key_id"]
         constraints = [
-            models.UniqueConstraint(fields=["partner", "key_id"], name="partnerkey_id_unique"),
+            models.UniqueConstraint(
+                fields=["partner", "key_id"],
+                name="partnerkey_id_unique",
+                violation_error_code="partnerkey_id_unique",
+                violation_error_message=(
+                    "The partner already has a key with this id; give the new key another id."
+                ),
+            ),
             models.CheckConstraint(
-                condition=Q(status__in=KeyStatus.values), name="partnerkey_status_valid"
+                condition=Q(status__in=KeyStatus.values),
+                name="partnerkey_status_valid",
+                violation_error_code="partnerkey_status_valid",
+                violation_error_message="A key is active or revoked.",
             ),
         ]
 
@@ -119,10 +180,14 @@ class PartnerKey(models.Model):
         return hashlib.sha256(raw_public_key).hexdigest()
 
 
-class Category(models.Model):
+class Category(ConstraintErrorsAtFields, models.Model):
     """A node of the category tree; `path` is the slugs from the root, kept by the services."""
 
-    slug = models.SlugField(max_length=64, unique=True)
+    slug = models.SlugField(
+        max_length=64,
+        unique=True,
+        error_messages={"unique": "Another category already has this slug; choose another."},
+    )
     name = models.CharField(max_length=100)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
@@ -139,6 +204,10 @@ class Category(models.Model):
             models.CheckConstraint(
                 condition=Q(parent__isnull=True) | ~Q(parent=F("pk")),
                 name="category_not_own_parent",
+                violation_error_code="category_not_own_parent",
+                violation_error_message=(
+                    "A category cannot be placed under itself; choose another parent."
+                ),
             ),
         ]
 
@@ -165,6 +234,9 @@ class ManifestStatus(models.TextChoices):
     MISSING = "missing", "No manifest"
     PENDING = "pending", "Not checked yet"
     VERIFIED = "verified", "Verified"
+    # The partner's signature is good, but the manifest it signed is about other bytes than
+    # the SKU's artifact: nothing the partner vouched for is on offer.
+    MISMATCH = "mismatch", "Signature valid, names another artifact"
     REJECTED = "rejected", "Rejected"
     UNAVAILABLE = "unavailable", "Kernel unreachable"
 
@@ -174,10 +246,16 @@ class SkuQuerySet(models.QuerySet["Sku"]):
         return self.filter(status=SkuStatus.ACTIVE)
 
 
-class Sku(models.Model):
+class Sku(ConstraintErrorsAtFields, models.Model):
     """A thing for sale: one version of a partner's package, model or asset pack."""
 
-    slug = models.SlugField(max_length=100, unique=True)
+    slug = models.SlugField(
+        max_length=100,
+        unique=True,
+        error_messages={
+            "unique": "Another SKU already has this slug; choose another (it is the public id)."
+        },
+    )
     title = models.CharField(max_length=200)
     summary = models.CharField(max_length=300, blank=True)
     description = models.TextField(blank=True)
@@ -217,7 +295,11 @@ class Sku(models.Model):
 
     preview_enabled = models.BooleanField(default=False)
     preview_ttl_seconds = models.PositiveIntegerField(
-        default=900, help_text="How long a preview session lasts."
+        default=900,
+        help_text=(
+            f"How long a preview session lasts, in seconds "
+            f"({PREVIEW_TTL_MIN_SECONDS:,} to {PREVIEW_TTL_MAX_SECONDS:,})."
+        ),
     )
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -232,27 +314,62 @@ class Sku(models.Model):
         ordering = ["-created_at", "-id"]
         permissions = [("publish_sku", "Can activate, suspend and retire SKUs")]
         constraints = [
-            models.CheckConstraint(condition=Q(price_amount__gt=0), name="sku_price_positive"),
             models.CheckConstraint(
-                condition=Q(currency__regex=r"^[A-Z]{3}$"), name="sku_currency_iso4217"
+                condition=Q(price_amount__gt=0),
+                name="sku_price_positive",
+                violation_error_code="sku_price_positive",
+                violation_error_message=(
+                    "The price must be more than zero. Enter it in the currency's minor units: "
+                    "1999 is 19.99 USD, 500 is 500 JPY."
+                ),
             ),
             models.CheckConstraint(
-                condition=Q(status__in=SkuStatus.values), name="sku_status_valid"
+                condition=Q(currency__regex=r"^[A-Z]{3}$"),
+                name="sku_currency_iso4217",
+                violation_error_code="sku_currency_iso4217",
+                violation_error_message=(
+                    "Enter the currency as its three-letter ISO 4217 code, e.g. USD."
+                ),
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=SkuStatus.values),
+                name="sku_status_valid",
+                violation_error_code="sku_status_valid",
+                violation_error_message="A SKU is a draft, active, suspended or retired.",
             ),
             models.CheckConstraint(
                 condition=Q(manifest_status__in=ManifestStatus.values),
                 name="sku_manifest_status_valid",
+                violation_error_code="sku_manifest_status_valid",
+                violation_error_message="The manifest status is not one the catalog knows.",
             ),
-            models.CheckConstraint(condition=Q(license_seats__gte=1), name="sku_seats_positive"),
             models.CheckConstraint(
-                condition=Q(preview_ttl_seconds__gte=60, preview_ttl_seconds__lte=86_400),
+                condition=Q(license_seats__gte=1),
+                name="sku_seats_positive",
+                violation_error_code="sku_seats_positive",
+                violation_error_message="A license is for at least 1 seat; enter 1 or more.",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    preview_ttl_seconds__gte=PREVIEW_TTL_MIN_SECONDS,
+                    preview_ttl_seconds__lte=PREVIEW_TTL_MAX_SECONDS,
+                ),
                 name="sku_preview_ttl_range",
+                violation_error_code="sku_preview_ttl_range",
+                violation_error_message=(
+                    f"A preview lasts {PREVIEW_TTL_MIN_SECONDS:,} to {PREVIEW_TTL_MAX_SECONDS:,} "
+                    "seconds (1 minute to 24 hours); enter a number in that range."
+                ),
             ),
             # Only a SKU with an artifact and a verified manifest can be on sale.
             models.CheckConstraint(
                 condition=~Q(status=SkuStatus.ACTIVE)
                 | Q(artifact__isnull=False, manifest_status=ManifestStatus.VERIFIED),
                 name="sku_active_is_complete",
+                violation_error_code="sku_active_is_complete",
+                violation_error_message=(
+                    "Only a SKU with an artifact and a verified manifest can be on sale."
+                ),
             ),
         ]
         indexes = [
@@ -264,11 +381,34 @@ class Sku(models.Model):
     def __str__(self) -> str:
         return f"{self.title} ({self.slug})"
 
+    def clean(self) -> None:
+        # Django takes {} for an empty value and does not show it to the field's validator;
+        # no entitlements are stored as the empty list the validator accepts.
+        if not self.license_entitlements:
+            self.license_entitlements = []
+
     def can_become(self, status: str) -> bool:
         return status in SKU_TRANSITIONS[self.status]
 
+    def files_can_change(self) -> bool:
+        """Whether the artifact and the manifest may change: only while the SKU is a draft or
+        suspended, never while it is on sale."""
+        return self.status in (SkuStatus.DRAFT, SkuStatus.SUSPENDED)
 
-class Artifact(models.Model):
+    def manifest_artifact_sha256(self) -> str | None:
+        """The SHA-256 of the artifact the attached manifest names; None without a manifest."""
+        if self.manifest is None:
+            return None
+        return self.manifest.get("artifact", {}).get("sha256")
+
+    def manifest_names_another_artifact(self) -> bool:
+        """Whether the attached manifest names other bytes than the SKU's artifact."""
+        if self.manifest is None or self.artifact is None:
+            return False
+        return self.manifest_artifact_sha256() != self.artifact.sha256
+
+
+class Artifact(ConstraintErrorsAtFields, models.Model):
     """One uploaded file of a SKU. Rows are never changed: a new upload makes a new row, so
     whatever refers to an artifact keeps referring to the same bytes."""
 
@@ -290,7 +430,10 @@ class Artifact(models.Model):
         ordering = ["-uploaded_at"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(sha256__regex=r"^[0-9a-f]{64}$"), name="artifact_sha256_hex"
+                condition=Q(sha256__regex=r"^[0-9a-f]{64}$"),
+                name="artifact_sha256_hex",
+                violation_error_code="artifact_sha256_hex",
+                violation_error_message="A SHA-256 is 64 lowercase hexadecimal digits.",
             ),
         ]
 
@@ -298,7 +441,7 @@ class Artifact(models.Model):
         return f"{self.filename} ({self.sha256[:12]}…)"
 
 
-class RoyaltySplit(models.Model):
+class RoyaltySplit(ConstraintErrorsAtFields, models.Model):
     """A partner's share of a SKU's revenue, in basis points; a SKU's shares sum to 10,000."""
 
     sku = models.ForeignKey(Sku, on_delete=models.CASCADE, related_name="splits")
@@ -308,10 +451,20 @@ class RoyaltySplit(models.Model):
     class Meta:
         ordering = ["sku_id", "-basis_points", "partner_id"]
         constraints = [
-            models.UniqueConstraint(fields=["sku", "partner"], name="royaltysplit_unique_partner"),
+            models.UniqueConstraint(
+                fields=["sku", "partner"],
+                name="royaltysplit_unique_partner",
+                violation_error_code="royaltysplit_unique_partner",
+                violation_error_message="Each partner appears once in a SKU's royalty splits.",
+            ),
             models.CheckConstraint(
                 condition=Q(basis_points__gte=1, basis_points__lte=BASIS_POINTS_TOTAL),
                 name="royaltysplit_bp_range",
+                violation_error_code="royaltysplit_bp_range",
+                violation_error_message=(
+                    f"A share is 1 to {BASIS_POINTS_TOTAL:,} basis points; "
+                    f"{BASIS_POINTS_TOTAL:,} is the whole price."
+                ),
             ),
         ]
 

@@ -5,9 +5,11 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 
 from catalog import services
+from catalog.admin.service_errors import UniqueConstraintMessages, add_service_error
 from catalog.models import (
     KeyStatus,
     Partner,
@@ -21,26 +23,44 @@ from marketplace.exceptions import ApplicationError
 
 
 class PartnerKeyForm(forms.ModelForm):
+    # Not the model's field: a PEM key is longer than the base64 the key is registered as.
+    public_key = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        help_text="Base64 of the raw 32-byte Ed25519 key, or a PEM public key.",
+    )
+
     class Meta:
         model = PartnerKey
         fields = ["key_id", "public_key"]
-        widgets = {"public_key": forms.Textarea(attrs={"rows": 2, "cols": 60})}
-        help_texts = {"public_key": "Base64 of the raw 32-byte Ed25519 key, or a PEM public key."}
 
     def clean_public_key(self) -> str:
         try:
-            raw = services.public_key_parse(self.cleaned_data["public_key"])
+            return services.public_key_base64(self.cleaned_data["public_key"])
         except ApplicationError as exc:
             raise as_form_error(exc) from None
-        holder = PartnerKey.objects.filter(fingerprint=PartnerKey.fingerprint_of(raw)).first()
-        if holder is not None:
-            raise forms.ValidationError(f"This key is already registered as {holder}.")
-        return self.cleaned_data["public_key"]
+
+
+class PartnerKeyFormSet(UniqueConstraintMessages, BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        # What registering each new key would refuse, at its fields (services.partner_key_build).
+        for form in self.forms:
+            if form.instance.pk is not None or not form.has_changed() or form.errors:
+                continue
+            try:
+                services.partner_key_build(
+                    partner=self.instance,
+                    key_id=form.cleaned_data["key_id"],
+                    public_key=form.cleaned_data["public_key"],
+                )
+            except ApplicationError as exc:
+                add_service_error(form, exc)
 
 
 class PartnerKeyInline(admin.TabularInline):
     model = PartnerKey
     form = PartnerKeyForm
+    formset = PartnerKeyFormSet
     extra = 0
     can_delete = False
     fields = ["key_id", "public_key", "fingerprint", "status", "created_at", "revoked_reason"]

@@ -1,6 +1,8 @@
 """SKUs: the form content ops publish with, splits inline, and the status actions."""
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django import forms
@@ -8,23 +10,26 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from catalog import services
-from catalog.exceptions import TransitionRefused
-from catalog.manifests import manifest_for, manifest_parse
-from catalog.models import Partner, RoyaltySplit, Sku, SkuStatus
+from catalog.admin.service_errors import UniqueConstraintMessages, add_service_error
+from catalog.exceptions import InvalidSplits, TransitionRefused
+from catalog.manifests import manifest_for
+from catalog.models import ManifestStatus, Partner, RoyaltySplit, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
 from catalog.services import StoredArtifact
 from marketplace.actors import Actor
 from marketplace.admin.helpers import HttpsURLField, reason_action
 from marketplace.exceptions import ApplicationError
+from marketplace.models import User
 from marketplace.money import format_amount
 
 
-class RoyaltySplitFormSet(BaseInlineFormSet):
+class RoyaltySplitFormSet(UniqueConstraintMessages, BaseInlineFormSet):
     def shares(self) -> list[tuple[Partner, int]]:
         return [
             (form.cleaned_data["partner"], form.cleaned_data["basis_points"])
@@ -36,10 +41,13 @@ class RoyaltySplitFormSet(BaseInlineFormSet):
         super().clean()
         if any(self.errors):
             return
-        on_sale = self.instance.pk is not None and self.instance.status == SkuStatus.ACTIVE
-        problems = services.splits_problems(self.shares(), on_sale=on_sale)
-        if problems:
-            raise forms.ValidationError([f"{capfirst(problem)}." for problem in problems])
+        try:
+            services.sku_splits_check(sku=self.instance, splits=self.shares())
+        except InvalidSplits as exc:
+            problems = (exc.errors or {}).get("splits", [exc.detail])
+            raise forms.ValidationError([f"{capfirst(problem)}." for problem in problems]) from None
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.detail) from None
 
 
 class RoyaltySplitInline(admin.TabularInline):
@@ -60,12 +68,46 @@ class RoyaltySplitInline(admin.TabularInline):
     has_delete_permission = has_change_permission  # type: ignore[assignment]
 
 
+class ArtifactFileInput(forms.FileInput):
+    """The file input, with what is kept of an upload made when the form was sent back."""
+
+    template_name = "catalog/widgets/artifact_file.html"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs)
+        self.kept: StoredArtifact | None = None
+
+    def get_context(self, name: str, value: Any, attrs: dict[str, Any] | None) -> dict[str, Any]:
+        context = super().get_context(name, value, attrs)
+        kept = self.kept
+        context["widget"]["kept"] = kept and {
+            "filename": kept.filename,
+            "size": filesizeformat(kept.size),
+            "sha256": kept.sha256,
+        }
+        return context
+
+
+class SaveRefused(Exception):
+    """A service refused the save after the form had validated (another change came first):
+    the admin shows the form again with the refusal and the upload it kept."""
+
+    def __init__(self, error: ApplicationError, *, kept_token: str) -> None:
+        super().__init__(error.detail)
+        self.error = error
+        self.kept_token = kept_token
+
+
 class SkuAdminForm(forms.ModelForm):
     artifact_file = forms.FileField(
         required=False,
         label="Upload artifact",
         help_text="Streamed to storage; its SHA-256 and size are computed on the way.",
+        widget=ArtifactFileInput,
     )
+    # The signed token of an upload kept while the form was sent back with errors
+    # (services.artifact_keep): the file is not asked for again.
+    artifact_kept = forms.CharField(required=False, widget=forms.HiddenInput)
     manifest_text = forms.CharField(
         required=False,
         label="Manifest",
@@ -100,6 +142,12 @@ class SkuAdminForm(forms.ModelForm):
         field_classes = {"license_terms_url": HttpsURLField}
         labels = {"manifest_signature": "Manifest signature", "price_amount": "Price (minor units)"}
 
+    # Who fills the form in (SkuAdmin.get_form sets it): the uploader of the artifact, and the
+    # only user whose kept upload the form accepts.
+    user: User | None = None
+    # Set when the form comes back because a service refused the save (SkuAdmin.changeform_view).
+    refusal: SaveRefused | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stored_artifact: StoredArtifact | None = None
@@ -119,33 +167,74 @@ class SkuAdminForm(forms.ModelForm):
             and "manifest_text" in self.fields
         )
         if manifest_changed:
-            text = data.get("manifest_text", "").strip()
-            if not text:
-                self.add_error("manifest_text", "Paste the manifest that goes with the signature.")
-            else:
-                try:
-                    self.manifest = manifest_parse(text)
-                except ApplicationError as exc:
-                    self.add_error("manifest_text", exc.detail)
-                try:
-                    data["manifest_signature"] = services.manifest_signature_parse(
-                        data.get("manifest_signature", "")
-                    )
-                except ApplicationError as exc:
-                    self.add_error("manifest_signature", exc.detail)
-        upload = data.get("artifact_file")
-        # Upload last, and only when everything else is valid, so a form sent back with errors
-        # does not leave a stored file behind.
-        if upload and not self.errors:
             try:
-                self.stored_artifact = services.artifact_store(
+                self.manifest, data["manifest_signature"] = services.manifest_check(
+                    manifest=data.get("manifest_text", ""),
+                    signature=data.get("manifest_signature", ""),
+                )
+            except ApplicationError as exc:
+                add_service_error(self, exc, fields={"manifest": "manifest_text"})
+        if "artifact_file" in self.fields:
+            self._clean_artifact(data)
+        return data
+
+    def _clean_artifact(self, data: dict[str, Any]) -> None:
+        """Stores a new upload at once, or takes the one kept from an earlier submit, so that
+        if the form is sent back with errors (its own, the splits', the services') the upload
+        is kept for the next submit rather than asked for again. A file never attached is
+        deleted by the orphan sweep."""
+        upload = data.get("artifact_file")
+        token = data.get("artifact_kept", "")
+        if self.refusal is not None and self.refusal.kept_token:
+            # The upload of the refused save was stored then: keep that one.
+            upload, token = None, self.refusal.kept_token
+        if upload:
+            try:
+                stored = services.artifact_store(
                     content=upload,
                     filename=upload.name,
                     content_type=getattr(upload, "content_type", "") or "",
                 )
             except ApplicationError as exc:
-                self.add_error("artifact_file", exc.detail)
-        return data
+                add_service_error(self, exc, field="artifact_file")
+                return
+            if self.user is not None:
+                self._keep(stored, services.artifact_keep(stored=stored, user=self.user))
+            else:
+                self.stored_artifact = stored
+        elif token:
+            if self.user is None:
+                return
+            try:
+                stored = services.artifact_kept(token=token, user=self.user)
+            except ApplicationError as exc:
+                add_service_error(self, exc, field="artifact_file")
+                self._set_data("artifact_kept", "")
+                return
+            self._keep(stored, token)
+
+    def _keep(self, stored: StoredArtifact, token: str) -> None:
+        # The token goes back unchanged once made: its age is the stored file's, which the
+        # orphan sweep goes by.
+        self.stored_artifact = stored
+        self._set_data("artifact_kept", token)
+        self.fields["artifact_file"].widget.kept = stored
+
+    def _set_data(self, name: str, value: str) -> None:
+        self.data = self.data.copy()
+        self.data[self.add_prefix(name)] = value
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.refusal is not None:
+            add_service_error(self, self.refusal.error)
+        if self.errors:
+            return
+        # What the SKU service would refuse, at the fields it names, before anything is saved.
+        try:
+            services.sku_check(sku=self.instance)
+        except ApplicationError as exc:
+            add_service_error(self, exc)
 
 
 @admin.register(Sku)
@@ -184,14 +273,48 @@ class SkuAdmin(admin.ModelAdmin):
         "updated_at",
     ]
 
+    def get_form(
+        self, request: HttpRequest, obj: Sku | None = None, change: bool = False, **kwargs: Any
+    ) -> type[SkuAdminForm]:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        refusal = getattr(request, "sku_save_refusal", None)
+        return type(form.__name__, (form,), {"user": request.user, "refusal": refusal})
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except SaveRefused as refused:
+            # The admin's transaction rolled back, so nothing of the save was written: the
+            # same form comes back with the service's refusal at its fields.
+            request.sku_save_refusal = refused  # type: ignore[attr-defined]
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    @contextmanager
+    def _refusal_shown(self, form: SkuAdminForm) -> Iterator[None]:
+        try:
+            yield
+        except ApplicationError as exc:
+            kept = form.data.get(form.add_prefix("artifact_kept"), "")
+            raise SaveRefused(exc, kept_token=kept) from exc
+
     def get_fieldsets(self, request: HttpRequest, obj: Sku | None = None) -> list[Any]:
-        files = ["artifact_file", "artifact_details", "manifest_to_sign", "manifest_text",
-                 "manifest_signature", "manifest_status", "manifest_detail", "manifest_key_id",
-                 "manifest_checked_at"]  # fmt: skip
+        files = ["artifact_file", "artifact_kept", "artifact_details", "manifest_to_sign",
+                 "manifest_text", "manifest_signature", "manifest_status", "manifest_detail",
+                 "manifest_key_id", "manifest_checked_at"]  # fmt: skip
         if obj is None:
-            files = ["artifact_file", "manifest_text", "manifest_signature"]
-        elif obj.status in (SkuStatus.ACTIVE, SkuStatus.RETIRED):
-            files = [name for name in files if name not in ("artifact_file", "manifest_text")]
+            files = ["artifact_file", "artifact_kept", "manifest_text", "manifest_signature"]
+        elif not obj.files_can_change():
+            files = [
+                name
+                for name in files
+                if name not in ("artifact_file", "artifact_kept", "manifest_text")
+            ]
         sections = [
             (None, {"fields": ["title", "slug", "partner", "category", "version"]}),
             ("Description", {"fields": ["summary", "description"]}),
@@ -232,13 +355,11 @@ class SkuAdmin(admin.ModelAdmin):
         fields = list(self.readonly_fields)
         if obj is None:
             return fields
-        if obj.status == SkuStatus.RETIRED:
-            return [*fields, *SkuAdminForm.Meta.fields]
-        if obj.status == SkuStatus.ACTIVE:
-            fields += ["partner", "version", "manifest_signature"]
-        if obj.activated_at is not None:
-            fields.append("slug")
-        return fields
+        # Shown, not offered: what the services would refuse to change on this SKU.
+        fixed = services.sku_fixed_fields(obj)
+        if not obj.files_can_change():
+            fixed |= {"manifest_signature"}
+        return [*fields, *(name for name in SkuAdminForm.Meta.fields if name in fixed)]
 
     def get_prepopulated_fields(self, request: HttpRequest, obj: Sku | None = None) -> dict:
         return {"slug": ["title"]} if obj is None else {}
@@ -292,18 +413,22 @@ class SkuAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Sku, form: SkuAdminForm, change: bool) -> None:
         actor = Actor.of_user(request.user)
-        services.sku_save(sku=obj, actor=actor)
-        if form.stored_artifact is not None:
-            services.sku_artifact_attach(
-                sku_id=obj.pk, stored=form.stored_artifact, actor=actor, uploaded_by=request.user
-            )
-        if form.manifest is not None:
-            services.sku_manifest_attach(
-                sku_id=obj.pk,
-                manifest=form.manifest,
-                signature=form.cleaned_data["manifest_signature"],
-                actor=actor,
-            )
+        with self._refusal_shown(form):
+            services.sku_save(sku=obj, actor=actor)
+            if form.stored_artifact is not None:
+                services.sku_artifact_attach(
+                    sku_id=obj.pk,
+                    stored=form.stored_artifact,
+                    actor=actor,
+                    uploaded_by=request.user,
+                )
+            if form.manifest is not None:
+                services.sku_manifest_attach(
+                    sku_id=obj.pk,
+                    manifest=form.manifest,
+                    signature=form.cleaned_data["manifest_signature"],
+                    actor=actor,
+                )
         obj.refresh_from_db()
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
@@ -316,9 +441,10 @@ class SkuAdmin(admin.ModelAdmin):
         if not formset.has_changed():
             return
         formset.deleted_objects = [split_form.instance for split_form in formset.initial_forms]
-        formset.new_objects = services.sku_splits_set(
-            sku_id=form.instance.pk, splits=formset.shares(), actor=Actor.of_user(request.user)
-        )
+        with self._refusal_shown(form):
+            formset.new_objects = services.sku_splits_set(
+                sku_id=form.instance.pk, splits=formset.shares(), actor=Actor.of_user(request.user)
+            )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # retire instead: orders and licenses refer to SKUs
@@ -379,5 +505,6 @@ class SkuAdmin(admin.ModelAdmin):
             if check is None:
                 self.message_user(request, f"{sku.slug}: no manifest to verify.", messages.WARNING)
             else:
-                level = messages.SUCCESS if check.status == "verified" else messages.ERROR
-                self.message_user(request, f"{sku.slug}: {check.status} — {check.detail}", level)
+                status = ManifestStatus(check.status)
+                level = messages.SUCCESS if status == ManifestStatus.VERIFIED else messages.ERROR
+                self.message_user(request, f"{sku.slug}: {status.label} — {check.detail}", level)

@@ -2,12 +2,13 @@
 
 import contextlib
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from typing import BinaryIO
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import BinaryIO, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+from django.core import signing
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import default_storage
@@ -29,9 +30,22 @@ from catalog.models import (
 )
 from catalog.services.locks import sku_lock
 from catalog.services.status import sku_status_change
+from catalog.services.verdicts import signed_manifest_recheck
 from marketplace.actors import Actor
+from marketplace.exceptions import InvalidInput
 from marketplace.models import User
 from marketplace.streams import HashingReader, SizeLimitExceeded
+
+# How long a form sent back with errors keeps its upload. Well inside the grace the orphan sweep
+# gives stored files (catalog.tasks.ORPHAN_GRACE, a day), so a kept file is never swept while a
+# form may still use it, and is swept once none can.
+KEPT_UPLOAD_MAX_AGE = timedelta(hours=6)
+_KEPT_UPLOAD_SALT = "catalog.artifact-kept-upload"
+
+
+class KeptUploadRefused(InvalidInput):
+    code = "kept-upload-refused"
+    title = "The kept upload cannot be used"
 
 
 @dataclass(frozen=True)
@@ -93,8 +107,41 @@ def artifact_store(*, content: BinaryIO, filename: str, content_type: str = "") 
     )
 
 
+def artifact_keep(*, stored: StoredArtifact, user: User) -> str:
+    """A token that lets `user`, and only them, attach this stored file later (for
+    KEPT_UPLOAD_MAX_AGE), so a form sent back with errors need not ask for the file again.
+    It is signed: what it says about the file (key, size, SHA-256) cannot be changed."""
+    return signing.dumps({"user": user.pk, **asdict(stored)}, salt=_KEPT_UPLOAD_SALT)
+
+
+def artifact_kept(*, token: str, user: User) -> StoredArtifact:
+    """The stored file a token of artifact_keep stands for. Raises KeptUploadRefused (naming
+    `artifact_file`) for a token that was changed, has expired, is another user's, or whose
+    file is gone or already attached."""
+    try:
+        kept = signing.loads(
+            token, salt=_KEPT_UPLOAD_SALT, max_age=KEPT_UPLOAD_MAX_AGE.total_seconds()
+        )
+    except signing.SignatureExpired:
+        _refuse_kept("The kept upload has expired; choose the file again.")
+    except signing.BadSignature:
+        _refuse_kept("The kept upload cannot be used; choose the file again.")
+    if kept.pop("user") != user.pk:
+        _refuse_kept("The kept upload was made by another user; choose the file again.")
+    stored = StoredArtifact(**kept)
+    if Artifact.objects.filter(storage_key=stored.storage_key).exists():
+        _refuse_kept(f"{stored.filename} is already attached to a SKU; choose the file again.")
+    if not default_storage.exists(stored.storage_key):
+        _refuse_kept(f"{stored.filename} is no longer in storage; choose the file again.")
+    return stored
+
+
+def _refuse_kept(message: str) -> NoReturn:
+    raise KeptUploadRefused(message, errors={"artifact_file": [message]})
+
+
 def _check_artifact_changeable(sku: Sku) -> None:
-    if sku.status not in (SkuStatus.DRAFT, SkuStatus.SUSPENDED):
+    if not sku.files_can_change():
         raise SkuLocked(
             f"{sku.slug} is {sku.status}: its artifact can only change while it is a draft "
             "or suspended."
@@ -105,8 +152,10 @@ def _check_artifact_changeable(sku: Sku) -> None:
 def sku_artifact_attach(
     *, sku_id: int, stored: StoredArtifact, actor: Actor, uploaded_by: User | None = None
 ) -> Artifact:
-    """Makes a stored file the SKU's artifact. The manifest must then name its hash.
-    Records `sku.artifact_uploaded`."""
+    """Makes a stored file the SKU's artifact. The manifest must then name its hash: a verified
+    manifest that names other bytes becomes a mismatch, and a mismatch whose manifest names the
+    new bytes is verified again (catalog.services.verdicts). Records `sku.artifact_uploaded`,
+    then the manifest's new verdict if it changed."""
     sku = sku_lock(sku_id)
     _check_artifact_changeable(sku)
     artifact = Artifact.objects.create(
@@ -120,7 +169,6 @@ def sku_artifact_attach(
     )
     replaced = sku.artifact.sha256 if sku.artifact else None
     sku.artifact = artifact
-    sku.save(update_fields=["artifact", "updated_at"])
     audit_append(
         actor=actor,
         action="sku.artifact_uploaded",
@@ -133,6 +181,8 @@ def sku_artifact_attach(
             "replaced_sha256": replaced,
         },
     )
+    fields = ["artifact", "updated_at", *signed_manifest_recheck(sku, actor=actor)]
+    sku.save(update_fields=fields)
     catalog_changed()
     return artifact
 
@@ -175,8 +225,9 @@ ORPHAN_KEYS_RECORDED = 100
 
 def artifact_orphans_delete(*, older_than: datetime, actor: Actor) -> list[str]:
     """Deletes stored artifact files that no artifact refers to and that are older than
-    `older_than`: uploads whose admin form was sent back with errors, or whose transaction
-    rolled back. Younger files are spared, as their upload may be about to be attached.
+    `older_than`: uploads kept for an admin form sent back with errors and never used, or whose
+    transaction rolled back. Younger files are spared, as their upload may be about to be
+    attached.
 
     Records `artifact.orphans_deleted` after the files are gone (storage is no transaction):
     the count, and the first ORPHAN_KEYS_RECORDED keys. Nothing when nothing was deleted.

@@ -56,27 +56,36 @@ def public_key_parse(text: str) -> bytes:
         try:
             key = serialization.load_pem_public_key(text.encode())
         except ValueError as exc:
-            raise InvalidPartnerKey(f"The PEM public key cannot be read: {exc}.") from None
+            raise _public_key_problem(f"The PEM public key cannot be read: {exc}.") from None
         if not isinstance(key, Ed25519PublicKey):
-            raise InvalidPartnerKey("The PEM key is not an Ed25519 public key.")
+            raise _public_key_problem("The PEM key is not an Ed25519 public key.")
         return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
         raw = decode_signature(text)
     except ValueError:
-        raise InvalidPartnerKey("The public key is neither base64 nor PEM.") from None
+        raise _public_key_problem("The public key is neither base64 nor PEM.") from None
     if len(raw) != 32:
-        raise InvalidPartnerKey(f"An Ed25519 public key is 32 bytes; this one is {len(raw)}.")
+        raise _public_key_problem(f"An Ed25519 public key is 32 bytes; this one is {len(raw)}.")
     try:
         Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as exc:
-        raise InvalidPartnerKey(f"The public key is not a valid Ed25519 key: {exc}.") from None
+        raise _public_key_problem(f"The public key is not a valid Ed25519 key: {exc}.") from None
     return raw
 
 
-@transaction.atomic
-def partner_key_register(
-    *, partner: Partner, key_id: str, public_key: str, actor: Actor
-) -> PartnerKey:
+def _public_key_problem(message: str) -> InvalidPartnerKey:
+    return InvalidPartnerKey(message, errors={"public_key": [message]})
+
+
+def public_key_base64(text: str) -> str:
+    """The key as it is registered: base64 of the raw 32 bytes, from base64 or PEM."""
+    return base64.b64encode(public_key_parse(text)).decode()
+
+
+def partner_key_build(*, partner: Partner, key_id: str, public_key: str) -> PartnerKey:
+    """The key partner_key_register would register, not saved. Raises InvalidPartnerKey with
+    each problem at its field (`key_id`, `public_key`): a key that is not Ed25519, a key id the
+    partner already has, a key registered already (to this partner or another)."""
     raw = public_key_parse(public_key)
     key = PartnerKey(
         partner=partner,
@@ -84,13 +93,34 @@ def partner_key_register(
         public_key=base64.b64encode(raw).decode(),
         fingerprint=PartnerKey.fingerprint_of(raw),
     )
+    # A partner not saved yet has no keys to clash with.
+    exclude = {"partner"} if partner.pk is None else set()
     try:
-        key.full_clean()
+        key.full_clean(exclude=exclude)
     except ValidationError as exc:
+        errors = {field: list(messages) for field, messages in exc.message_dict.items()}
+        if "fingerprint" in errors:
+            # The fingerprint is computed from the public key: say which key holds it.
+            holder = PartnerKey.objects.select_related("partner").get(fingerprint=key.fingerprint)
+            del errors["fingerprint"]
+            errors.setdefault("public_key", []).append(
+                f"This key is already registered as {holder}."
+            )
         raise InvalidPartnerKey(
-            "The key cannot be registered: " + "; ".join(exc.messages),
-            errors={field: list(messages) for field, messages in exc.message_dict.items()},
+            "The key cannot be registered: "
+            + " ".join(message for messages in errors.values() for message in messages),
+            errors=errors,
         ) from None
+    return key
+
+
+@transaction.atomic
+def partner_key_register(
+    *, partner: Partner, key_id: str, public_key: str, actor: Actor
+) -> PartnerKey:
+    """Registers a partner's manifest-signing key (see partner_key_build for what is refused).
+    Records `partner.key_registered`."""
+    key = partner_key_build(partner=partner, key_id=key_id, public_key=public_key)
     try:
         with transaction.atomic():
             key.save()
@@ -108,7 +138,8 @@ def partner_key_register(
 
 @transaction.atomic
 def partner_key_revoke(*, key_pk: int, reason: str, actor: Actor) -> PartnerKey:
-    """Revokes a key. Manifests it verified no longer count: their SKUs leave sale.
+    """Revokes a key. Manifests it verified (mismatched ones too) no longer count: their SKUs
+    leave sale.
 
     Records `partner.key_revoked`, and for each SKU whose manifest the key had verified
     `sku.manifest_rejected` (and `sku.suspended` if it was on sale). Revoking a revoked key
@@ -126,7 +157,9 @@ def partner_key_revoke(*, key_pk: int, reason: str, actor: Actor) -> PartnerKey:
     affected = list(
         Sku.objects.select_for_update(of=("self",))
         .filter(
-            partner=key.partner, manifest_key_id=key.key_id, manifest_status=ManifestStatus.VERIFIED
+            partner=key.partner,
+            manifest_key_id=key.key_id,
+            manifest_status__in=[ManifestStatus.VERIFIED, ManifestStatus.MISMATCH],
         )
         .order_by("pk")
     )

@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_append
@@ -29,9 +30,23 @@ from catalog.selectors import sku_activation_blockers
 from catalog.services.changes import NOTE_MAX, changes, recorded, sku_fields, splits_record
 from catalog.services.locks import sku_lock
 from catalog.services.status import sku_status_change
+from catalog.services.verdicts import (
+    signed_manifest_detail,
+    signed_manifest_record,
+    signed_manifest_status,
+)
 from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
+from marketplace.exceptions import InvalidInput
 from marketplace.kernel import KernelUnavailable, PublisherKey, decode_signature, get_kernel
+
+
+class InvalidSku(InvalidInput):
+    """A SKU's fields break a rule of the model; `errors` names each field with its problem."""
+
+    code = "invalid-sku"
+    title = "The SKU is not valid"
+
 
 # --- SKUs --------------------------------------------------------------------------------------
 
@@ -51,38 +66,97 @@ _SERVICE_OWNED_FIELDS = (
 )
 
 
-@transaction.atomic
-def sku_save(*, sku: Sku, actor: Actor) -> Sku:
-    """Creates a SKU as a draft, or saves changes to its descriptive fields and price.
+# Fields that cannot change while the SKU is on sale: they identify the goods sold.
+_FIXED_WHILE_ON_SALE = ("partner", "version")
 
-    What identifies the goods on sale (partner, version) cannot change while the SKU is active,
-    and the slug cannot change once the SKU has ever been on sale: orders refer to it.
-    Records `sku.created`, or `sku.updated` with the fields that changed (nothing if none did).
-    """
-    before: Sku | None = None
+
+def sku_fixed_fields(sku: Sku) -> frozenset[str]:
+    """The fields of a stored SKU that sku_save will not change: every field of a retired SKU;
+    partner and version while it is on sale; the slug once it has ever been (orders refer to
+    it). Nothing for a SKU not saved yet."""
     if sku.pk is None:
+        return frozenset()
+    if sku.status == SkuStatus.RETIRED:
+        return frozenset(field.name for field in Sku._meta.concrete_fields if field.editable)
+    fixed = set(_FIXED_WHILE_ON_SALE) if sku.status == SkuStatus.ACTIVE else set()
+    if sku.activated_at is not None:
+        fixed.add("slug")
+    return frozenset(fixed)
+
+
+def _sku_ready(sku: Sku, before: Sku | None) -> None:
+    """Readies `sku` to be saved over its stored row `before` (None for a new SKU): what only
+    other services change is taken from `before`. Raises SkuLocked for a change its status
+    does not allow and InvalidSku for a field breaking a rule of the model, each naming the
+    fields."""
+    if before is None:
         sku.status = SkuStatus.DRAFT
         sku.artifact = None
         sku.manifest = None
         sku.manifest_signature = ""
         sku.manifest_status = ManifestStatus.MISSING
     else:
-        before = sku_lock(sku.pk)
         if before.status == SkuStatus.RETIRED:
             raise SkuLocked(f"{before.slug} is retired and can no longer be changed.")
-        if before.status == SkuStatus.ACTIVE:
-            for field in ("partner_id", "version"):
-                if getattr(sku, field) != getattr(before, field):
-                    raise SkuLocked(
-                        f"The {field.removesuffix('_id')} of {before.slug} cannot change while "
-                        "it is on sale; suspend it first."
-                    )
-        if before.activated_at is not None and sku.slug != before.slug:
-            raise SkuLocked(f"{before.slug} has been on sale, so its slug can no longer change.")
+        problems: dict[str, list[str]] = {}
+        fixed = sku_fixed_fields(before)
+        for field in _FIXED_WHILE_ON_SALE:
+            attname = Sku._meta.get_field(field).attname
+            if field in fixed and getattr(sku, attname) != getattr(before, attname):
+                problems[field] = [
+                    f"The {field} of {before.slug} cannot change while it is on sale; "
+                    "suspend it first."
+                ]
+        if "slug" in fixed and sku.slug != before.slug:
+            problems["slug"] = [
+                f"{before.slug} has been on sale, so its slug can no longer change."
+            ]
+        if problems:
+            raise SkuLocked(
+                " ".join(message for messages in problems.values() for message in messages),
+                errors=problems,
+            )
         for field in _SERVICE_OWNED_FIELDS:
             setattr(sku, field, getattr(before, field))
-    sku.full_clean()
-    sku.save()
+    try:
+        sku.full_clean()
+    except ValidationError as exc:
+        raise InvalidSku(
+            "The SKU was not saved: " + " ".join(exc.messages), errors=exc.message_dict
+        ) from None
+
+
+def sku_check(*, sku: Sku) -> None:
+    """Raises what sku_save would refuse for `sku` as it stands (SkuLocked, InvalidSku, with
+    the fields' errors), without writing, so a form can show it at its fields. sku_save checks
+    again under the SKU's lock."""
+    before = (
+        Sku.objects.select_related("partner", "artifact").get(pk=sku.pk)
+        if sku.pk is not None
+        else None
+    )
+    _sku_ready(sku, before)
+
+
+@transaction.atomic
+def sku_save(*, sku: Sku, actor: Actor) -> Sku:
+    """Creates a SKU as a draft, or saves changes to its descriptive fields and price.
+
+    What identifies the goods on sale (partner, version) cannot change while the SKU is active,
+    and the slug cannot change once the SKU has ever been on sale: orders refer to it
+    (sku_fixed_fields). Raises SkuLocked or InvalidSku naming the fields (see sku_check).
+    Records `sku.created`, or `sku.updated` with the fields that changed (nothing if none did).
+    """
+    before = sku_lock(sku.pk) if sku.pk is not None else None
+    _sku_ready(sku, before)
+    try:
+        with transaction.atomic():
+            sku.save()
+    except IntegrityError:
+        # A concurrent save took the slug since the check: refuse it at its field as the check
+        # does, or let the database's refusal stand if the check finds nothing.
+        _sku_ready(sku, before)
+        raise
     after = sku_fields(sku)
     if before is None:
         audit_append(actor=actor, action="sku.created", subject=sku, data=recorded(after))
@@ -108,16 +182,39 @@ def manifest_signature_parse(signature: str) -> str:
     return signature
 
 
+def manifest_check(*, manifest: str | dict[str, Any], signature: str) -> tuple[dict[str, Any], str]:
+    """The manifest and signature as sku_manifest_attach takes them. Raises InvalidManifest
+    with the problem of each (`errors` keyed `manifest` and `manifest_signature`)."""
+    errors: dict[str, list[str]] = {}
+    parsed: dict[str, Any] = {}
+    if isinstance(manifest, str) and not manifest.strip():
+        errors["manifest"] = ["The manifest is missing: paste the one the signature was made over."]
+    else:
+        try:
+            parsed = manifest_parse(manifest)
+        except InvalidManifest as exc:
+            errors["manifest"] = [exc.detail]
+    try:
+        signature = manifest_signature_parse(signature)
+    except InvalidManifest as exc:
+        errors["manifest_signature"] = [exc.detail]
+    if errors:
+        raise InvalidManifest(
+            " ".join(message for messages in errors.values() for message in messages),
+            errors=errors,
+        )
+    return parsed, signature
+
+
 @transaction.atomic
 def sku_manifest_attach(
     *, sku_id: int, manifest: str | dict[str, Any], signature: str, actor: Actor
 ) -> Sku:
     """Attaches a manifest and its signature; a worker then verifies them. Records
     `sku.manifest_attached`."""
-    manifest = manifest_parse(manifest)
-    signature = manifest_signature_parse(signature)
+    manifest, signature = manifest_check(manifest=manifest, signature=signature)
     sku = sku_lock(sku_id)
-    if sku.status not in (SkuStatus.DRAFT, SkuStatus.SUSPENDED):
+    if not sku.files_can_change():
         raise SkuLocked(
             f"{sku.slug} is {sku.status}: its manifest can only change while it is a draft "
             "or suspended."
@@ -165,13 +262,16 @@ class ManifestCheck:
 def sku_manifest_verify(*, sku_id: int, actor: Actor) -> ManifestCheck | None:
     """Asks the Kernel whether the SKU's manifest signature is good and records the answer.
 
-    Returns None when there is no manifest, or when it changed while the Kernel was asked
-    (the newer manifest gets its own check). An unreachable Kernel is recorded as such for a
-    SKU that is not on sale; an active SKU keeps its earlier verdict through an outage.
+    A good signature over a manifest that names other bytes than the SKU's artifact is a
+    mismatch, not verified. Returns None when there is no manifest, or when it changed while
+    the Kernel was asked (the newer manifest gets its own check). An unreachable Kernel is
+    recorded as such for a SKU that is not on sale; an active SKU keeps its earlier verdict
+    through an outage.
 
-    Records `sku.manifest_verified` or `sku.manifest_rejected` (and `sku.suspended` when that
-    takes an active SKU off sale), and `sku.manifest_unavailable` only when the status becomes
-    unavailable, so the retries during an outage do not repeat it.
+    Records `sku.manifest_verified`, `sku.manifest_mismatch` or `sku.manifest_rejected` (and
+    `sku.suspended` when a rejection or a mismatch takes an active SKU off sale), and
+    `sku.manifest_unavailable` only when the status becomes unavailable, so the retries during
+    an outage do not repeat it.
     """
     sku = Sku.objects.select_related("partner").get(pk=sku_id)
     if sku.manifest is None:
@@ -204,12 +304,12 @@ def sku_manifest_verify(*, sku_id: int, actor: Actor) -> ManifestCheck | None:
         if sku.status == SkuStatus.ACTIVE and check.status == ManifestStatus.UNAVAILABLE:
             return check
         if check.status == ManifestStatus.VERIFIED:
-            audit_append(
-                actor=actor,
-                action="sku.manifest_verified",
-                subject=sku,
-                data={"key_id": key_id},
+            # Under the lock: the artifact the manifest must name is the one attached now.
+            check = ManifestCheck(
+                signed_manifest_status(sku), signed_manifest_detail(sku, check.detail)
             )
+            sku.manifest_key_id = key_id
+            signed_manifest_record(sku, status=ManifestStatus(check.status), actor=actor)
         elif check.status == ManifestStatus.REJECTED:
             audit_append(
                 actor=actor,
@@ -235,11 +335,15 @@ def sku_manifest_verify(*, sku_id: int, actor: Actor) -> ManifestCheck | None:
             "manifest_checked_at",
             "updated_at",
         ]
-        if sku.status == SkuStatus.ACTIVE and check.status == ManifestStatus.REJECTED:
+        off_sale = {
+            ManifestStatus.REJECTED: "manifest rejected on re-verification",
+            ManifestStatus.MISMATCH: "manifest names another artifact on re-verification",
+        }
+        if sku.status == SkuStatus.ACTIVE and check.status in off_sale:
             fields += sku_status_change(
                 sku,
                 target=SkuStatus.SUSPENDED,
-                reason=f"manifest rejected on re-verification: {check.detail}",
+                reason=f"{off_sale[check.status]}: {check.detail}",
                 actor=actor,
                 at=now,
             )
@@ -355,6 +459,20 @@ def splits_problems(splits: Sequence[tuple[Partner, int]], *, on_sale: bool) -> 
     return problems
 
 
+def sku_splits_check(*, sku: Sku, splits: Sequence[tuple[Partner, int]]) -> None:
+    """Raises what sku_splits_set would refuse for these splits of `sku` as it stands (a SKU not
+    saved yet is a draft): SkuLocked for a retired SKU, InvalidSplits listing every problem
+    (`errors["splits"]`). sku_splits_set checks again under the SKU's lock."""
+    if sku.status == SkuStatus.RETIRED:
+        raise SkuLocked(f"{sku.slug} is retired; its splits can no longer change.")
+    problems = splits_problems(splits, on_sale=sku.status == SkuStatus.ACTIVE)
+    if problems:
+        raise InvalidSplits(
+            "The royalty splits were not changed: " + "; ".join(problems) + ".",
+            errors={"splits": problems},
+        )
+
+
 @transaction.atomic
 def sku_splits_set(
     *, sku_id: int, splits: Sequence[tuple[Partner, int]], actor: Actor
@@ -366,14 +484,7 @@ def sku_splits_set(
     left as they are and record nothing.
     """
     sku = sku_lock(sku_id)
-    if sku.status == SkuStatus.RETIRED:
-        raise SkuLocked(f"{sku.slug} is retired; its splits can no longer change.")
-    problems = splits_problems(splits, on_sale=sku.status == SkuStatus.ACTIVE)
-    if problems:
-        raise InvalidSplits(
-            "The royalty splits were not changed: " + "; ".join(problems) + ".",
-            errors={"splits": problems},
-        )
+    sku_splits_check(sku=sku, splits=splits)
     current = list(RoyaltySplit.objects.filter(sku=sku).select_related("partner"))
     new = [
         RoyaltySplit(sku=sku, partner=partner, basis_points=basis_points)

@@ -98,7 +98,7 @@ def test_splits_not_summing_to_10000_are_refused_and_no_sku_is_created(ops_clien
     assert not Artifact.objects.exists()
 
 
-def test_a_manifest_that_is_not_json_is_refused_before_anything_is_stored(ops_client, publisher):
+def test_a_manifest_that_is_not_json_is_refused_and_the_upload_is_kept(ops_client, publisher):
     category = CategoryFactory()
     data = sku_form(
         publisher, category, content=b"x" * 100, splits=[(publisher.partner.pk, 10_000)]
@@ -108,12 +108,16 @@ def test_a_manifest_that_is_not_json_is_refused_before_anything_is_stored(ops_cl
     response = ops_client.post(ADD_URL, data)
 
     assert response.status_code == 200
-    assert "The manifest is not valid JSON" in response.content.decode()
+    form = response.context["adminform"].form
+    assert form.errors["manifest_text"][0].startswith("The manifest is not valid JSON")
     assert not Sku.objects.exists()
-    from django.core.files.storage import default_storage
-
-    assert default_storage.listdir("")[1] == []
-    assert "artifacts" not in default_storage.listdir("")[0]
+    assert not Artifact.objects.exists()
+    # Stored once, attached to nothing until the form comes back corrected.
+    kept = form.stored_artifact
+    assert kept.sha256 == hashlib.sha256(b"x" * 100).hexdigest()
+    assert f'name="artifact_kept" value="{form.data["artifact_kept"]}"' in (
+        response.content.decode()
+    )
 
 
 def test_activate_action_reports_per_sku_why_it_was_refused(ops_client, publisher):

@@ -38,9 +38,15 @@ def test_demo_data_is_a_real_catalog_and_loads_once(client):
         assert sum(sku.splits.values_list("basis_points", flat=True)) == 10_000
     assert Sku.objects.filter(splits__basis_points=3000).exists()  # co-created goods
 
-    # One draft shows a refusal: its manifest names another build.
-    refused = Sku.objects.get(slug="polygon-forge-harbour-boats")
+    # One draft shows a refusal: its manifest names another build. Its signature is good, but
+    # it is not shown as verified.
+    refused = Sku.objects.select_related("artifact").get(slug="polygon-forge-harbour-boats")
     assert any("names artifact SHA-256" in reason for reason in sku_activation_blockers(refused))
+    assert refused.manifest_status == ManifestStatus.MISMATCH
+    assert set(Sku.objects.values_list("manifest_status", flat=True)) == {
+        ManifestStatus.VERIFIED,
+        ManifestStatus.MISMATCH,
+    }
 
     email, password = re.search(r"Staff account: (\S+) / (\S+)", output).groups()
     assert client.login(username=email, password=password)
@@ -104,8 +110,9 @@ def test_demo_data_leaves_an_audit_chain_that_verifies():
         "sku.manifest_attached": skus,
         "sku.splits_changed": skus,
         # Drafts are checked when loaded, the others on activation. The draft whose manifest
-        # names another build has a good signature: what refuses it is the disagreement.
-        "sku.manifest_verified": skus,
+        # names another build has a good signature over other bytes: a mismatch, not verified.
+        "sku.manifest_verified": skus - 1,
+        "sku.manifest_mismatch": 1,
         "sku.activated": skus - statuses[SkuStatus.DRAFT],
         "sku.suspended": statuses[SkuStatus.SUSPENDED],
         "sku.retired": statuses[SkuStatus.RETIRED],

@@ -13,7 +13,7 @@ from catalog.exceptions import (
     TransitionRefused,
 )
 from catalog.manifests import manifest_for
-from catalog.models import KeyStatus, ManifestStatus, RoyaltySplit, Sku, SkuStatus
+from catalog.models import KeyStatus, ManifestStatus, Partner, RoyaltySplit, Sku, SkuStatus
 from tests.catalog.factories import (
     TEST_ACTOR,
     CategoryFactory,
@@ -283,6 +283,16 @@ def test_signature_may_be_urlsafe_unpadded_base64(publisher):
     assert check.status == ManifestStatus.VERIFIED
 
 
+def test_manifest_check_names_every_field_that_is_wrong():
+    with pytest.raises(InvalidManifest) as caught:
+        services.manifest_check(manifest="  ", signature="not base64!")
+
+    assert caught.value.errors == {
+        "manifest": ["The manifest is missing: paste the one the signature was made over."],
+        "manifest_signature": ["The manifest's signature is not base64."],
+    }
+
+
 # --- Splits ------------------------------------------------------------------------------------
 
 
@@ -374,6 +384,29 @@ def test_invalid_keys_are_refused(public_key, message):
     assert not partner.keys.exists()
 
 
+def test_a_key_that_clashes_is_refused_at_each_field_it_clashes_on(publisher):
+    other = PartnerFactory()
+    services.partner_key_register(
+        partner=other, key_id="k1", public_key=public_key_b64(new_signing_key()), actor=TEST_ACTOR
+    )
+
+    with pytest.raises(InvalidPartnerKey) as caught:
+        services.partner_key_build(
+            partner=other, key_id="k1", public_key=public_key_pem(publisher.key)
+        )
+
+    assert caught.value.errors == {
+        "key_id": ["The partner already has a key with this id; give the new key another id."],
+        "public_key": ["This key is already registered as acme/k1."],
+    }
+    # A partner not saved yet has no key ids to clash with.
+    fresh = services.partner_key_build(
+        partner=Partner(slug="new"), key_id="k1", public_key=public_key_pem(new_signing_key())
+    )
+    assert fresh.pk is None
+    assert len(fresh.public_key) == 44  # base64 of the raw 32 bytes
+
+
 def test_revoking_a_key_takes_the_skus_it_verified_off_sale(publisher):
     on_sale = publish_sku(publisher)
     draft = publish_sku(publisher, activate=False)
@@ -431,11 +464,19 @@ def test_a_category_with_skus_cannot_be_deleted(publisher):
 
 @pytest.mark.parametrize("entitlements", [{"pro": True}, "pro", ["pro", ""], [1]])
 def test_entitlements_must_be_a_list_of_names(publisher, entitlements):
-    from django.core.exceptions import ValidationError
-
     sku = SkuFactory(partner=publisher.partner)
     sku.license_entitlements = entitlements
 
-    with pytest.raises(ValidationError, match="list of feature names"):
+    with pytest.raises(services.InvalidSku, match="list of feature names") as caught:
         services.sku_save(sku=sku, actor=TEST_ACTOR)
+    assert list(caught.value.errors) == ["license_entitlements"]
+    assert Sku.objects.get(pk=sku.pk).license_entitlements == []
+
+
+def test_no_entitlements_are_stored_as_an_empty_list(publisher):
+    sku = SkuFactory(partner=publisher.partner)
+    sku.license_entitlements = {}
+
+    services.sku_save(sku=sku, actor=TEST_ACTOR)
+
     assert Sku.objects.get(pk=sku.pk).license_entitlements == []

@@ -158,3 +158,60 @@ def test_activating_a_sku_without_splits_is_refused_with_the_reason(
     sku.refresh_from_db()
     assert sku.status == SkuStatus.DRAFT
     assert _api_get(live_server, f"/api/v1/skus/{sku.slug}")[0] == 404
+
+
+def test_a_form_sent_back_with_errors_keeps_the_artifact_and_says_what_to_fix(
+    page: Page,
+    live_server: LiveServer,
+    content_ops: User,
+    publisher: Publisher,
+    tmp_path: Path,
+) -> None:
+    category = CategoryFactory(slug="models", name="Models")
+    content = os.urandom(32 * 1024)
+    package = tmp_path / "model-pack.zip"
+    package.write_bytes(content)
+    sha256 = hashlib.sha256(content).hexdigest()
+
+    admin_log_in(page, email=content_ops.email, password=STAFF_PASSWORD)
+    page.goto("/admin/catalog/sku/add/")
+    page.locator("#id_title").press_sequentially("Acme Model Pack")
+    _choose_autocomplete(page, "id_partner", search="acme", option="Acme Tools")
+    page.select_option("#id_category", label=str(category))
+    page.fill("#id_version", "2.1.0")
+    page.fill("#id_price_amount", "0")
+    page.fill("#id_currency", "EUR")
+    page.fill("#id_preview_ttl_seconds", "30")
+    page.set_input_files("#id_artifact_file", package)
+    _choose_autocomplete(page, "id_splits-0-partner", search="acme", option="Acme Tools")
+    page.fill("#id_splits-0-basis_points", "10000")
+    page.click("input[name=_continue]")
+
+    expect(page.locator("p.errornote")).to_be_visible()
+    expect(page.locator(".field-price_amount ul.errorlist")).to_have_text(
+        "The price must be more than zero. Enter it in the currency's minor units: "
+        "1999 is 19.99 USD, 500 is 500 JPY."
+    )
+    expect(page.locator(".field-preview_ttl_seconds ul.errorlist")).to_have_text(
+        "A preview lasts 60 to 86,400 seconds (1 minute to 24 hours); enter a number in that range."
+    )
+    expect(page.locator(".errorlist.nonfield")).to_have_count(0)
+    expect(page.locator(".field-artifact_file .artifact-kept")).to_have_text(
+        f"model-pack.zip (32.0\xa0KB, sha256 {sha256[:12]}…) is kept — upload another to "
+        "replace it."
+    )
+    assert not Sku.objects.exists()
+
+    page.fill("#id_price_amount", "4900")
+    page.fill("#id_preview_ttl_seconds", "900")
+    page.click("input[name=_continue]")  # the file is not chosen again
+
+    expect(page.locator("ul.messagelist, p.errornote").first).to_be_visible()
+    assert page.locator("p.errornote, ul.errorlist").all_text_contents() == []
+    expect(page.locator(".field-artifact_details")).to_contain_text(f"SHA-256 {sha256}")
+    sku = Sku.objects.select_related("artifact").get(slug=SLUG)
+    assert (sku.price_amount, sku.artifact.sha256, sku.artifact.uploaded_by) == (
+        4900,
+        sha256,
+        content_ops,
+    )
