@@ -4,6 +4,7 @@ and the hand-over to licensing on a refund or a dispute."""
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,7 @@ from orders.services import (
     webhook_secrets,
 )
 from orders.services.payments import WEBHOOK_BACKOFF
+from orders.services.webhook_handlers import HANDLERS
 from orders.tasks import webhooks_retry_due
 from tests.catalog.factories import TEST_ACTOR, PartnerFactory, make_publisher
 from tests.orders.factories import order_checked_out, sku_for_sale
@@ -414,6 +416,105 @@ def test_the_sweep_takes_due_failures_and_stranded_events_only(buyer, sku, setti
     assert WebhookEvent.objects.get(pk=done.pk).attempts == 1
     assert Order.objects.get(pk=orders[2].pk).status == OrderStatus.PAID
     assert Order.objects.get(pk=orders[3].pk).status == OrderStatus.PENDING
+
+
+# --- A bug meets an event: dead-lettered at once, with its traceback ----------------------------
+
+
+def refund_with_a_plain_list_of_refunds(order: Order) -> dict[str, Any]:
+    """A refund arriving first whose `refunds` is a bare list rather than Stripe's list object:
+    the handler books the payment, then trips over the refunds."""
+    event = events_for(order)["refunded"]
+    event["data"]["object"]["refunds"] = [{"id": "re_bare", "amount": 1999}]
+    return event
+
+
+def session_with_an_amount_object(order: Order) -> dict[str, Any]:
+    event = session_event("checkout.session.completed", order)
+    event["data"]["object"]["amount_total"] = {"value": 1999, "currency": "usd"}
+    return event
+
+
+def session_in_a_list(order: Order) -> dict[str, Any]:
+    """`data.object` a list: the order cannot even be looked for (before any transaction)."""
+    event = session_event("checkout.session.completed", order)
+    event["data"]["object"] = [event["data"]["object"]]
+    return event
+
+
+@pytest.mark.parametrize(
+    ("make_event", "error"),
+    [
+        (refund_with_a_plain_list_of_refunds, "AttributeError: 'list' object has no attribute"),
+        (session_with_an_amount_object, "TypeError: int() argument must be"),
+        (session_in_a_list, "AttributeError: 'list' object has no attribute 'get'"),
+    ],
+    ids=["refunds-a-list", "amount-an-object", "object-a-list"],
+)
+def test_an_event_a_handler_cannot_handle_is_dead_lettered_at_once_with_its_traceback(
+    buyer, sku, caplog, make_event, error
+):
+    order = order_checked_out(buyer, sku)
+    before = actions_on("order", order.id)
+    event = receive(make_event(order))
+
+    with caplog.at_level("ERROR", logger="orders.services.payments"):
+        assert webhook_event_process(event_pk=event.pk) == WebhookStatus.DEAD
+
+    event.refresh_from_db()
+    assert (event.status, event.attempts, event.next_attempt_at) == (WebhookStatus.DEAD, 1, None)
+    assert event.last_error.startswith("Traceback (most recent call last):")
+    assert 'orders/services/webhook_handlers.py", line' in event.last_error
+    assert event.last_error.splitlines()[-1].startswith(error)
+    assert list(event.attempt_log.values_list("number", "succeeded", "detail")) == [
+        (1, False, event.last_error)
+    ]
+    dead = AuditEvent.objects.get(
+        subject_type="webhookevent", subject_id=str(event.pk), action="webhook.dead_lettered"
+    )
+    assert dead.data == {
+        "event": event.event_id,
+        "event_type": event.type,
+        "attempts": 1,
+        "error": event.last_error.splitlines()[-1],
+    }
+    [logged] = [r for r in caplog.records if r.name == "orders.services.payments"]
+    assert logged.levelname == "ERROR"
+    assert logged.exc_info is not None
+    assert str(event.pk) in logged.getMessage()
+    # Whatever the handler did before it failed was rolled back with it.
+    order.refresh_from_db()
+    assert (order.status, order.paid_at, order.amount_refunded) == (OrderStatus.PENDING, None, 0)
+    assert not RoyaltyLine.objects.filter(order=order).exists()
+    assert not FinancePosting.objects.filter(order=order).exists()
+    assert actions_on("order", order.id) == before
+    # Nothing retries it: neither the sweep nor a plain run.
+    WebhookEvent.objects.filter(pk=event.pk).update(received_at=timezone.now() - timedelta(1))
+    assert webhooks_retry_due() == 0
+    assert webhook_event_process(event_pk=event.pk) == WebhookStatus.DEAD
+    event.refresh_from_db()
+    assert event.attempts == 1
+
+
+def test_a_dead_lettered_bug_is_applied_by_a_replay_once_the_handler_copes(buyer, sku, monkeypatch):
+    order = order_checked_out(buyer, sku)
+    original = HANDLERS["checkout.session.expired"]
+
+    def broken(event: WebhookEvent, order: Order) -> str:
+        """A handler with a mistake in it."""
+        return {}["missing"]
+
+    monkeypatch.setitem(HANDLERS, "checkout.session.expired", replace(original, apply=broken))
+    event = apply(session_event("checkout.session.expired", order, payment_status="unpaid"))
+    assert (event.status, event.attempts) == (WebhookStatus.DEAD, 1)
+    assert event.last_error.splitlines()[-1] == "KeyError: 'missing'"
+
+    monkeypatch.setitem(HANDLERS, "checkout.session.expired", original)  # the fix is deployed
+    assert webhook_event_replay(event_pk=event.pk, actor=TEST_ACTOR) == WebhookStatus.PROCESSED
+    event.refresh_from_db()
+    assert (event.status, event.attempts, event.last_error) == (WebhookStatus.PROCESSED, 2, "")
+    order.refresh_from_db()
+    assert order.status == OrderStatus.CANCELLED
 
 
 def test_events_the_platform_does_not_act_on_are_recorded_and_ignored(buyer, sku):
