@@ -54,3 +54,15 @@ class ArtifactUploadFailed(ApplicationError):
     code = "artifact-upload-failed"
     title = "The artifact could not be stored"
     status = 502
+
+
+class InvalidSku(InvalidInput):
+    """A SKU's fields break a rule of the model; `errors` names each field with its problem."""
+
+    code = "invalid-sku"
+    title = "The SKU is not valid"
+
+
+class KeptUploadRefused(InvalidInput):
+    code = "kept-upload-refused"
+    title = "The kept upload cannot be used"

@@ -40,8 +40,8 @@ class ArtifactAdmin(admin.ModelAdmin):
         description="Check integrity in storage (in the background)", permissions=["view"]
     )
     def check_integrity(self, request: HttpRequest, queryset: QuerySet[Artifact]) -> None:
-        from catalog.tasks import artifact_check_integrity
+        from catalog.tasks import artifact_integrity_check
 
         for artifact_id in queryset.values_list("pk", flat=True):
-            artifact_check_integrity.delay(artifact_id)
+            artifact_integrity_check.delay(artifact_id)
         self.message_user(request, "Integrity checks queued; results appear on this list.")

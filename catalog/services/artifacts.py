@@ -1,6 +1,8 @@
 """Artifacts: streamed to storage, then attached to their SKU in a short transaction."""
 
 import contextlib
+import hashlib
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -21,6 +23,7 @@ from catalog.cache import catalog_changed
 from catalog.exceptions import (
     ArtifactTooLarge,
     ArtifactUploadFailed,
+    KeptUploadRefused,
     SkuLocked,
 )
 from catalog.models import (
@@ -32,20 +35,16 @@ from catalog.services.locks import sku_lock
 from catalog.services.status import sku_status_change
 from catalog.services.verdicts import signed_manifest_recheck
 from marketplace.actors import Actor
-from marketplace.exceptions import InvalidInput
 from marketplace.models import User
 from marketplace.streams import HashingReader, SizeLimitExceeded
+
+logger = logging.getLogger(__name__)
 
 # How long a form sent back with errors keeps its upload. Well inside the grace the orphan sweep
 # gives stored files (catalog.tasks.ORPHAN_GRACE, a day), so a kept file is never swept while a
 # form may still use it, and is swept once none can.
 KEPT_UPLOAD_MAX_AGE = timedelta(hours=6)
 _KEPT_UPLOAD_SALT = "catalog.artifact-kept-upload"
-
-
-class KeptUploadRefused(InvalidInput):
-    code = "kept-upload-refused"
-    title = "The kept upload cannot be used"
 
 
 @dataclass(frozen=True)
@@ -248,6 +247,38 @@ def artifact_orphans_delete(*, older_than: datetime, actor: Actor) -> list[str]:
                 data={"count": len(removed), "keys": sorted(removed)[:ORPHAN_KEYS_RECORDED]},
             )
     return removed
+
+
+INTEGRITY_CHUNK_BYTES = 1024 * 1024
+
+
+def artifact_integrity_check(*, artifact_id: int, actor: Actor) -> bool | None:
+    """Re-reads one stored artifact (in chunks: memory independent of its size), compares it
+    with the hash recorded at upload and records the result (artifact_integrity_record).
+    None when there is no such artifact. Reads storage outside any transaction."""
+    artifact = Artifact.objects.filter(pk=artifact_id).first()
+    if artifact is None:
+        return None
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with default_storage.open(artifact.storage_key, "rb") as stored:
+            while chunk := stored.read(INTEGRITY_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        sha256 = digest.hexdigest()
+    except FileNotFoundError:
+        sha256, size = "", 0
+    intact = artifact_integrity_record(
+        artifact_id=artifact_id, sha256=sha256, size=size, actor=actor
+    )
+    if not intact:
+        logger.error(
+            "artifact %s (%s) no longer matches its recorded hash",
+            artifact.uuid,
+            artifact.storage_key,
+        )
+    return intact
 
 
 @transaction.atomic

@@ -13,6 +13,7 @@ from audit.services import audit_append
 from catalog.cache import catalog_changed
 from catalog.exceptions import (
     InvalidManifest,
+    InvalidSku,
     InvalidSplits,
     SkuLocked,
     TransitionRefused,
@@ -37,16 +38,7 @@ from catalog.services.verdicts import (
 )
 from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
-from marketplace.exceptions import InvalidInput
 from marketplace.kernel import KernelUnavailable, PublisherKey, decode_signature, get_kernel
-
-
-class InvalidSku(InvalidInput):
-    """A SKU's fields break a rule of the model; `errors` names each field with its problem."""
-
-    code = "invalid-sku"
-    title = "The SKU is not valid"
-
 
 # --- SKUs --------------------------------------------------------------------------------------
 
@@ -247,9 +239,9 @@ def sku_manifest_attach(
     )
     catalog_changed()
 
-    from catalog.tasks import sku_verify_manifest
+    from catalog.tasks import sku_manifest_verify as sku_manifest_verify_task
 
-    transaction.on_commit(lambda: sku_verify_manifest.delay(sku.pk))
+    transaction.on_commit(lambda: sku_manifest_verify_task.delay(sku.pk))
     return sku
 
 

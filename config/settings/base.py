@@ -307,7 +307,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Removes stored uploads that no artifact refers to (a form sent back after its upload).
     "catalog-sweep-orphan-artifacts": {
-        "task": "catalog.tasks.artifacts_sweep_orphans",
+        "task": "catalog.tasks.artifact_orphans_delete",
         "schedule": crontab(hour=4, minute=7),
     },
     # Webhook events whose processing failed (backoff elapsed) or whose enqueue was lost.

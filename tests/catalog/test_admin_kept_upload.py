@@ -17,7 +17,7 @@ from audit.models import AuditEvent
 from catalog import services
 from catalog.models import Artifact, Sku, SkuStatus
 from catalog.services.artifacts import _KEPT_UPLOAD_SALT
-from catalog.tasks import ORPHAN_GRACE, artifacts_sweep_orphans
+from catalog.tasks import ORPHAN_GRACE, artifact_orphans_delete
 from tests.catalog.factories import TEST_ACTOR, CategoryFactory, publish_sku
 from tests.catalog.test_admin import ADD_URL, sku_form
 from tests.catalog.test_admin_constraints import change_data
@@ -191,13 +191,13 @@ def test_a_kept_upload_is_attached_once(ops_client, publisher, category):
 def test_the_orphan_sweep_deletes_an_abandoned_kept_upload(ops_client, publisher, category):
     data, token, _ = first_submit(ops_client, publisher, category)
     [kept_file] = stored_files()
-    assert artifacts_sweep_orphans() == 0  # a kept upload still in use is spared
+    assert artifact_orphans_delete() == 0  # a kept upload still in use is spared
 
     # The form was never sent again; a day later the file is an orphan.
     a_day_ago = time.time() - ORPHAN_GRACE.total_seconds() - 60
     os.utime(Path(default_storage.location) / kept_file, (a_day_ago, a_day_ago))
 
-    assert artifacts_sweep_orphans() == 1
+    assert artifact_orphans_delete() == 1
     assert stored_files() == []
     orphans = AuditEvent.objects.get(action="artifact.orphans_deleted")
     assert orphans.data == {"count": 1, "keys": [kept_file]}

@@ -24,7 +24,7 @@ from catalog.exceptions import (
 )
 from catalog.manifests import manifest_for
 from catalog.models import Category, ManifestStatus, Partner, Sku, SkuStatus
-from catalog.tasks import artifact_check_integrity, artifacts_sweep_orphans, sku_verify_manifest
+from catalog.tasks import artifact_integrity_check, artifact_orphans_delete, sku_manifest_verify
 from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.models import User
@@ -489,7 +489,7 @@ def test_the_workers_verification_is_the_services(publisher, log):
     sku = publish_sku(publisher, activate=False)
     log.take()
 
-    assert sku_verify_manifest(sku.pk) == ManifestStatus.VERIFIED
+    assert sku_manifest_verify(sku.pk) == ManifestStatus.VERIFIED
 
     [event] = log.events()
     assert (event.action, event.actor_type, event.actor_id) == (
@@ -552,10 +552,10 @@ def test_a_failed_integrity_check_is_recorded_with_both_hashes(publisher, log):
     Path(default_storage.path(sku.artifact.storage_key)).write_bytes(b"other bytes")
     log.take()
 
-    assert artifact_check_integrity(intact.artifact_id) is True
+    assert artifact_integrity_check(intact.artifact_id) is True
     assert log.take() == []
 
-    assert artifact_check_integrity(sku.artifact_id) is False
+    assert artifact_integrity_check(sku.artifact_id) is False
 
     assert log.actors() == {("service", "catalog-worker")}
     reason = "artifact package.zip changed in storage since upload"
@@ -584,7 +584,7 @@ def test_deleting_orphans_is_recorded_with_their_keys(publisher, log):
     stored = services.artifact_store(content=io.BytesIO(b"never attached"), filename="o.zip")
     log.take()
 
-    assert artifacts_sweep_orphans() == 0  # too young
+    assert artifact_orphans_delete() == 0  # too young
     assert log.take() == []
 
     removed = services.artifact_orphans_delete(

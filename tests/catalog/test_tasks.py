@@ -9,7 +9,7 @@ from catalog import services
 from catalog.manifests import manifest_for
 from catalog.models import Artifact, ManifestStatus, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
-from catalog.tasks import artifact_check_integrity, artifacts_check_integrity
+from catalog.tasks import artifact_integrity_check, artifacts_check_integrity
 from tests.catalog.factories import TEST_ACTOR, publish_sku
 from tests.support.keys import sign_manifest
 from tests.support.worker import wait_until
@@ -37,7 +37,7 @@ def test_an_attached_manifest_is_verified_by_the_worker(celery_worker, publisher
     )
     sku.refresh_from_db()
     assert sku.manifest_key_id == "k1"
-    assert "sku_verify_manifest" in celery_worker.log()
+    assert "catalog.tasks.sku_manifest_verify" in celery_worker.log()
 
 
 def test_a_tampered_artifact_is_found_by_the_nightly_check_and_taken_off_sale(
@@ -69,8 +69,8 @@ def test_integrity_check_runs_twice_without_harm(publisher):
     sku = publish_sku(publisher)
     Path(default_storage.path(sku.artifact.storage_key)).unlink()
 
-    assert artifact_check_integrity(sku.artifact_id) is False
-    assert artifact_check_integrity(sku.artifact_id) is False  # already suspended: no error
+    assert artifact_integrity_check(sku.artifact_id) is False
+    assert artifact_integrity_check(sku.artifact_id) is False  # already suspended: no error
 
     sku.refresh_from_db()
     assert sku.status == SkuStatus.SUSPENDED
