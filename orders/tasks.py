@@ -1,6 +1,6 @@
 """Orders' work on the workers: processing webhook events, sending ledger entries to Finance,
-and the beat sweeps that retry both. Each task loads by id and calls a service that re-reads
-state under a lock, so running one twice does no harm."""
+and the beat sweeps that retry both. Each task loads by id and calls the service it is named
+after, which re-reads state under a lock, so running one twice does no harm."""
 
 from datetime import timedelta
 
@@ -9,24 +9,19 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
+from orders import services
 from orders.metrics import finance_pending, orders_by_status
 from orders.models import FinancePosting, Order, OrderStatus, PostingStatus, WebhookEvent
-from orders.services import (
-    finance_posting_send,
-    finance_postings_due,
-    idempotency_keys_purge,
-    webhook_event_process,
-)
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
-def webhook_process(event_pk: int) -> str:
-    return webhook_event_process(event_pk=event_pk)
+def webhook_event_process(event_pk: int) -> str:
+    return services.webhook_event_process(event_pk=event_pk)
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
-def finance_post(posting_pk: int) -> str:
-    return finance_posting_send(posting_pk=posting_pk)
+def finance_posting_send(posting_pk: int) -> str:
+    return services.finance_posting_send(posting_pk=posting_pk)
 
 
 @shared_task(soft_time_limit=50, time_limit=60)
@@ -36,21 +31,21 @@ def webhooks_retry_due() -> int:
     stranded_before = now - timedelta(seconds=settings.WEBHOOK_STRANDED_SECONDS)
     due += list(WebhookEvent.objects.stranded(stranded_before).values_list("pk", flat=True)[:500])
     for pk in due:
-        webhook_process.delay(pk)
+        webhook_event_process.delay(pk)
     return len(due)
 
 
 @shared_task(soft_time_limit=50, time_limit=60)
 def finance_replay_due() -> int:
-    due = finance_postings_due()
+    due = services.finance_postings_due()
     for pk in due:
-        finance_post.delay(pk)
+        finance_posting_send.delay(pk)
     return len(due)
 
 
 @shared_task(soft_time_limit=300, time_limit=360)
-def idempotency_keys_expire() -> int:
-    return idempotency_keys_purge()
+def idempotency_keys_purge() -> int:
+    return services.idempotency_keys_purge()
 
 
 @shared_task(soft_time_limit=25, time_limit=30)

@@ -323,7 +323,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": 25},
     },
     "orders-idempotency-keys-expire": {
-        "task": "orders.tasks.idempotency_keys_expire",
+        "task": "orders.tasks.idempotency_keys_purge",
         "schedule": crontab(minute=23),
     },
     "orders-metrics-refresh": {

@@ -125,7 +125,7 @@ def _payment_capture(
 def _posting_queue(
     order: Order, *, kind: str, key: str, amount: int, royalties: list[dict[str, Any]]
 ) -> None:
-    from orders.tasks import finance_post  # the task module imports this one
+    from orders import tasks  # the task module imports this one
 
     posting, created = FinancePosting.objects.get_or_create(
         idempotency_key=key,
@@ -146,7 +146,7 @@ def _posting_queue(
         },
     )
     if created:
-        transaction.on_commit(lambda: finance_post.delay(posting.pk))
+        transaction.on_commit(lambda: tasks.finance_posting_send.delay(posting.pk))
 
 
 def _refunds_record(order: Order, charge: dict[str, Any]) -> int:

@@ -108,7 +108,7 @@ def webhook_receive(*, payload: bytes, signature: str | None) -> tuple[WebhookEv
     except (ValueError, UnicodeDecodeError) as exc:
         raise _body_refused(payload, str(exc)) from None
 
-    from orders.tasks import webhook_process  # the task module imports this one
+    from orders import tasks  # the task module imports this one
 
     try:
         with transaction.atomic():
@@ -118,7 +118,7 @@ def webhook_receive(*, payload: bytes, signature: str | None) -> tuple[WebhookEv
                 livemode=bool(event.get("livemode")),
                 payload=event,
             )
-            transaction.on_commit(lambda: webhook_process.delay(stored.pk))
+            transaction.on_commit(lambda: tasks.webhook_event_process.delay(stored.pk))
     except IntegrityError:
         return WebhookEvent.objects.get(event_id=event_id), False
     except DataError as exc:

@@ -119,7 +119,7 @@ def test_a_buyer_checks_out_pays_through_the_worker_and_is_refunded(
             event = WebhookEvent.objects.get(event_id=completed["id"])
             assert (event.status, event.attempts) == (WebhookStatus.RECEIVED, 0)
             assert Order.objects.get(pk=order_id).status == OrderStatus.PENDING
-            assert "orders.tasks.webhook_process" in celery_worker.log()
+            assert "orders.tasks.webhook_event_process" in celery_worker.log()
 
         wait_until(
             lambda: Order.objects.get(pk=order_id).delivery_state == "released",

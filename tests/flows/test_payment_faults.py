@@ -28,7 +28,7 @@ from orders.models import (
     WebhookEvent,
     WebhookStatus,
 )
-from orders.tasks import webhook_process, webhooks_retry_due
+from orders.tasks import webhook_event_process, webhooks_retry_due
 from tests.orders.factories import PartnerFactory, order_checked_out, sku_for_sale
 from tests.orders.stripe_events import dispute_created_event, envelope, signed
 from tests.support.pg import backends_alive, backends_blocked_by, order_row_locked
@@ -251,7 +251,7 @@ def test_a_worker_killed_while_processing_leaves_the_event_to_be_processed_exact
         # The worker has taken the event's row and waits for the order's: mid-transaction.
         wait_until(lambda: backends_blocked_by(holder), worker=first)
         stuck = backends_blocked_by(holder)
-        assert "orders.tasks.webhook_process" in first.log()
+        assert "orders.tasks.webhook_event_process" in first.log()
         first.kill()
         assert first.process.returncode == -9
     # The lock is released: the dead worker's session gets it, finds no client to answer and
@@ -273,9 +273,9 @@ def test_a_worker_killed_while_processing_leaves_the_event_to_be_processed_exact
     webhooks_retry_due.delay()
     wait_until(all_settled, worker=second)
     # The broker redelivering the killed worker's message later is one more run: a no-op.
-    redelivered = webhook_process.delay(event.pk)
+    redelivered = webhook_event_process.delay(event.pk)
     wait_until(
-        lambda: f"webhook_process[{redelivered.id}] succeeded" in second.log(), worker=second
+        lambda: f"webhook_event_process[{redelivered.id}] succeeded" in second.log(), worker=second
     )
 
     event.refresh_from_db()

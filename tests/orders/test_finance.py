@@ -21,6 +21,7 @@ from marketplace.finance import (
     get_finance,
 )
 from marketplace.models import LedgerEntry
+from orders import tasks
 from orders.models import FinancePosting, Order, OrderStatus, PostingKind, PostingStatus
 from orders.services import (
     finance_posting_send,
@@ -32,7 +33,7 @@ from orders.services import (
     webhook_secrets,
 )
 from orders.services.finance import FINANCE_BACKOFF
-from orders.tasks import finance_post, finance_replay_due
+from orders.tasks import finance_replay_due
 from tests.catalog.factories import TEST_ACTOR
 from tests.orders.factories import order_checked_out, sku_for_sale
 from tests.orders.stripe_events import charge_refunded_event, session_event, signed
@@ -326,7 +327,7 @@ def test_finance_back_the_beat_task_posts_and_releases_the_order(
     # Running it again finds nothing due and sends nothing.
     sent = len(finance_api.posts)
     assert finance_replay_due() == 0
-    assert finance_post(posting.pk) == PostingStatus.POSTED
+    assert tasks.finance_posting_send(posting.pk) == PostingStatus.POSTED
     assert len(finance_api.posts) == sent
 
 
