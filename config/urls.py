@@ -3,9 +3,11 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from licensing.api import views as licensing_views
+from marketplace.landing import landing
 from marketplace.views import health, jwks
 
 urlpatterns = [
+    path("", landing, name="landing"),
     path("health", health, name="health"),
     path(".well-known/jwks.json", jwks, name="jwks"),
     path("", include("django_prometheus.urls")),
