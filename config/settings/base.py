@@ -227,7 +227,10 @@ STRIPE_TIMEOUT_SECONDS = env.float("MARKETPLACE_STRIPE_TIMEOUT_SECONDS", default
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int(
     "MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300
 )
-PUBLIC_URL = env.str("MARKETPLACE_PUBLIC_URL", default="http://localhost:8085").rstrip("/")
+# The port the web server listens on (Procfile, scripts/demo): the default public URL follows
+# it, so every process (web, worker, a command) makes links to the same server.
+PORT = env.int("MARKETPLACE_PORT", default=8085)
+PUBLIC_URL = env.str("MARKETPLACE_PUBLIC_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
 CHECKOUT_SUCCESS_URL = env.str(
     "MARKETPLACE_CHECKOUT_SUCCESS_URL", default=f"{PUBLIC_URL}/checkout/success"
 )
@@ -440,9 +443,13 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
     },
+    "filters": {"refusal_without_traceback": {"()": "marketplace.logging.RefusalWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # A 403 is one warning line: Django attaches the PermissionDenied a view raised to its
+        # record here. (It logs a CSRF refusal on django.security.csrf with no traceback.)
+        "django.request": {"filters": ["refusal_without_traceback"]},
         "django.db.backends": {"level": "WARNING"},
         "botocore": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
