@@ -124,3 +124,13 @@ def test_demo_data_leaves_an_audit_chain_that_verifies():
         "artifact_sha256": sku.artifact.sha256,
         "manifest_key_id": "demo-2026",
     }
+
+
+def test_each_staff_account_keeps_its_own_password():
+    first = load()
+    email, password = re.search(r"Staff account: (\S+) / (\S+)", first).groups()
+
+    load("--staff-email", "ops2@marketplace.test", "--staff-password", "another-password-9")
+    again = load()
+
+    assert re.search(r"Staff account: (\S+) / (\S+)", again).groups() == (email, password)

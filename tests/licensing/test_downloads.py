@@ -15,6 +15,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from django.conf import settings
 from django.core import signing
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -101,7 +102,7 @@ def test_the_buyer_downloads_and_decrypts_the_artifact(buyer, buyer_client, clie
     assert body["wrapped_key"] is None
     assert body["downloads_left"] == 10
     assert body["proof"] is not None
-    assert body["download_url"].startswith("http://localhost:8085/marketplace/deliveries/")
+    assert body["download_url"].startswith(f"{settings.PUBLIC_URL}/marketplace/deliveries/")
     key = b64url_decode(body["decryption_key"])
     assert len(key) == 32
     assert b64url_encode(key) == body["decryption_key"]

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -47,7 +48,8 @@ class Command(BaseCommand):
 
         # The password the demo chose is kept beside the demo data, so that the next run
         # prints it again instead of replacing it (a demo account: production has none).
-        remembered = Path(settings.DATA_DIR) / "demo-staff-password"
+        account = hashlib.sha256(staff_email.lower().encode()).hexdigest()[:24]
+        remembered = Path(settings.DATA_DIR) / "demo-staff-passwords" / account
         password = staff_password
         if password is None and not User.objects.filter(email__iexact=staff_email).exists():
             password = secrets.token_urlsafe(12)
