@@ -7,4 +7,12 @@ delivery_encrypt_failures = Counter(
     "Delivery packaging attempts that failed (reading, encrypting, storing or signing).",
     ["reason"],
 )
-licenses_issued = Counter("marketplace_licenses_issued_total", "Licenses issued and signed.")
+licenses_issued = Counter(
+    "marketplace_licenses_issued_total",
+    "Licenses issued and signed, counted once their transaction commits: an order's first "
+    "license (kind=first) or the replacement a reissue makes (kind=reissue).",
+    ["kind"],
+)
+# Both series exist from the start, so a rate over them is never missing a zero.
+for _kind in ("first", "reissue"):
+    licenses_issued.labels(kind=_kind)

@@ -13,6 +13,7 @@ from django.utils import timezone
 from audit.services import audit_append
 from audit.signing_keys import signing_key_active
 from licensing.jws import JwsInvalid, jws_parse, jws_sign, jws_verify
+from licensing.metrics import licenses_issued
 from licensing.models import License, LicenseStatus
 from marketplace.actors import Actor
 from marketplace.exceptions import Conflict, InvalidInput, NotFound
@@ -129,6 +130,7 @@ def license_issue(*, order_id: Any, actor: Actor) -> License | None:
                 "expires_at": candidate.expires_at.isoformat() if candidate.expires_at else None,
             },
         )
+        transaction.on_commit(licenses_issued.labels(kind="first").inc)
     return candidate
 
 
@@ -264,6 +266,7 @@ def license_reissue(*, license_id: Any, reason: str = "", actor: Actor) -> Licen
                 "expires_at": candidate.expires_at.isoformat() if candidate.expires_at else None,
             },
         )
+        transaction.on_commit(licenses_issued.labels(kind="reissue").inc)
     return candidate
 
 
