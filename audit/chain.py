@@ -1,5 +1,5 @@
 """The audit chain's encoding and its checks. Pure Python: no database, no settings, so an
-export can be checked anywhere (README, "Audit log", documents the same rules).
+export can be checked anywhere (docs/formats/audit-chain-v1.md documents the same rules).
 
 An event's *record* is the JSON object
 

@@ -4,7 +4,7 @@
 MARKETPLACE_FINANCE_TOKEN) and the local backend otherwise, which keeps the ledger in the
 `marketplace_ledgerentry` table.
 
-The ledger API (README, "Finance"):
+The ledger API (docs/payments.md, "Finance"):
 
     POST {FINANCE_URL}/v1/ledger/entries            Authorization: Bearer <token>
          Idempotency-Key: <key>                      the order id for a sale

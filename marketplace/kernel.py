@@ -6,7 +6,7 @@ MARKETPLACE_KERNEL_CERT and MARKETPLACE_KERNEL_KEY) and the local backend otherw
 checks the Ed25519 signature itself against the publisher keys registered on the platform, and
 keeps no copy of the audit chain.
 
-The audit-append API (README, "Kernel fan-out"):
+The audit-append API (docs/audit.md, "Kernel fan-out"):
 
     POST {KERNEL_URL}/v1/audit/events
     {"events": [{"hash": "...", "record": {...}}, ...]}     export lines, in sequence order

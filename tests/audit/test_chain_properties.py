@@ -212,7 +212,8 @@ def test_the_line_parser_reads_what_the_encoder_writes() -> None:
 
 
 def test_the_record_encoding_matches_the_documented_bytes() -> None:
-    """A fixed vector, so that a change to the encoding cannot pass unnoticed (README)."""
+    """A fixed vector, so that a change to the encoding cannot pass unnoticed
+    (docs/formats/audit-chain-v1.md)."""
     record = record_of(
         sequence=1,
         occurred_at=datetime(2026, 11, 22, 8, 30, tzinfo=UTC),

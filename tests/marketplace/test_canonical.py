@@ -1,4 +1,4 @@
-"""The canonical encoding the README documents, pinned byte for byte."""
+"""The canonical encoding docs/formats/audit-chain-v1.md documents, pinned byte for byte."""
 
 import pytest
 
