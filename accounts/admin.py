@@ -59,10 +59,11 @@ class UserAdmin(DjangoUserAdmin):
     ]
     filter_horizontal = ["groups"]
 
-    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
-        # The access before the edit, read before the form saves anything.
-        request._access_before = Access.of(obj) if obj is not None else None
-        return super().get_form(request, obj, **kwargs)
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        # The access as stored before this save (the roles are saved after it, in
+        # save_related), kept with the form of this one request.
+        form.access_before = Access.of(User.objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
 
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
@@ -82,7 +83,7 @@ class UserAdmin(DjangoUserAdmin):
         # Inside the admin's transaction, after the roles are saved: the audit event commits
         # or rolls back with the change it records.
         account_access_record(
-            user=form.instance, before=request._access_before, actor=Actor.of_user(request.user)
+            user=form.instance, before=form.access_before, actor=Actor.of_user(request.user)
         )
 
 
