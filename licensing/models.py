@@ -85,6 +85,9 @@ class Delivery(models.Model):
     )
     attempts = models.PositiveIntegerField(default=0)
     attempted_at = models.DateTimeField(null=True, blank=True)
+    # Moved every few seconds by the attempt that is streaming the package: a stale one means
+    # its worker died, and the fulfilment sweep takes the delivery over.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     format = models.CharField(max_length=32, blank=True)
     storage_name = models.CharField(max_length=512, blank=True)
