@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from licensing.api import views as licensing_views
 from marketplace.landing import landing
@@ -12,7 +12,7 @@ urlpatterns = [
     path(".well-known/jwks.json", jwks, name="jwks"),
     path("", include("django_prometheus.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("catalog.api.urls")),
     path("api/v1/", include("marketplace.api.urls")),
     path("api/v1/", include("orders.api.urls")),

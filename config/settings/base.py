@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 
 from config.env import BASE_DIR, env, service_env
 from marketplace.storages import s3_storage
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
     "marketplace",
     "audit",
     "accounts",
@@ -57,6 +59,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -262,10 +265,18 @@ DELIVERY_RETENTION_DAYS = env.int("MARKETPLACE_DELIVERY_RETENTION_DAYS", default
 DELIVERY_CHUNK_BYTES = env.int("MARKETPLACE_DELIVERY_CHUNK_BYTES", default=1024 * 1024)
 DELIVERY_MAX_ATTEMPTS = env.int("MARKETPLACE_DELIVERY_MAX_ATTEMPTS", default=5)
 # The fulfilment sweep re-sends a pending delivery never started after this long (its task was
-# lost), or whose last attempt began this long ago (its worker died: Redis would redeliver the
-# message only after its visibility timeout). Re-sending a live job is safe, only wasteful.
+# lost), or whose last attempt began this long ago (its retry was lost). An attempt that is
+# still packaging is not disturbed by a re-send: it holds the delivery while its heartbeat is
+# fresh, and a second task finding it so does nothing.
 DELIVERY_NEVER_STARTED_SECONDS = env.int("MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS", default=60)
 DELIVERY_ABANDONED_SECONDS = env.int("MARKETPLACE_DELIVERY_ABANDONED_SECONDS", default=1200)
+# While it streams the package an attempt moves the delivery's heartbeat at most this often; a
+# heartbeat older than DELIVERY_STALE_SECONDS means its worker died (Redis would redeliver the
+# message only after its visibility timeout): the sweep re-sends the delivery, and the next
+# attempt takes it over. Partial package files older than that, owned by no live attempt, are
+# removed by the spool sweep.
+DELIVERY_HEARTBEAT_SECONDS = env.float("MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS", default=10.0)
+DELIVERY_STALE_SECONDS = env.float("MARKETPLACE_DELIVERY_STALE_SECONDS", default=60.0)
 DOWNLOAD_LINK_SECONDS = env.int("MARKETPLACE_DOWNLOAD_LINK_SECONDS", default=900)
 DOWNLOAD_LIMIT = env.int("MARKETPLACE_DOWNLOAD_LIMIT", default=10)
 
@@ -341,6 +352,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Partial package files (and, on S3, multipart uploads) that a killed worker left behind.
+    "licensing-delivery-spool-sweep": {
+        "task": "licensing.tasks.delivery_spool_sweep",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
 }
 
 # --- Key store ---------------------------------------------------------------------------------
@@ -375,11 +392,23 @@ if KEYSTORE_BACKEND == "proxy" and not SIGNING_ENDPOINT:
 
 # --- API ---------------------------------------------------------------------------------------
 
+# Every JSON body (the API's and the webhook's): larger is a 413, deeper a 400
+# (marketplace/api/parsers.py). Python's own parser and encoder recurse once per level, so the
+# depth stays far below the interpreter's recursion limit.
+JSON_MAX_BYTES = env.int("MARKETPLACE_JSON_MAX_BYTES", default=1024 * 1024)
+JSON_MAX_DEPTH = env.int("MARKETPLACE_JSON_MAX_DEPTH", default=32)
+if not 1 <= JSON_MAX_DEPTH <= 200 or JSON_MAX_BYTES < 1024:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "MARKETPLACE_JSON_MAX_DEPTH takes 1 to 200 and MARKETPLACE_JSON_MAX_BYTES at least 1024"
+    )
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["marketplace.api.authentication.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["marketplace.api.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
@@ -433,6 +462,28 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+# One Content-Security-Policy for every answer: the admin, the API docs, the local pages and
+# the API itself load scripts only from this origin (and the local checkout page's own script by
+# its nonce), are never framed, and post forms only to this origin. Inline styles stay allowed:
+# the admin's widgets set style attributes, and a style cannot run code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, "'unsafe-inline'"],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+CONTENT_SECURITY_POLICY_REPORT_URI = env.str("MARKETPLACE_CSP_REPORT_URI", default="")
+if CONTENT_SECURITY_POLICY_REPORT_URI:
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["report-uri"] = [CONTENT_SECURITY_POLICY_REPORT_URI]
 
 # --- Logging -----------------------------------------------------------------------------------
 

@@ -4,12 +4,11 @@ Every problem found is collected and reported at once, each naming the variable 
 operator fixes a deployment in one pass instead of one restart per missing variable.
 """
 
-import base64
-import binascii
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from config.guard import http_url_weakness, master_key_weakness, secret_weakness
 from config.settings.base import *
 
 _problems: list[str] = []
@@ -19,10 +18,22 @@ def _refuse(variable: str, why: str) -> None:
     _problems.append(f"{variable}: {why}")
 
 
+def _refuse_weak_secret(variable: str, value: str, *, min_length: int, min_bits: float) -> None:
+    why = secret_weakness(value, min_length=min_length, min_bits=min_bits, known=(DEV_SECRET_KEY,))
+    if why:
+        _refuse(variable, why)
+
+
+def _refuse_http(variable: str, url: str) -> None:
+    why = http_url_weakness(url)
+    if why:
+        _refuse(variable, why)
+
+
 if SECRET_KEY == DEV_SECRET_KEY:
     _refuse("MARKETPLACE_SECRET_KEY", "not set (the development key is refused)")
-elif len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
-    _refuse("MARKETPLACE_SECRET_KEY", "too weak: use at least 50 random characters")
+else:
+    _refuse_weak_secret("MARKETPLACE_SECRET_KEY", SECRET_KEY, min_length=50, min_bits=200)
 
 if DEBUG:
     _refuse("MARKETPLACE_DEBUG", "must be off")
@@ -31,6 +42,9 @@ if not env.list("MARKETPLACE_ALLOWED_HOSTS", default=[]):
     _refuse("MARKETPLACE_ALLOWED_HOSTS", "not set (list the host names the API is served on)")
 elif "*" in ALLOWED_HOSTS:
     _refuse("MARKETPLACE_ALLOWED_HOSTS", "must not contain '*'")
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if urlsplit(_origin).scheme != "https":
+        _refuse("MARKETPLACE_CSRF_TRUSTED_ORIGINS", f"{_origin!r} must be an https:// origin")
 
 if not DATABASE_URL:
     _refuse("MARKETPLACE_DATABASE_URL", "not set (the embedded SQLite database is refused)")
@@ -45,11 +59,15 @@ if urlsplit(BROKER_URL).scheme in ("filesystem", "memory", ""):
 
 if not S3_BUCKET:
     _refuse("MARKETPLACE_S3_BUCKET", "not set (local file storage is refused)")
+if S3_ENDPOINT_URL:
+    _refuse_http("MARKETPLACE_S3_ENDPOINT_URL", S3_ENDPOINT_URL)
+if env.str("MARKETPLACE_AUDIT_S3_ENDPOINT_URL", default=""):
+    _refuse_http("MARKETPLACE_AUDIT_S3_ENDPOINT_URL", AUDIT_S3_ENDPOINT_URL)
 
 if not KERNEL_URL:
     _refuse("MARKETPLACE_KERNEL_URL", "not set (the local manifest verifier is refused)")
-elif urlsplit(KERNEL_URL).scheme != "https":
-    _refuse("MARKETPLACE_KERNEL_URL", "must be an https:// URL")
+else:
+    _refuse_http("MARKETPLACE_KERNEL_URL", KERNEL_URL)
 if not KERNEL_CERT:
     _refuse("MARKETPLACE_KERNEL_CERT", "not set (the Kernel requires an mTLS client certificate)")
 if not KERNEL_KEY:
@@ -60,13 +78,8 @@ if not KEYSTORE_MASTER_KEY:
         "MARKETPLACE_KEYSTORE_MASTER_KEY",
         "not set (the development master-key file is refused; 32 random bytes, base64)",
     )
-else:
-    try:
-        _master_key_length = len(base64.b64decode(KEYSTORE_MASTER_KEY, validate=True))
-    except binascii.Error:
-        _master_key_length = 0
-    if _master_key_length != 32:
-        _refuse("MARKETPLACE_KEYSTORE_MASTER_KEY", "must be 32 random bytes in base64")
+elif _why := master_key_weakness(KEYSTORE_MASTER_KEY):
+    _refuse("MARKETPLACE_KEYSTORE_MASTER_KEY", _why)
 
 if KEYSTORE_BACKEND == "local":
     if env.str("MARKETPLACE_KEYSTORE_BACKEND", default=""):
@@ -80,14 +93,15 @@ if KEYSTORE_BACKEND == "local":
             "not set (the local key store is refused for licenses: set the KMS key id or ARN, "
             "or MARKETPLACE_SIGNING_ENDPOINT for a signing proxy)",
         )
-elif KEYSTORE_BACKEND == "kms":
-    if KMS_ENDPOINT_URL and urlsplit(KMS_ENDPOINT_URL).scheme != "https":
-        _refuse("MARKETPLACE_KMS_ENDPOINT_URL", "must be an https:// URL")
-elif KEYSTORE_BACKEND == "proxy":
-    if urlsplit(SIGNING_ENDPOINT).scheme != "https":
-        _refuse("MARKETPLACE_SIGNING_ENDPOINT", "must be an https:// URL")
-    if not SIGNING_TOKEN:
-        _refuse("MARKETPLACE_SIGNING_TOKEN", "not set (the signing proxy requires a bearer token)")
+elif KEYSTORE_BACKEND == "proxy" and not SIGNING_TOKEN:
+    _refuse("MARKETPLACE_SIGNING_TOKEN", "not set (the signing proxy requires a bearer token)")
+# Delivery data keys use KMS whatever backend signs licenses.
+if KMS_ENDPOINT_URL:
+    _refuse_http("MARKETPLACE_KMS_ENDPOINT_URL", KMS_ENDPOINT_URL)
+if SIGNING_ENDPOINT:
+    _refuse_http("MARKETPLACE_SIGNING_ENDPOINT", SIGNING_ENDPOINT)
+if SIGNING_TOKEN:
+    _refuse_weak_secret("MARKETPLACE_SIGNING_TOKEN", SIGNING_TOKEN, min_length=32, min_bits=128)
 
 if not DELIVERY_KMS_KEY_ID:
     _refuse(
@@ -101,10 +115,35 @@ if not AUDIT_BUCKET:
 elif AUDIT_RETENTION_DAYS < 1:
     _refuse("MARKETPLACE_AUDIT_RETENTION_DAYS", "must be at least 1 day")
 
+# Stripe's own prefixes: a live key in prod; staging may take payments in test mode.
+_STRIPE_KEY_PREFIXES = ("sk_live_", "rk_live_") if SERVICE_ENV == "prod" else ("sk_", "rk_")
 if not STRIPE_SECRET_KEY:
     _refuse("MARKETPLACE_STRIPE_SECRET_KEY", "not set (the local test gateway is refused)")
+elif not STRIPE_SECRET_KEY.startswith(_STRIPE_KEY_PREFIXES):
+    _refuse(
+        "MARKETPLACE_STRIPE_SECRET_KEY",
+        f"must be a Stripe key starting with {' or '.join(_STRIPE_KEY_PREFIXES)}",
+    )
+else:
+    _refuse_weak_secret(
+        "MARKETPLACE_STRIPE_SECRET_KEY",
+        STRIPE_SECRET_KEY.split("_", 2)[2],
+        min_length=24,
+        min_bits=96,
+    )
 if not STRIPE_WEBHOOK_SECRETS:
     _refuse("MARKETPLACE_STRIPE_WEBHOOK_SECRET", "not set (webhooks could not be verified)")
+for _index, _secret in enumerate(STRIPE_WEBHOOK_SECRETS, start=1):
+    # Stripe's endpoint secrets are whsec_ and 32 random characters.
+    _why = (
+        "must start with whsec_"
+        if not _secret.startswith("whsec_")
+        else secret_weakness(_secret.removeprefix("whsec_"), min_length=24, min_bits=96)
+    )
+    if _why:
+        _refuse("MARKETPLACE_STRIPE_WEBHOOK_SECRET", f"secret {_index}: {_why}")
+if STRIPE_API_BASE:
+    _refuse_http("MARKETPLACE_STRIPE_API_BASE", STRIPE_API_BASE)
 for _name, _url in (
     ("MARKETPLACE_PUBLIC_URL", PUBLIC_URL),
     ("MARKETPLACE_CHECKOUT_SUCCESS_URL", CHECKOUT_SUCCESS_URL),
@@ -115,10 +154,12 @@ for _name, _url in (
 
 if not FINANCE_URL:
     _refuse("MARKETPLACE_FINANCE_URL", "not set (the local ledger table is refused)")
-elif urlsplit(FINANCE_URL).scheme != "https":
-    _refuse("MARKETPLACE_FINANCE_URL", "must be an https:// URL")
+else:
+    _refuse_http("MARKETPLACE_FINANCE_URL", FINANCE_URL)
 if not FINANCE_TOKEN:
     _refuse("MARKETPLACE_FINANCE_TOKEN", "not set (Finance requires a bearer token)")
+else:
+    _refuse_weak_secret("MARKETPLACE_FINANCE_TOKEN", FINANCE_TOKEN, min_length=32, min_bits=128)
 
 # Settings that would turn a safety off.
 if DELIVERY_RETENTION_DAYS < 1:
@@ -132,8 +173,11 @@ if not 0 < STRIPE_WEBHOOK_TOLERANCE_SECONDS <= 3600:
         "must be 1 to 3600 seconds (a wider window lets a captured webhook be replayed later)",
     )
 SECURE_HSTS_SECONDS = env.int("MARKETPLACE_HSTS_SECONDS", default=31536000)
-if SECURE_HSTS_SECONDS < 1:
-    _refuse("MARKETPLACE_HSTS_SECONDS", "must be at least 1 (0 turns HSTS off)")
+if SECURE_HSTS_SECONDS < 31536000:
+    _refuse(
+        "MARKETPLACE_HSTS_SECONDS",
+        "must be at least 31536000, a year (shorter lets a browser fall back to http://)",
+    )
 
 if _problems:
     raise ImproperlyConfigured(

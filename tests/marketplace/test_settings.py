@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
+# The development key as base.py spells it (what a careless deployment starts from).
+DEV_KEY = "dev-only-marketplace-secret-key-refused-in-production-0123456789abcdef"
 
 PRODUCTION = {
     "MARKETPLACE_SERVICE_ENV": "prod",
-    "MARKETPLACE_SECRET_KEY": "k3y-" + "x7Gq2LmZ9vR4tW8pN1sB6cD0fH5jK3" * 2,
+    "MARKETPLACE_SECRET_KEY": "xVmxIE81ODE0ShrU7oFkwS9HZXsKLwgxhfag8XxlI5xckcgJrUF4J-FopqstV1Qr",
     "MARKETPLACE_ALLOWED_HOSTS": "api.marketplace.example",
     "MARKETPLACE_DATABASE_URL": "postgres://marketplace@db.internal:5432/marketplace",
     "MARKETPLACE_REDIS_URL": "redis://cache.internal:6379/0",
@@ -19,13 +21,13 @@ PRODUCTION = {
     "MARKETPLACE_KERNEL_URL": "https://kernel.internal",
     "MARKETPLACE_KERNEL_CERT": "/etc/marketplace/kernel.crt",
     "MARKETPLACE_KERNEL_KEY": "/etc/marketplace/kernel.key",
-    "MARKETPLACE_KEYSTORE_MASTER_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    "MARKETPLACE_KEYSTORE_MASTER_KEY": "y+qXyE1QxdfGViY4i9gD7d6XhbEtNVO6eenQa9+2+l4=",
     "MARKETPLACE_AUDIT_BUCKET": "marketplace-audit",
-    "MARKETPLACE_STRIPE_SECRET_KEY": "sk_live_settings_test",
-    "MARKETPLACE_STRIPE_WEBHOOK_SECRET": "whsec_settings_test",
+    "MARKETPLACE_STRIPE_SECRET_KEY": "sk_live_o5STJFWoafN-0JdoBa1q1y0D1ly8pvZkZaBgFyyB4Yhv8Ya",
+    "MARKETPLACE_STRIPE_WEBHOOK_SECRET": "whsec_0_onTURDhrF0xFkL_LyDLLBZzVzEUM3D",
     "MARKETPLACE_PUBLIC_URL": "https://api.marketplace.example",
     "MARKETPLACE_FINANCE_URL": "https://finance.internal",
-    "MARKETPLACE_FINANCE_TOKEN": "finance-token",
+    "MARKETPLACE_FINANCE_TOKEN": "Bu1MUk86eT2Zy8plKFVAnLZF4OAf8UuREtD2W67RHgQ",
     "MARKETPLACE_LICENSE_SIGNER_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/license",
     "MARKETPLACE_DELIVERY_KMS_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/delivery",
 }
@@ -89,7 +91,84 @@ def test_production_with_nothing_set_names_every_missing_variable():
             "MARKETPLACE_KEYSTORE_MASTER_KEY: must be 32 random bytes in base64",
         ),
         ({"MARKETPLACE_ALLOWED_HOSTS": "*"}, "MARKETPLACE_ALLOWED_HOSTS: must not contain '*'"),
-        ({"MARKETPLACE_SECRET_KEY": "short"}, "MARKETPLACE_SECRET_KEY: too weak"),
+        ({"MARKETPLACE_SECRET_KEY": "short"}, "MARKETPLACE_SECRET_KEY: too short"),
+        (
+            {"MARKETPLACE_SECRET_KEY": "k3y-" + "x7Gq2LmZ9vR4tW8pN1sB6cD0fH5jK3" * 2},
+            "MARKETPLACE_SECRET_KEY: repeats a pattern",
+        ),
+        (
+            {"MARKETPLACE_SECRET_KEY": "abababababcdcdcdcdcdefefefefefghghghghghijijijijijklkl"},
+            "MARKETPLACE_SECRET_KEY: too little randomness",
+        ),
+        (
+            # The development key with a few characters changed.
+            {"MARKETPLACE_SECRET_KEY": DEV_KEY.replace("dev-only", "prod").upper()},
+            "MARKETPLACE_SECRET_KEY: is the public development value or a variation of it",
+        ),
+        (
+            {"MARKETPLACE_SECRET_KEY": "CHANGEME-" + PRODUCTION["MARKETPLACE_SECRET_KEY"]},
+            "MARKETPLACE_SECRET_KEY: looks like a placeholder",
+        ),
+        (
+            {"MARKETPLACE_STRIPE_WEBHOOK_SECRET": " "},
+            "MARKETPLACE_STRIPE_WEBHOOK_SECRET: secret 1: must start with whsec_",
+        ),
+        (
+            {"MARKETPLACE_STRIPE_WEBHOOK_SECRET": "whsec_0_onTURDhrF0xFkL_LyDLLBZzVzEUM3D "},
+            "MARKETPLACE_STRIPE_WEBHOOK_SECRET: secret 1: contains whitespace",
+        ),
+        (
+            {"MARKETPLACE_STRIPE_WEBHOOK_SECRET": "whsec_0_onTURDhrF0xFkL_LyDLLBZzVzEUM3D,whsec_x"},
+            "MARKETPLACE_STRIPE_WEBHOOK_SECRET: secret 2: too short",
+        ),
+        (
+            {"MARKETPLACE_STRIPE_SECRET_KEY": "sk_test_o5STJFWoafN-0JdoBa1q1y0D1ly8pvZkZaBgFyyB4Y"},
+            "MARKETPLACE_STRIPE_SECRET_KEY: must be a Stripe key starting with sk_live_ or rk_",
+        ),
+        (
+            {"MARKETPLACE_STRIPE_SECRET_KEY": "sk_live_placeholder"},
+            "MARKETPLACE_STRIPE_SECRET_KEY: too short",
+        ),
+        (
+            {"MARKETPLACE_FINANCE_TOKEN": "finance-token"},
+            "MARKETPLACE_FINANCE_TOKEN: too short",
+        ),
+        (
+            {"MARKETPLACE_KEYSTORE_MASTER_KEY": "A" * 43 + "="},
+            "MARKETPLACE_KEYSTORE_MASTER_KEY: is not random",
+        ),
+        (
+            # "0123456789abcdef" twice: typed, not random.
+            {"MARKETPLACE_KEYSTORE_MASTER_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},
+            "MARKETPLACE_KEYSTORE_MASTER_KEY: is not random",
+        ),
+        (
+            {"MARKETPLACE_KEYSTORE_MASTER_KEY": "VGhpcyBpcyBteSB2ZXJ5IG93biBtYXN0ZXIga2V5ISE="},
+            "MARKETPLACE_KEYSTORE_MASTER_KEY: is text, not random bytes",
+        ),
+        (
+            {"MARKETPLACE_STRIPE_API_BASE": "http://stripe.internal"},
+            "MARKETPLACE_STRIPE_API_BASE: must be an https:// URL",
+        ),
+        (
+            {"MARKETPLACE_S3_ENDPOINT_URL": "http://minio.internal:9000"},
+            "MARKETPLACE_S3_ENDPOINT_URL: must be an https:// URL",
+        ),
+        (
+            {
+                "MARKETPLACE_S3_ENDPOINT_URL": "https://s3.internal",
+                "MARKETPLACE_AUDIT_S3_ENDPOINT_URL": "http://audit-s3.internal",
+            },
+            "MARKETPLACE_AUDIT_S3_ENDPOINT_URL: must be an https:// URL",
+        ),
+        (
+            {"MARKETPLACE_KMS_ENDPOINT_URL": "http://kms.internal"},
+            "MARKETPLACE_KMS_ENDPOINT_URL: must be an https:// URL",
+        ),
+        (
+            {"MARKETPLACE_CSRF_TRUSTED_ORIGINS": "https://admin.example,http://admin.example"},
+            "MARKETPLACE_CSRF_TRUSTED_ORIGINS: 'http://admin.example' must be an https:// origin",
+        ),
         (
             {"MARKETPLACE_DATABASE_URL": "sqlite:////tmp/db.sqlite3"},
             "MARKETPLACE_DATABASE_URL: must be a PostgreSQL URL",
@@ -114,7 +193,11 @@ def test_production_with_nothing_set_names_every_missing_variable():
             {"MARKETPLACE_DELIVERY_RETENTION_DAYS": "0"},
             "MARKETPLACE_DELIVERY_RETENTION_DAYS: must be at least 1 day (0 turns the packages'",
         ),
-        ({"MARKETPLACE_HSTS_SECONDS": "0"}, "MARKETPLACE_HSTS_SECONDS: must be at least 1"),
+        ({"MARKETPLACE_HSTS_SECONDS": "0"}, "MARKETPLACE_HSTS_SECONDS: must be at least 31536000"),
+        (
+            {"MARKETPLACE_HSTS_SECONDS": "86400"},
+            "MARKETPLACE_HSTS_SECONDS: must be at least 31536000",
+        ),
         (
             {"MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS": "86400"},
             "MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS: must be 1 to 3600 seconds",
