@@ -4,7 +4,7 @@ With MARKETPLACE_S3_BUCKET set, in that bucket under `deliveries/`, uploaded wit
 django-storages' connection: object-lock retention (COMPLIANCE, MARKETPLACE_DELIVERY_RETENTION_DAYS)
 so a delivered package cannot be altered or deleted, SSE-KMS when MARKETPLACE_S3_KMS_KEY_ID is
 set, and the package's metadata on the object. Otherwise in files under
-MARKETPLACE_DATA_DIR/deliveries.
+MARKETPLACE_DATA_DIR/deliveries, written first to a partial file in its `.partial` folder.
 """
 
 import contextlib
@@ -12,7 +12,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,20 +43,56 @@ def _already_stored(storage: Any, key: str, metadata: dict[str, str]) -> bool:
     return head is not None and head.get("Metadata", {}) == metadata
 
 
+# Local partial package files live here, under the deliveries folder (so a rename puts them in
+# place) but apart from the packages: `<delivery id>.<attempt>.<random>.part`, so the spool sweep
+# lists one folder and knows which attempt each file is of.
+PARTIAL_DIR = "deliveries/.partial"
+PARTIAL_SUFFIX = ".part"
+
+
+@dataclass(frozen=True)
+class PartialFile:
+    """A partial package file: an attempt's spool, or the leftover of a killed one."""
+
+    path: Path
+    delivery_id: str  # "" when the name names no attempt
+    attempt: int | None
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """An S3 multipart upload of a package, not completed (nor aborted) yet."""
+
+    key: str
+    upload_id: str
+    delivery_id: str
+    initiated: datetime
+
+
+def _partial_dir(storage: Storage) -> Path:
+    return Path(storage.path(PARTIAL_DIR))
+
+
 @contextlib.contextmanager
-def package_spool(name: str) -> Iterator[BinaryIO]:
-    """A file to write the package of `name` into before it is stored. For local files it is a
-    temporary file next to the destination, which package_store then renames into place: a
-    1 GiB package is written once, not written and copied. For S3 it is a temporary file that
-    package_store uploads."""
+def package_spool(name: str, *, owner: str = "") -> Iterator[BinaryIO]:
+    """A file to write the package of `name` into before it is stored, removed when the block
+    ends however it ends. `owner` (`<delivery id>.<attempt>`) names the attempt writing it.
+
+    For local files it is a file in PARTIAL_DIR, which package_store then renames into place: a
+    1 GiB package is written once, not written and copied. A worker killed while writing leaves
+    it behind, for delivery_spool_sweep. For S3 it is an anonymous temporary file (gone with
+    the process, however it ends) that package_store uploads."""
     storage = _storage()
     if hasattr(storage, "bucket"):
         with tempfile.TemporaryFile() as spool:
             yield spool
         return
-    path = Path(storage.path(name))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    folder = _partial_dir(storage)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(
+        prefix=f"{owner or 'spool'}.", suffix=PARTIAL_SUFFIX, dir=folder
+    )
     os.close(handle)
     try:
         # Opened by path, so that package_store finds it by its name.
@@ -64,6 +101,76 @@ def package_spool(name: str) -> Iterator[BinaryIO]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+def partial_files() -> list[PartialFile]:
+    """The local partial package files, oldest first; none on S3 (its spool files are
+    anonymous)."""
+    storage = _storage()
+    if hasattr(storage, "bucket"):
+        return []
+    found = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(_partial_dir(storage)) as entries:
+        for entry in entries:
+            if not entry.name.endswith(PARTIAL_SUFFIX) or not entry.is_file():
+                continue
+            try:
+                modified = entry.stat().st_mtime
+            except FileNotFoundError:  # its attempt just finished
+                continue
+            delivery_id, _, rest = entry.name.partition(".")
+            attempt = rest.partition(".")[0]
+            named = attempt.isdigit()
+            found.append(
+                PartialFile(
+                    path=Path(entry.path),
+                    delivery_id=delivery_id if named else "",
+                    attempt=int(attempt) if named else None,
+                    modified=datetime.fromtimestamp(modified, tz=UTC),
+                )
+            )
+    return sorted(found, key=lambda partial: partial.modified)
+
+
+def partial_file_remove(partial: PartialFile) -> bool:
+    try:
+        partial.path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def partial_uploads() -> list[PartialUpload]:
+    """The multipart uploads of packages S3 still holds open: a worker killed mid-upload
+    leaves one (its parts are stored, and billed, until it is aborted). None for local files."""
+    storage = _storage()
+    if not hasattr(storage, "bucket"):
+        return []
+    client, bucket = storage.bucket.meta.client, storage.bucket.name
+    found = []
+    prefix = storage._normalize_name("deliveries/")
+    for page in client.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix=prefix
+    ):
+        for upload in page.get("Uploads", []):
+            # deliveries/<order id>/<delivery id>.mkpkg
+            stem = upload["Key"].rsplit("/", 1)[-1]
+            found.append(
+                PartialUpload(
+                    key=upload["Key"],
+                    upload_id=upload["UploadId"],
+                    delivery_id=stem.removesuffix(".mkpkg"),
+                    initiated=upload["Initiated"],
+                )
+            )
+    return found
+
+
+def partial_upload_abort(upload: PartialUpload) -> None:
+    storage = _storage()
+    storage.bucket.meta.client.abort_multipart_upload(
+        Bucket=storage.bucket.name, Key=upload.key, UploadId=upload.upload_id
+    )
 
 
 def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> None:
@@ -89,15 +196,18 @@ def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> 
         )
         return
     path = Path(storage.path(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
     spooled = getattr(package, "name", None)
-    if isinstance(spooled, str) and Path(spooled).parent == path.parent:
-        # package_spool's file, already in place: made durable and renamed, not copied.
+    if isinstance(spooled, str) and Path(spooled).parent == _partial_dir(storage):
+        # package_spool's file, on the same file system: made durable and renamed, not copied.
         package.flush()
         os.fsync(package.fileno())
         os.replace(spooled, path)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    _partial_dir(storage).mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(
+        prefix="store.", suffix=PARTIAL_SUFFIX, dir=_partial_dir(storage)
+    )
     try:
         with os.fdopen(handle, "wb") as out:
             shutil.copyfileobj(package, out, 1024 * 1024)

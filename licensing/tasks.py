@@ -12,12 +12,16 @@ from licensing.metrics import delivery_encrypt_failures
 from licensing.models import Delivery, DeliveryStatus
 from licensing.services import (
     LICENSING_WORKER,
+    AttemptSuperseded,
     PackagingFailed,
     delivery_failure_record,
     fulfilment_due,
 )
 from licensing.services import (
     delivery_package as delivery_package_service,
+)
+from licensing.services import (
+    delivery_spool_sweep as delivery_spool_sweep_service,
 )
 from licensing.services import (
     order_fulfil as order_fulfil_service,
@@ -52,13 +56,18 @@ PACKAGING_BACKOFF = Backoff(base=30, cap=1800)
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=3300, time_limit=3600, max_retries=None)
 def delivery_package(self, delivery_id: str) -> str:  # type: ignore[no-untyped-def]
-    """Packages a delivery; safe to run twice (the service re-checks under a lock, and the
-    package's bytes and name are fixed by the delivery). Transient failures are retried with
+    """Packages a delivery; safe to run twice (the service re-checks under a lock, an attempt
+    holds the delivery while its heartbeat is fresh, and the package's bytes and name are fixed
+    by the delivery). An attempt that lost its delivery to another (AttemptSuperseded) stops
+    and records nothing. Transient failures are retried with
     backoff until the delivery has had MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts, then it is
     suspended; a permanent one suspends it at once. Every failure is counted in
     marketplace_delivery_encrypt_failures_total."""
     try:
         return delivery_package_service(delivery_id=delivery_id, actor=LICENSING_WORKER)
+    except AttemptSuperseded as exc:
+        logger.warning("packaging delivery %s stopped: %s", delivery_id, exc)
+        return "superseded-attempt"
     except PackagingFailed as exc:
         delivery_encrypt_failures.labels(reason="artifact").inc()
         logger.error("packaging delivery %s cannot succeed: %s", delivery_id, exc)
@@ -102,3 +111,9 @@ def fulfilment_sweep() -> dict[str, int]:
     for delivery_id in delivery_ids:
         delivery_package.delay(delivery_id)
     return {"orders": len(order_ids), "deliveries": len(delivery_ids)}
+
+
+@shared_task(soft_time_limit=240, time_limit=280)
+def delivery_spool_sweep() -> dict[str, int]:
+    """Removes partial package files and S3 multipart uploads that killed workers left."""
+    return delivery_spool_sweep_service()

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "csp",
     "marketplace",
     "audit",
@@ -59,8 +60,13 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Early, so that its process_exception runs after the others' (metrics count the error
+    # first); answers a database, cache or broker outage in a view as a 503.
+    "marketplace.middleware.OutageMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before sessions and CSRF, so that every request to a limited path counts.
+    "marketplace.ratelimit.RateLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -68,6 +74,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes requires: turns a locked-out sign-in into its 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -254,6 +262,15 @@ FINANCE_TIMEOUT_SECONDS = env.float("MARKETPLACE_FINANCE_TIMEOUT_SECONDS", defau
 
 # Stops finalization: no new checkouts (503), licenses, deliveries or proofs; reads go on.
 MAINTENANCE_MODE = env.bool("MAINTENANCE_MODE", default=False)
+# Retry-After of the 503s: a maintenance window, and an outage of the database, cache,
+# broker or package storage.
+MAINTENANCE_RETRY_AFTER_SECONDS = env.int(
+    "MARKETPLACE_MAINTENANCE_RETRY_AFTER_SECONDS", default=300
+)
+OUTAGE_RETRY_AFTER_SECONDS = env.int("MARKETPLACE_OUTAGE_RETRY_AFTER_SECONDS", default=30)
+# A bearer token that reads /health/details (each check's error) without a staff session,
+# so that it can be read while the database is down; unset, only staff sessions can.
+HEALTH_TOKEN = env.str("MARKETPLACE_HEALTH_TOKEN", default="")
 
 # --- Licensing and delivery --------------------------------------------------------------------
 
@@ -404,20 +421,54 @@ if not 1 <= JSON_MAX_DEPTH <= 200 or JSON_MAX_BYTES < 1024:
         "MARKETPLACE_JSON_MAX_DEPTH takes 1 to 200 and MARKETPLACE_JSON_MAX_BYTES at least 1024"
     )
 
+
+
+def _rate(variable: str, default: str) -> str:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from marketplace.ratelimit import parse_rate
+
+    value = env.str(variable, default=default)
+    try:
+        parse_rate(value)
+    except ImproperlyConfigured as exc:
+        raise ImproperlyConfigured(f"{variable}: {exc}") from None
+    return value
+
+
+# Each limit is per client: the signed-in buyer, else the client address (NUM_PROXIES below).
+THROTTLE_RATES = {
+    # Every API request: anonymous callers per address, signed-in buyers per buyer.
+    "anon": _rate("MARKETPLACE_THROTTLE_ANON", "1200/min"),
+    "user": _rate("MARKETPLACE_THROTTLE_USER", "2400/min"),
+    # Every write of a buyer as one budget: each appends an audit event, kept for good.
+    "buyer_write": _rate("MARKETPLACE_THROTTLE_BUYER_WRITE", "120/hour"),
+    # Views' own scopes (their throttle_scope), counted on top of the above.
+    "checkout": _rate("MARKETPLACE_THROTTLE_CHECKOUT", "10/min"),
+    "download_link": _rate("MARKETPLACE_THROTTLE_DOWNLOAD_LINK", "30/min"),
+    "license_verify": _rate("MARKETPLACE_THROTTLE_LICENSE_VERIFY", "120/min"),
+    "jwks": _rate("MARKETPLACE_THROTTLE_JWKS", "60/min"),
+    # Paths outside DRF, per address (marketplace.ratelimit.PATH_LIMITS).
+    "webhook": _rate("MARKETPLACE_THROTTLE_WEBHOOK", "1800/min"),
+    "health": _rate("MARKETPLACE_THROTTLE_HEALTH", "600/min"),
+    "metrics": _rate("MARKETPLACE_THROTTLE_METRICS", "120/min"),
+    "staff_login": _rate("MARKETPLACE_THROTTLE_STAFF_LOGIN", "20/min"),
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["marketplace.api.authentication.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["marketplace.api.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    # Atomic counters in Redis (marketplace/ratelimit.py); docs/api.md lists the limits.
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
+        "marketplace.api.throttling.AnonymousRateThrottle",
         "marketplace.api.throttling.SignedInRateThrottle",
+        "marketplace.api.throttling.BuyerWriteRateThrottle",
+        "marketplace.api.throttling.EndpointRateThrottle",
     ],
-    "DEFAULT_THROTTLE_RATES": {
-        "anon": env.str("MARKETPLACE_THROTTLE_ANON", default="1200/min"),
-        "user": env.str("MARKETPLACE_THROTTLE_USER", default="2400/min"),
-    },
+    "DEFAULT_THROTTLE_RATES": THROTTLE_RATES,
     # Clients are told apart by REMOTE_ADDR, or by the X-Forwarded-For entry that this many
     # trusted proxies in front of the platform add; the rest of that header is the client's
     # own say and is not trusted.
@@ -453,6 +504,25 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "admin:login"
 
+# Staff sign-in: after MARKETPLACE_STAFF_LOCKOUT_FAILURES failed attempts for one account from
+# one client address, that pair is locked out for MARKETPLACE_STAFF_LOCKOUT_MINUTES (each
+# attempt during the lockout starts it again); a success clears the count. django-axes keeps
+# the counts in the database (admin: Axes). Guessing across accounts from one address is held
+# by the `staff_login` rate instead.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("MARKETPLACE_STAFF_LOCKOUT_FAILURES", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("MARKETPLACE_STAFF_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The admin's form posts `username` (the e-mail address: User.USERNAME_FIELD is `email`).
+AXES_USERNAME_FORM_FIELD = "username"
+# The same client address as the rate limits (MARKETPLACE_NUM_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "marketplace.ratelimit.client_ip"
+AXES_LOCKOUT_CALLABLE = "marketplace.ratelimit.staff_lockout_response"
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -481,9 +551,27 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": [NONE],
     },
 }
+# Payment pages a page of ours may send a buyer to or embed (Stripe Checkout, say).
+ALLOWED_PAYMENT_ORIGINS = env.list("MARKETPLACE_ALLOWED_PAYMENT_ORIGINS", default=[])
+for _directive in ("connect-src", "form-action", "frame-src"):
+    CONTENT_SECURITY_POLICY["DIRECTIVES"].setdefault(_directive, [SELF]).extend(
+        ALLOWED_PAYMENT_ORIGINS
+    )
 CONTENT_SECURITY_POLICY_REPORT_URI = env.str("MARKETPLACE_CSP_REPORT_URI", default="")
 if CONTENT_SECURITY_POLICY_REPORT_URI:
     CONTENT_SECURITY_POLICY["DIRECTIVES"]["report-uri"] = [CONTENT_SECURITY_POLICY_REPORT_URI]
+
+# --- Metrics -----------------------------------------------------------------------------------
+
+# The bearer token a scraper sends for /metrics. Unset, /metrics answers only clients on this
+# machine, in dev only; production refuses to start without it or MARKETPLACE_METRICS_PORT.
+METRICS_TOKEN = env.str("MARKETPLACE_METRICS_TOKEN", default="")
+# Set, the metrics are served by `scripts/manage metrics_serve` on this port and address (a
+# process of its own, reading PROMETHEUS_MULTIPROC_DIR), and the web server's /metrics is 404.
+METRICS_PORT = env.int("MARKETPLACE_METRICS_PORT", default=0)
+METRICS_ADDR = env.str("MARKETPLACE_METRICS_ADDR", default="127.0.0.1")
+# How long one rendering of the metrics answers every scrape: N scrapers cost one rendering.
+METRICS_CACHE_SECONDS = env.float("MARKETPLACE_METRICS_CACHE_SECONDS", default=1.0)
 
 # --- Logging -----------------------------------------------------------------------------------
 
@@ -494,13 +582,16 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
     },
-    "filters": {"refusal_without_traceback": {"()": "marketplace.logging.RefusalWithoutTraceback"}},
+    "filters": {
+        "refusal_without_traceback": {"()": "marketplace.logging.RefusalWithoutTraceback"},
+        "outage_without_traceback": {"()": "marketplace.middleware.OutageWithoutTraceback"},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # A 403 is one warning line: Django attaches the PermissionDenied a view raised to its
         # record here. (It logs a CSRF refusal on django.security.csrf with no traceback.)
-        "django.request": {"filters": ["refusal_without_traceback"]},
+        "django.request": {"filters": ["refusal_without_traceback", "outage_without_traceback"]},
         "django.db.backends": {"level": "WARNING"},
         "botocore": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},

@@ -2,6 +2,7 @@
 
 from licensing.services.deliveries import (
     PACKAGE_FORMAT,
+    AttemptSuperseded,
     PackagingFailed,
     deliveries_withdraw_for_order,
     delivery_context,
@@ -9,6 +10,7 @@ from licensing.services.deliveries import (
     delivery_failure_record,
     delivery_package,
     delivery_regenerate,
+    delivery_spool_sweep,
     proof_fingerprint,
     proof_payload,
 )
@@ -39,6 +41,7 @@ from licensing.services.licenses import (
 __all__ = [
     "LICENSING_WORKER",
     "PACKAGE_FORMAT",
+    "AttemptSuperseded",
     "DeliveryAccess",
     "DeliveryNotReady",
     "DownloadGone",
@@ -52,6 +55,7 @@ __all__ = [
     "delivery_failure_record",
     "delivery_package",
     "delivery_regenerate",
+    "delivery_spool_sweep",
     "download_link_open",
     "fulfilment_due",
     "license_issue",

@@ -5,26 +5,45 @@ Packaging is safe to run twice and to crash anywhere: the data key is generated 
 and the delivery becomes `ready` (with its proof) in one transaction that first re-checks it is
 still pending. A retry after a crash therefore writes the same name again and ends in one
 delivery, one proof.
+
+An attempt holds the delivery while it works: it is claimed under the row's lock, and the
+attempt moves `heartbeat_at` at most every MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS while it
+streams the package. Another task for the same delivery (a re-send, a redelivered message)
+does nothing while that heartbeat is fresh; once it is older than
+MARKETPLACE_DELIVERY_STALE_SECONDS the attempt's worker is taken to have died, the fulfilment
+sweep sends the delivery again and the next task takes it over.
 """
 
+import contextlib
 import hashlib
+import logging
+import threading
+import time
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
-from django.db.models import F
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit.services import audit_append
 from audit.signing_keys import signing_key_active
 from licensing import envelope
-from licensing.jws import jws_sign
+from licensing.jws import PROOF_TOKEN, jws_sign
 from licensing.keys import data_key_generate, data_key_unwrap
 from licensing.models import CURRENT_DELIVERY, Delivery, DeliveryStatus, Proof
-from licensing.storage import delivery_name, package_spool, package_store
+from licensing.storage import (
+    delivery_name,
+    package_spool,
+    package_store,
+    partial_file_remove,
+    partial_files,
+    partial_upload_abort,
+    partial_uploads,
+)
 from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.exceptions import Conflict, NotFound
@@ -36,9 +55,99 @@ from orders.models import FinancePosting, Order, PostingKind
 
 PACKAGE_FORMAT = "mkpkg-v1"
 
+logger = logging.getLogger(__name__)
+
 
 class PackagingFailed(Exception):
     """Packaging cannot succeed as things are (the artifact no longer matches its hash)."""
+
+
+class AttemptSuperseded(Exception):
+    """The attempt no longer holds its delivery: its heartbeat went stale and another attempt
+    took the delivery over, or the delivery stopped being pending (withdrawn, superseded)."""
+
+
+def _stale_before(now: datetime) -> datetime:
+    return now - timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
+
+
+def _attempt_claim(delivery_id: Any) -> int | None:
+    """Counts a new attempt and holds the delivery for it; answers the attempt's number, or
+    None when the delivery is not pending or another attempt holds it (its heartbeat is
+    fresh). Under the delivery's lock, so of two tasks at once exactly one claims it."""
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
+        if delivery is None or delivery.status != DeliveryStatus.PENDING:
+            return None
+        now = timezone.now()
+        if delivery.heartbeat_at is not None and delivery.heartbeat_at >= _stale_before(now):
+            return None
+        delivery.attempts += 1
+        delivery.attempted_at = delivery.heartbeat_at = now
+        delivery.save(update_fields=["attempts", "attempted_at", "heartbeat_at"])
+        return delivery.attempts
+
+
+def _attempt_release(delivery_id: Any, attempt: int) -> None:
+    """A failed attempt lets go at once, so that its task's retry (after its backoff) is not
+    refused as a duplicate. Best effort: if the database is what failed, the heartbeat goes
+    stale on its own."""
+    with contextlib.suppress(DatabaseError):
+        Delivery.objects.filter(pk=delivery_id, attempts=attempt).update(heartbeat_at=None)
+
+
+class Heartbeat:
+    """Moves the attempt's `heartbeat_at` when `beat()` is called, at most every
+    MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS: one UPDATE of one row, which also tells the attempt
+    it still holds the delivery (AttemptSuperseded otherwise). Called as bytes move, so a
+    stalled upload stops beating as a dead worker does. Thread-safe: the S3 upload reads the
+    package in a thread of its own, whose database connection is closed after each beat."""
+
+    def __init__(self, delivery_id: Any, attempt: int) -> None:
+        self.delivery_id, self.attempt = delivery_id, attempt
+        self._interval = settings.DELIVERY_HEARTBEAT_SECONDS
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self._owner = threading.get_ident()
+        self.beats = 0
+
+    def beat(self) -> None:
+        if time.monotonic() - self._last < self._interval:
+            return
+        with self._lock:
+            if time.monotonic() - self._last < self._interval:
+                return
+            self._last = time.monotonic()
+            try:
+                held = Delivery.objects.filter(
+                    pk=self.delivery_id, attempts=self.attempt, status=DeliveryStatus.PENDING
+                ).update(heartbeat_at=timezone.now())
+            finally:
+                if threading.get_ident() != self._owner:
+                    connection.close()
+            self.beats += 1
+        if not held:
+            raise AttemptSuperseded(
+                f"attempt {self.attempt} of delivery {self.delivery_id} no longer holds it"
+            )
+
+
+class _Beating:
+    """A file whose reads and writes beat a Heartbeat; everything else is the file's."""
+
+    def __init__(self, file: BinaryIO, heartbeat: Heartbeat) -> None:
+        self._file, self._heartbeat = file, heartbeat
+
+    def write(self, data: Any) -> int:
+        self._heartbeat.beat()
+        return self._file.write(data)
+
+    def read(self, size: int = -1) -> bytes:
+        self._heartbeat.beat()
+        return self._file.read(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
 
 
 def delivery_context(delivery: Delivery) -> bytes:
@@ -103,7 +212,11 @@ def proof_payload(
     delivered_at: datetime,
     signer_kid: str,
 ) -> dict[str, Any]:
+    """The proof's claims. `iss` and `aud` (with the header's `typ`) say it is a proof, so no
+    license check takes it for a license although the same key signs both."""
     return {
+        "iss": PROOF_TOKEN.iss,
+        "aud": PROOF_TOKEN.aud,
         "order": str(order.id),
         "delivery": delivery_id,
         "sku": order.sku_slug,
@@ -156,9 +269,19 @@ def delivery_package_upload(*, delivery_id: Any) -> StoredPackage | str:
     delivery = _pending(delivery_id)
     if isinstance(delivery, str):
         return delivery
-    Delivery.objects.filter(pk=delivery.pk).update(
-        attempts=F("attempts") + 1, attempted_at=timezone.now()
-    )
+    attempt = _attempt_claim(delivery.pk)
+    if attempt is None:
+        # Another attempt holds it, or it just stopped being pending: nothing to do here.
+        status = Delivery.objects.filter(pk=delivery.pk).values_list("status", flat=True)
+        return status.first() or "missing"
+    try:
+        return _package_upload(delivery, Heartbeat(delivery.pk, attempt))
+    except BaseException:
+        _attempt_release(delivery.pk, attempt)
+        raise
+
+
+def _package_upload(delivery: Delivery, heartbeat: Heartbeat) -> StoredPackage:
     order = delivery.order
     # The artifact sold with the order; orders from before that was recorded fall back to the
     # SKU's current one.
@@ -175,11 +298,12 @@ def delivery_package_upload(*, delivery_id: Any) -> StoredPackage | str:
     # memory stays bounded by the chunk size whatever the artifact's size.
     with (
         default_storage.open(artifact.storage_key, "rb") as source,
-        package_spool(name) as package,
+        package_spool(name, owner=f"{delivery.id}.{heartbeat.attempt}") as spool,
     ):
+        package = _Beating(spool, heartbeat)
         info = envelope.encrypt_stream(
             source,
-            package,
+            package,  # type: ignore[arg-type]
             data_key=data_key,
             chunk_size=settings.DELIVERY_CHUNK_BYTES,
             context=context,
@@ -209,7 +333,7 @@ def delivery_package_upload(*, delivery_id: Any) -> StoredPackage | str:
             metadata["manifest-signature-sha256"] = hashlib.sha256(
                 order.sku.manifest_signature.encode()
             ).hexdigest()
-        package_store(name, package, metadata=metadata)
+        package_store(name, package, metadata=metadata)  # type: ignore[arg-type]
     return StoredPackage(delivery=delivery, name=name, info=info, signer=signer)
 
 
@@ -251,7 +375,7 @@ def _delivery_ready(stored: StoredPackage, *, actor: Actor) -> str:
         delivered_at=delivered_at,
         signer_kid=signer.kid,
     )
-    token = jws_sign(payload, signer, typ="mkp-proof+jws")
+    token = jws_sign(payload, signer, kind=PROOF_TOKEN)
 
     with transaction.atomic():
         locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
@@ -264,6 +388,7 @@ def _delivery_ready(stored: StoredPackage, *, actor: Actor) -> str:
         locked.package_sha256 = info.package_sha256
         locked.package_size = info.package_size
         locked.ready_at = delivered_at
+        locked.heartbeat_at = None
         locked.last_error = ""
         locked.save()
         proof = Proof.objects.create(
@@ -380,3 +505,46 @@ def deliveries_withdraw_for_order(*, order_id: Any, reason: str, actor: Actor) -
             )
             withdrawn += 1
     return withdrawn
+
+
+def _delivery_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def delivery_spool_sweep() -> dict[str, int]:
+    """Removes what killed attempts left behind: local partial package files and S3
+    multipart uploads of packages, older than MARKETPLACE_DELIVERY_STALE_SECONDS and held by
+    no live attempt (one whose delivery is pending with a fresh heartbeat). An attempt that
+    fails removes its own partial file; this is for those that could not."""
+    stale_before = _stale_before(timezone.now())
+    files = [partial for partial in partial_files() if partial.modified < stale_before]
+    uploads = [upload for upload in partial_uploads() if upload.initiated < stale_before]
+    ids = {_delivery_uuid(item.delivery_id) for item in [*files, *uploads]} - {None}
+    live = {
+        str(pk): (attempt, attempted_at)
+        for pk, attempt, attempted_at in Delivery.objects.filter(
+            pk__in=ids, status=DeliveryStatus.PENDING, heartbeat_at__gte=stale_before
+        ).values_list("pk", "attempts", "attempted_at")
+    }
+    removed = 0
+    for partial in files:
+        holder = live.get(partial.delivery_id)
+        if holder is not None and holder[0] == partial.attempt:
+            continue
+        removed += partial_file_remove(partial)
+    aborted = 0
+    skew = timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
+    for upload in uploads:
+        holder = live.get(upload.delivery_id)
+        # An upload begun after the live attempt claimed the delivery is that attempt's (S3's
+        # clock and ours may differ by a little: the stale time is allowed for it).
+        if holder is not None and upload.initiated >= holder[1] - skew:
+            continue
+        partial_upload_abort(upload)
+        aborted += 1
+    if removed or aborted:
+        logger.info("spool sweep: %d partial files removed, %d uploads aborted", removed, aborted)
+    return {"files": removed, "uploads": aborted}

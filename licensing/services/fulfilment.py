@@ -18,11 +18,13 @@ from orders.models import Order
 LICENSING_WORKER = Actor.service("licensing-worker")
 
 
-def _sweep_thresholds() -> tuple[timedelta, timedelta]:
-    """MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS and MARKETPLACE_DELIVERY_ABANDONED_SECONDS."""
+def _sweep_thresholds() -> tuple[timedelta, timedelta, timedelta]:
+    """MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS, MARKETPLACE_DELIVERY_ABANDONED_SECONDS and
+    MARKETPLACE_DELIVERY_STALE_SECONDS."""
     return (
         timedelta(seconds=settings.DELIVERY_NEVER_STARTED_SECONDS),
         timedelta(seconds=settings.DELIVERY_ABANDONED_SECONDS),
+        timedelta(seconds=settings.DELIVERY_STALE_SECONDS),
     )
 
 
@@ -50,7 +52,10 @@ def order_revoke(*, order_id: Any, reason: str, actor: Actor = LICENSING_WORKER)
 
 def fulfilment_due(*, limit: int = 500) -> tuple[list[str], list[str]]:
     """Released orders still without a license or a delivery, and pending deliveries: what a
-    lost hand-over, a crash or maintenance left behind."""
+    lost hand-over, a crash or maintenance left behind. A pending delivery is due when it was
+    never started, when the attempt on it stopped beating (its worker died), or when its last
+    attempt failed long ago and no retry came (the retry was lost); not while an attempt on it
+    is alive, however long it takes."""
     orders = (
         Order.objects.deliverable()
         .exclude(pk__in=License.objects.values("order_id"))
@@ -62,12 +67,14 @@ def fulfilment_due(*, limit: int = 500) -> tuple[list[str], list[str]]:
         .values_list("pk", flat=True)[:limit]
     )
     now = timezone.now()
-    never_started, abandoned = _sweep_thresholds()
+    never_started, abandoned, stale = _sweep_thresholds()
     pending = (
         Delivery.objects.filter(status=DeliveryStatus.PENDING)
         .filter(
             Q(attempted_at__isnull=True, created_at__lt=now - never_started)
-            | Q(attempted_at__lt=now - abandoned)
+            | Q(heartbeat_at__lt=now - stale)
+            # A failed attempt lets go of its heartbeat; its task retries after a backoff.
+            | Q(heartbeat_at__isnull=True, attempted_at__lt=now - abandoned)
         )
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]

@@ -266,7 +266,7 @@ def test_packaging_twice_ends_in_one_ready_delivery_with_one_proof(pending: Deli
 
 
 def test_a_crash_between_upload_and_commit_is_finished_by_the_next_run(
-    pending: Delivery,
+    pending: Delivery, settings: Any
 ) -> None:
     # The upload step alone: the package is stored, nothing is recorded as delivered.
     stored = delivery_package_upload(delivery_id=pending.pk)
@@ -276,7 +276,13 @@ def test_a_crash_between_upload_and_commit_is_finished_by_the_next_run(
     assert (pending.status, pending.attempts, pending.package_sha256) == ("pending", 1, "")
     assert not Proof.objects.exists()
 
-    # The worker died there; the task runs again from the start.
+    # While the attempt's heartbeat is fresh it may still be alive: a second run does nothing.
+    assert delivery_package(delivery_id=pending.pk, actor=TEST_ACTOR) == "pending"
+    pending.refresh_from_db()
+    assert (pending.status, pending.attempts) == ("pending", 1)
+
+    # The worker died there: once its heartbeat is stale the task runs again from the start.
+    settings.DELIVERY_STALE_SECONDS = 0
     assert delivery_package(delivery_id=pending.pk, actor=TEST_ACTOR) == "ready"
 
     pending.refresh_from_db()
@@ -504,8 +510,10 @@ def test_the_proof_fingerprint_of_a_fixed_payload_is_fixed() -> None:
     # The documented canonical JSON (marketplace.canonical: keys sorted, no whitespace, UTF-8).
     assert canonical_json(payload) == (
         b'{"artifact_sha256":"c7c5c1d70c5dec4416ab6158afd0b223ef40c29b1dc1f97ed9428b94d4cadb1c",'
+        b'"aud":"marketplace:delivery-proof",'
         b'"delivered_at":"2025-01-02T03:04:05Z",'
         b'"delivery":"b71e0f9a-52c4-4e63-8a0d-6c9f3e2d1a58",'
+        b'"iss":"marketplace:delivery",'
         b'"ledger_reference":"LEDGER-000123",'
         b'"order":"3f0c6a52-8d1e-4b7a-9c35-0d2e6f41a7b9",'
         b'"package_sha256":"bc4a71180870f7945155fbb02f4b0a2e3faa2a62d6d31b7039013055ed19869a",'
@@ -514,7 +522,7 @@ def test_the_proof_fingerprint_of_a_fixed_payload_is_fixed() -> None:
     # Computed once with hashlib.sha256 over the bytes above; hard-coded so that any change to
     # the payload's fields or their canonical form shows up here.
     assert proof_fingerprint(payload) == (
-        "86503514dc4df0df3edbb3c05e7c29b0f897b3e7e46202083570d4a5dad1c9b7"
+        "7f4eae6aabb6a8838a373353abcfd6a7179c74e3771bbd7ccc14b41a922dfa4d"
     )
 
 
@@ -528,6 +536,8 @@ def test_the_proof_binds_order_sku_artifact_and_package_and_verifies_against_the
     posting = FinancePosting.objects.get(order=order, kind="sale")
 
     assert proof.payload == {
+        "iss": "marketplace:delivery",
+        "aud": "marketplace:delivery-proof",
         "order": str(order.pk),
         "delivery": str(pending.pk),
         "sku": order.sku_slug,
@@ -621,11 +631,12 @@ def test_on_s3_the_package_is_locked_with_metadata_and_sse_kms_and_downloads_pre
 
 
 def test_on_s3_a_crash_after_upload_leaves_one_version_of_the_package(
-    s3_pending: Delivery, s3_storage: S3Bucket
+    s3_pending: Delivery, s3_storage: S3Bucket, settings: Any
 ) -> None:
     stored = delivery_package_upload(delivery_id=s3_pending.pk)
     assert not isinstance(stored, str)
 
+    settings.DELIVERY_STALE_SECONDS = 0  # the worker died after the upload
     assert delivery_package(delivery_id=s3_pending.pk, actor=TEST_ACTOR) == "ready"
 
     s3_pending.refresh_from_db()
