@@ -42,6 +42,9 @@ if not env.list("MARKETPLACE_ALLOWED_HOSTS", default=[]):
     _refuse("MARKETPLACE_ALLOWED_HOSTS", "not set (list the host names the API is served on)")
 elif "*" in ALLOWED_HOSTS:
     _refuse("MARKETPLACE_ALLOWED_HOSTS", "must not contain '*'")
+for _origin in ALLOWED_PAYMENT_ORIGINS:
+    if urlsplit(_origin).scheme != "https":
+        _refuse("MARKETPLACE_ALLOWED_PAYMENT_ORIGINS", f"{_origin!r} must be an https:// origin")
 for _origin in CSRF_TRUSTED_ORIGINS:
     if urlsplit(_origin).scheme != "https":
         _refuse("MARKETPLACE_CSRF_TRUSTED_ORIGINS", f"{_origin!r} must be an https:// origin")

@@ -1,6 +1,11 @@
 """A Content-Security-Policy on every answer, which the admin, the API docs and the local pages
 live with: nothing they need is blocked, and a script injected into them does not run."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from django.test import Client
 from playwright.sync_api import ConsoleMessage, Page, expect
@@ -29,6 +34,31 @@ def test_every_kind_of_answer_carries_the_policy(client: Client, path: str) -> N
     assert policy["object-src"] == "'none'"
     assert policy["frame-ancestors"] == "'none'"
     assert policy["form-action"] == "'self'"
+
+
+def test_payment_origins_join_the_policy_where_a_page_reaches_them() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "import json; print(json.dumps(s.CONTENT_SECURITY_POLICY['DIRECTIVES'], default=str))",
+        ],
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "MARKETPLACE_ALLOWED_PAYMENT_ORIGINS": "https://checkout.stripe.com",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    directives = json.loads(result.stdout)
+
+    for name in ("connect-src", "form-action", "frame-src"):
+        assert directives[name] == ["'self'", "https://checkout.stripe.com"], name
+    assert directives["script-src"][0] == "'self'"
+    assert "https://checkout.stripe.com" not in directives["script-src"]
 
 
 def _violations(page: Page) -> list[str]:

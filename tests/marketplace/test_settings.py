@@ -166,6 +166,10 @@ def test_production_with_nothing_set_names_every_missing_variable():
             "MARKETPLACE_KMS_ENDPOINT_URL: must be an https:// URL",
         ),
         (
+            {"MARKETPLACE_ALLOWED_PAYMENT_ORIGINS": "http://checkout.stripe.com"},
+            "MARKETPLACE_ALLOWED_PAYMENT_ORIGINS: 'http://checkout.stripe.com' must be an https://",
+        ),
+        (
             {"MARKETPLACE_CSRF_TRUSTED_ORIGINS": "https://admin.example,http://admin.example"},
             "MARKETPLACE_CSRF_TRUSTED_ORIGINS: 'http://admin.example' must be an https:// origin",
         ),
