@@ -4,6 +4,10 @@ The header is `{"alg", "kid", "typ"}`; the payload is the canonical JSON of the 
 (marketplace.canonical), so the same claims always give the same bytes. Signatures are in JOSE
 form (64 bytes for EdDSA and for ES256's r || s), which any JOSE library checks against the
 published JWK Set.
+
+Licenses and proofs are signed by the same license key, so each kind of token says what it is
+three times over (`typ` in the header, `iss` and `aud` in the claims), and a verifier of one
+kind refuses the other (docs/licensing.md).
 """
 
 import json
@@ -24,6 +28,23 @@ class JwsInvalid(ValueError):
 
 
 @dataclass(frozen=True)
+class TokenKind:
+    """What a token is: the header's `typ`, and the `iss` and `aud` its claims carry."""
+
+    typ: str
+    iss: str
+    aud: str
+
+
+LICENSE_TOKEN = TokenKind(
+    typ="mkp-license+jwt", iss="marketplace:licensing", aud="marketplace:license"
+)
+PROOF_TOKEN = TokenKind(
+    typ="mkp-proof+jws", iss="marketplace:delivery", aud="marketplace:delivery-proof"
+)
+
+
+@dataclass(frozen=True)
 class ParsedJws:
     header: dict[str, Any]
     payload: dict[str, Any]
@@ -35,9 +56,13 @@ class ParsedJws:
         return str(self.header.get("kid") or "")
 
 
-def jws_sign(claims: dict[str, Any], signer: Any, *, typ: str = "JWT") -> str:
-    """`signer` has `kid`, `algorithm` and `sign(bytes) -> bytes` (marketplace.keystore)."""
-    header = {"alg": signer.algorithm, "kid": signer.kid, "typ": typ}
+def jws_sign(claims: dict[str, Any], signer: Any, *, kind: TokenKind) -> str:
+    """`signer` has `kid`, `algorithm` and `sign(bytes) -> bytes` (marketplace.keystore).
+    `claims` must already carry the kind's `iss` and `aud`: what is signed is what the caller
+    stores, byte for byte."""
+    if claims.get("iss") != kind.iss or claims.get("aud") != kind.aud:
+        raise ValueError(f"a {kind.typ} token's claims carry iss {kind.iss!r}, aud {kind.aud!r}")
+    header = {"alg": signer.algorithm, "kid": signer.kid, "typ": kind.typ}
     signing_input = f"{b64url(canonical_json(header))}.{b64url(canonical_json(claims))}"
     return f"{signing_input}.{b64url(signer.sign(signing_input.encode('ascii')))}"
 

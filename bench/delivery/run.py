@@ -302,7 +302,7 @@ django.setup()
 from django.utils import timezone
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from catalog.models import Sku
-from licensing.jws import jws_sign
+from licensing.jws import LICENSE_TOKEN, jws_sign
 from licensing.services.licenses import license_claims, license_key_generate
 from marketplace.keystore import Signer
 from marketplace.models import User
@@ -324,7 +324,7 @@ def ours():
             now = timezone.now()
             claims = license_claims(license_id=str(uuid.uuid4()), order=order, issued_at=now,
                                     expires_at=now)
-            token = jws_sign(claims, signer)
+            token = jws_sign(claims, signer, kind=LICENSE_TOKEN)
             license_key_generate()
             if len(inputs) < 1000:
                 inputs.append(token.rsplit(".", 1)[0].encode())

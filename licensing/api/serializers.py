@@ -28,7 +28,7 @@ class VerifyInputSerializer(serializers.Serializer):
     """`{"token": string}` and nothing else. Any string is taken as it is (control characters,
     any length): what is wrong with it is the verdict's reason, not a 400."""
 
-    token = serializers.CharField(help_text="The license's compact JWS.")
+    token = serializers.CharField(help_text="The license's compact JWS (its `token`).")
 
     def to_internal_value(self, data: Any) -> dict[str, str]:
         if not isinstance(data, dict):
@@ -52,12 +52,14 @@ class VerdictSerializer(serializers.Serializer):
     valid = serializers.BooleanField()
     reason = serializers.CharField(
         help_text="`valid`, or why not: `malformed: …`, `unknown-key: …`, `bad-signature: …`, "
-        "`expired`, `revoked`, `unknown-license: …`."
+        "`not-a-license: …` (a delivery proof, or any other token that is not a license), "
+        "`unknown-license: …`, `expired`, `revoked`."
     )
     license = serializers.DictField(
         source="claims",
         allow_null=True,
-        help_text="The token's claims, when its signature verified.",
+        help_text="The license's claims when the token is a license this platform issued "
+        "(valid, expired or revoked); null otherwise.",
     )
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from audit.services import audit_append
 from audit.signing_keys import signing_key_active
-from licensing.jws import JwsInvalid, jws_parse, jws_sign, jws_verify
+from licensing.jws import LICENSE_TOKEN, JwsInvalid, ParsedJws, jws_parse, jws_sign, jws_verify
 from licensing.metrics import licenses_issued
 from licensing.models import License, LicenseStatus
 from marketplace.actors import Actor
@@ -23,7 +23,13 @@ from marketplace.models import SigningKeyPurpose
 from orders.locks import order_lock
 from orders.models import REVOKING, Order
 
-ISSUER = "marketplace"
+# A perpetual license's `exp` (9999-12-31T23:59:59Z): every license token carries one, so an
+# offline verifier can require it; `expires_at` stays null, which is what says "perpetual".
+PERPETUAL_EXP = 253402300799
+# Licenses issued before the token kinds were told apart: `typ` "JWT", `iss` "marketplace", no
+# `aud`, and no `exp` when perpetual. Verified online only, and only as the very token stored.
+LEGACY_TYP = "JWT"
+LEGACY_ISSUER = "marketplace"
 LICENSE_KEY_PREFIX = "MKP"
 # Crockford's base32 without the letters people misread (I, L, O, U).
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -61,7 +67,8 @@ def license_claims(
     *, license_id: str, order: Order, issued_at: datetime, expires_at: datetime | None
 ) -> dict[str, Any]:
     claims: dict[str, Any] = {
-        "iss": ISSUER,
+        "iss": LICENSE_TOKEN.iss,
+        "aud": LICENSE_TOKEN.aud,
         "jti": license_id,
         "order": str(order.id),
         "sku": order.sku_slug,
@@ -70,9 +77,8 @@ def license_claims(
         "iat": int(issued_at.timestamp()),
         "entitlements": list(order.license_entitlements or []),
         "seats": order.license_seats,
+        "exp": int(expires_at.timestamp()) if expires_at is not None else PERPETUAL_EXP,
     }
-    if expires_at is not None:
-        claims["exp"] = int(expires_at.timestamp())
     return claims
 
 
@@ -89,6 +95,7 @@ def _signed_license(order: Order, *, supersedes: License | None = None) -> Licen
             license_id=str(license_id), order=order, issued_at=issued_at, expires_at=expires_at
         ),
         signer,
+        kind=LICENSE_TOKEN,
     )
     return License(
         id=license_id,
@@ -142,32 +149,63 @@ class Verdict:
     claims: dict[str, Any] | None = None
 
 
+def _int_claim(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _not_a_license(parsed: ParsedJws) -> str | None:
+    """Why a token signed by a license key is not a license (a delivery proof, a token of
+    another kind), or None when it has a license's shape."""
+    typ, claims = parsed.header.get("typ"), parsed.payload
+    if typ == LICENSE_TOKEN.typ:
+        expected = {"iss": LICENSE_TOKEN.iss, "aud": LICENSE_TOKEN.aud}
+        for name, value in expected.items():
+            if claims.get(name) != value:
+                return f"its {name} is {claims.get(name)!r}, a license's is {value!r}"
+        if not _int_claim(claims.get("exp")):
+            return "a license carries `exp` (Unix seconds)"
+    elif typ == LEGACY_TYP:
+        if claims.get("iss") != LEGACY_ISSUER or "aud" in claims:
+            return f"its typ is {typ!r} but its iss and aud are not a license's"
+        if "exp" in claims and not _int_claim(claims["exp"]):
+            return "its `exp` is not Unix seconds"
+    else:
+        return f"its typ is {typ!r}, a license's is {LICENSE_TOKEN.typ!r}"
+    try:
+        uuid.UUID(claims.get("jti"))
+    except (TypeError, ValueError, AttributeError):
+        return "a license's `jti` is its id (a UUID)"
+    return None
+
+
 def license_verify(token: Any, *, now: datetime | None = None) -> Verdict:
-    """Signature (against every published license key), expiry, then revocation. Never
-    raises: a malformed token is a verdict like any other."""
+    """Signature (against every published license key), kind (a license, not a proof), the
+    very token this platform stored for that license, expiry, then revocation. Never raises:
+    a malformed token is a verdict like any other. Claims are answered only for a token this
+    platform issued as a license."""
     now = now or timezone.now()
     try:
         parsed = jws_parse(token)
         jws_verify(parsed, public_keys_from_store(purpose=SigningKeyPurpose.LICENSE))
     except JwsInvalid as exc:
         return Verdict(False, exc.reason)
+    refusal = _not_a_license(parsed)
+    if refusal is not None:
+        return Verdict(False, f"not-a-license: {refusal}")
     claims = parsed.payload
-    license_id = claims.get("jti")
-    exp = claims.get("exp")
-    if exp is not None and (not isinstance(exp, int) or now.timestamp() >= exp):
-        return Verdict(False, "expired", str(license_id), claims)
-    row = None
-    if isinstance(license_id, str):
-        try:
-            row = (
-                License.objects.filter(pk=uuid.UUID(license_id))
-                .values("status", "order__status")
-                .first()
-            )
-        except ValueError:
-            row = None
-    if row is None:
-        return Verdict(False, "unknown-license: this platform did not issue it", None, claims)
+    license_id = claims["jti"]
+    row = (
+        License.objects.filter(pk=uuid.UUID(license_id))
+        .values("status", "order__status", "token")
+        .first()
+    )
+    # Only the stored token is the license: a token the license key signed with the same jti
+    # but other claims (another expiry, more seats) is not one this platform issued.
+    if row is None or row["token"] != token:
+        return Verdict(False, "unknown-license: this platform did not issue it")
+    exp = claims.get("exp")  # absent only on a perpetual license of the legacy form
+    if exp is not None and now.timestamp() >= exp:
+        return Verdict(False, "expired", license_id, claims)
     # A refunded or disputed order's licenses stop verifying even before the revocation the
     # refund sets off has run (orders hands it to a worker).
     if row["status"] == LicenseStatus.REVOKED or row["order__status"] in REVOKING:

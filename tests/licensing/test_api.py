@@ -219,7 +219,16 @@ def test_the_buyer_gets_the_proof_and_it_verifies_offline(buyer, buyer_client, c
     assert body["fingerprint"] == proof_fingerprint(body["payload"])
 
     key = jwt.PyJWKSet.from_dict(jwks_document(client))[body["signer_kid"]]
-    claims = jwt.decode(body["token"], key=key, algorithms=["EdDSA", "ES256"])
+    # As docs/licensing.md#proofs says a proof is checked: its own iss, aud and typ.
+    decoded = jwt.decode_complete(
+        body["token"],
+        key=key,
+        algorithms=["EdDSA", "ES256"],
+        issuer="marketplace:delivery",
+        audience="marketplace:delivery-proof",
+    )
+    assert decoded["header"]["typ"] == "mkp-proof+jws"
+    claims = decoded["payload"]
     assert claims == body["payload"]
     assert claims["order"] == str(delivered.order.pk)
     assert claims["sku"] == delivered.order.sku_slug

@@ -15,7 +15,7 @@ from django.db import connection
 
 from audit.models import AuditEvent
 from audit.signing_keys import signing_key_active, signing_key_revoke
-from licensing.jws import jws_parse
+from licensing.jws import LICENSE_TOKEN, jws_parse
 from licensing.models import License, LicenseStatus
 from licensing.services import (
     license_issue,
@@ -25,7 +25,7 @@ from licensing.services import (
     order_fulfil,
 )
 from licensing.services.fulfilment import LICENSING_WORKER
-from licensing.services.licenses import license_key_normalize
+from licensing.services.licenses import PERPETUAL_EXP, license_key_normalize
 from marketplace.exceptions import Conflict, InvalidInput
 from marketplace.jwk import b64url, b64url_decode
 from marketplace.keystore import signer_for
@@ -64,10 +64,18 @@ def jwks(client) -> dict:
 
 def pyjwt_claims(token: str, document: dict) -> dict:
     """As a licensee's code would check it: the key the token's kid names, from the JWK Set
-    alone, and only the algorithms the platform signs with."""
+    alone, only the algorithms the platform signs with, and a license's iss and aud
+    (test_token_confusion.py runs the documented check itself)."""
     kid = jwt.get_unverified_header(token)["kid"]
     key = jwt.PyJWKSet.from_dict(document)[kid]
-    return jwt.decode(token, key=key, algorithms=["EdDSA", "ES256"])
+    return jwt.decode(
+        token,
+        key=key,
+        algorithms=["EdDSA", "ES256"],
+        issuer="marketplace:licensing",
+        audience="marketplace:license",
+        options={"require": ["iss", "aud", "exp", "jti"]},
+    )
 
 
 def forged(token: str, **changes) -> str:
@@ -89,11 +97,12 @@ def test_license_carries_the_order_sku_buyer_terms_and_kid(buyer):
     assert KEY_FORMAT.match(license.license_key), license.license_key
     active = SigningKey.objects.get(purpose="license", status=SigningKeyStatus.ACTIVE)
     parsed = jws_parse(license.token)
-    assert parsed.header == {"alg": "EdDSA", "kid": active.kid, "typ": "JWT"}
+    assert parsed.header == {"alg": "EdDSA", "kid": active.kid, "typ": "mkp-license+jwt"}
     assert license.kid == active.kid
     assert license.expires_at == license.issued_at + timedelta(days=30)
     assert parsed.payload == {
-        "iss": "marketplace",
+        "iss": "marketplace:licensing",
+        "aud": "marketplace:license",
         "jti": str(license.pk),
         "order": str(order.pk),
         "sku": order.sku_slug,
@@ -115,7 +124,9 @@ def test_license_without_a_duration_is_perpetual(buyer):
     license = license_issue(order_id=order.pk, actor=LICENSING_WORKER)
 
     assert license.expires_at is None
-    assert "exp" not in jws_parse(license.token).payload
+    # The token still carries an exp, the last second of year 9999, so that an offline
+    # verifier can require one.
+    assert jws_parse(license.token).payload["exp"] == PERPETUAL_EXP == 253402300799
     far_future = license.issued_at + timedelta(days=365 * 200)
     assert license_verify(license.token, now=far_future).valid
 
@@ -312,7 +323,7 @@ def test_a_refund_invalidates_the_license_before_and_after_its_revocation(buyer)
 
 def test_a_license_this_platform_never_recorded_is_unknown(license):
     signer = signer_for(signing_key_active(purpose=SigningKeyPurpose.LICENSE))
-    header = {"alg": signer.algorithm, "kid": signer.kid, "typ": "JWT"}
+    header = {"alg": signer.algorithm, "kid": signer.kid, "typ": LICENSE_TOKEN.typ}
     claims = {**jws_parse(license.token).payload, "jti": "00000000-0000-0000-0000-000000000000"}
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
     token = f"{signing_input}.{b64url(signer.sign(signing_input.encode()))}"
