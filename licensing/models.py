@@ -142,6 +142,43 @@ class DownloadLog(models.Model):
         return f"{self.delivery_id} {self.kind} {self.at:%Y-%m-%d %H:%M:%S}"
 
 
+class DownloadSession(models.Model):
+    """One download link handed out, counted as one download however many requests and byte
+    ranges it takes, until it expires.
+
+    A platform link names its session in its token and is counted when its first GET serves
+    package bytes (`counted_at`, set once by a conditional UPDATE, so concurrent requests count
+    it once). A presigned S3 link cannot be watched, so its session is counted when it is
+    handed out. Asking the API again while a session has at least half its lifetime left
+    answers that session's link again, counted once.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.PROTECT, related_name="download_sessions"
+    )
+    kind = models.CharField(max_length=16, choices=DownloadKind.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    counted_at = models.DateTimeField(null=True, blank=True)
+    requests = models.PositiveIntegerField(
+        default=0, help_text="GET requests that served package bytes (platform links)."
+    )
+    bytes_served = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["delivery", "-expires_at"], name="download_session_open"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} {self.kind} until {self.expires_at:%Y-%m-%d %H:%M:%S}"
+
+    def is_open_at(self, moment: datetime) -> bool:
+        return moment < self.expires_at
+
+
 class Proof(models.Model):
     """A signed statement binding an order, its SKU, the artifact and the package."""
 

@@ -224,6 +224,12 @@ def package_open(name: str) -> BinaryIO:
     return _storage().open(name, "rb")
 
 
+def packages_presigned() -> bool:
+    """Whether buyers download packages from the bucket with presigned URLs (S3) rather than
+    through the platform (local files)."""
+    return hasattr(_storage(), "bucket")
+
+
 def package_url(name: str, *, expires_in: int) -> str | None:
     """A presigned S3 URL, or None for local files (the platform serves those itself)."""
     storage = _storage()

@@ -1,9 +1,11 @@
 """The buyer's side of licensing: their license, their package and its proof, and the public
 license check."""
 
-from typing import Any
+import re
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -23,20 +25,21 @@ from licensing.api.serializers import (
 from licensing.services import (
     buyer_delivery_key_set,
     delivery_access,
-    download_link_open,
     license_verify,
 )
-from licensing.services.downloads import buyer_delivery_key_delete
-from marketplace.api.problems import error_response
+from licensing.services.downloads import (
+    buyer_delivery_key_delete,
+    download_link_check,
+    download_session_open,
+    download_session_served,
+)
+from marketplace.api.problems import error_response, problem_response
 from marketplace.api.schema import problem
+from marketplace.clients import client_ip
 from marketplace.exceptions import ApplicationError
 from orders.selectors import order_get_for_buyer
 
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-def _client_ip(request: Request | HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 class OrderLicenseView(APIView):
@@ -57,6 +60,9 @@ class OrderLicenseView(APIView):
 class LicenseVerifyView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
+    throttle_scope = "license_verify"
+    # Nothing of the body is stored, and any string is a verdict (marketplace/api/parsers.py).
+    json_nul_allowed = True
 
     @extend_schema(
         summary="Check a license token online (signature, expiry, revocation)",
@@ -71,6 +77,8 @@ class LicenseVerifyView(APIView):
 
 
 class OrderDeliveryView(APIView):
+    throttle_scope = "download_link"
+
     @extend_schema(
         summary="Download your package: a time-limited link and the means to decrypt it",
         responses={
@@ -84,7 +92,7 @@ class OrderDeliveryView(APIView):
         access = delivery_access(
             order_id=order_id,
             buyer=request.user,
-            ip=_client_ip(request),
+            ip=client_ip(request),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
         )
         proof = selectors.proof_id_latest(order_id=access.delivery.order_id)
@@ -128,23 +136,135 @@ class DeliveryKeyView(APIView):
         return Response(status=204)
 
 
+LINK_METHODS = "GET, HEAD, OPTIONS"
+_STREAM_CHUNK = 256 * 1024
+# One byte range, RFC 9110 §14.1.2: `first-last`, `first-` or `-suffix`. Longer numbers than
+# any package size are not parsed (such a Range is ignored, as the RFC allows).
+_BYTE_RANGE = re.compile(r"\s*(\d{0,18})\s*-\s*(\d{0,18})\s*", re.ASCII)
+
+
+class _Unsatisfiable(Exception):
+    pass
+
+
+def _requested_range(request: HttpRequest, *, etag: str, size: int) -> tuple[int, int] | None:
+    """The one byte range (first, last, inclusive) a GET asks for, or None for the whole
+    package: no Range, or one to ignore (RFC 9110 §14.2) because it is malformed, in another
+    unit, asks for several ranges (answered whole, as docs/licensing.md says), or comes with an
+    If-Range that is not this package's ETag. _Unsatisfiable when no byte of it exists."""
+    header = request.headers.get("Range")
+    if not header:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != etag:
+        return None  # a weak or other ETag, or a date (we send no Last-Modified)
+    unit, _, spec = header.partition("=")
+    found = _BYTE_RANGE.fullmatch(spec)
+    if unit.strip().lower() != "bytes" or found is None or found.group(0).strip() == "-":
+        return None
+    first_text, last_text = found.groups()
+    if not first_text:
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise _Unsatisfiable
+        return max(size - suffix, 0), size - 1
+    first = int(first_text)
+    if last_text and int(last_text) < first:
+        return None  # not a valid range-spec
+    if first >= size:
+        raise _Unsatisfiable
+    last = min(int(last_text), size - 1) if last_text else size - 1
+    return first, last
+
+
+class _PackageStream:
+    """Bytes `first` to `first + length - 1` of an open package, a chunk at a time. Closing it
+    (the server does when the transfer ends, finished or aborted) closes the package and adds
+    what was served to the link's session."""
+
+    def __init__(self, package: BinaryIO, *, session_id: Any, first: int, length: int) -> None:
+        self._package = package
+        self._session_id = session_id
+        self._first = first
+        self._left = length
+        self._served = 0
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._package.seek(self._first)
+        while self._left > 0:
+            chunk = self._package.read(min(_STREAM_CHUNK, self._left))
+            if not chunk:
+                return
+            self._left -= len(chunk)
+            self._served += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._package.close()
+        download_session_served(session_id=self._session_id, bytes_served=self._served)
+
+
 def package_download(request: HttpRequest, token: str) -> HttpResponse:
     """A platform download link (local files): the link itself is the credential, as a
-    presigned S3 URL is."""
+    presigned S3 URL is. GET serves the package or one byte range of it, and counts the link
+    once, however many requests it takes; HEAD and OPTIONS cost nothing."""
+    if request.method == "OPTIONS":
+        return HttpResponse(headers={"Allow": LINK_METHODS, "Content-Length": "0"})
+    if request.method not in ("GET", "HEAD"):
+        return problem_response(
+            request,
+            status=405,
+            detail=f"A download link answers {LINK_METHODS}.",
+            headers={"Allow": LINK_METHODS},
+        )
     try:
-        delivery, package = download_link_open(
-            token=token,
-            ip=_client_ip(request),
+        session = download_link_check(token=token)
+    except ApplicationError as exc:
+        return error_response(request, exc)
+    delivery = session.delivery
+    size = delivery.package_size or 0
+    etag = f'"{delivery.package_sha256}"'
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "X-Package-SHA256": delivery.package_sha256,
+        "Cache-Control": "no-store",
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": (
+            f'attachment; filename="{delivery.order.sku_slug}-{delivery.order_id}.mkpkg"'
+        ),
+    }
+    if request.method == "HEAD":
+        # A Range has no meaning for HEAD (RFC 9110 §14.2): the whole package's headers.
+        return HttpResponse(headers={**headers, "Content-Length": str(size)})
+    try:
+        wanted = _requested_range(request, etag=etag, size=size)
+    except _Unsatisfiable:
+        return problem_response(
+            request,
+            status=416,
+            code="range-not-satisfiable",
+            title="The range is not within the package",
+            detail=f"The package is {size} bytes; ask for a range that starts before its end.",
+            headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes", "ETag": etag},
+        )
+    try:
+        package = download_session_open(
+            session=session,
+            ip=client_ip(request),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
         )
     except ApplicationError as exc:
         return error_response(request, exc)
-    response = FileResponse(
-        package,
-        as_attachment=True,
-        filename=f"{delivery.order.sku_slug}-{delivery.order_id}.mkpkg",
-        content_type="application/octet-stream",
-    )
-    response["Cache-Control"] = "no-store"
-    response["X-Package-SHA256"] = delivery.package_sha256
+    first, last = wanted or (0, size - 1)
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    length = last - first + 1
+    stream = _PackageStream(package, session_id=session.pk, first=first, length=length)
+    response = StreamingHttpResponse(stream, status=206 if wanted else 200, headers=headers)
+    response["Content-Length"] = str(length)
     return response

@@ -1,12 +1,17 @@
 """Handing a buyer their package: a time-limited link, the means to decrypt, a log entry.
 
-On S3 the link is presigned, so the platform cannot see the download itself: handing out a link
-counts as a download. For local files the link is a signed platform URL, and each use of it is
-counted. Either way the delivery's download limit (MARKETPLACE_DOWNLOAD_LIMIT) and the link's
-lifetime (MARKETPLACE_DOWNLOAD_LINK_SECONDS) apply, and every one is logged with time, address
-and user agent. The data key is never logged.
+Every link handed out is a download session (DownloadSession), and a session is one download
+however many requests and byte ranges it takes, so an interrupted transfer resumes on the same
+link at no cost. A platform link (local files) is counted by the first GET that serves package
+bytes; HEAD, OPTIONS and an unsatisfiable range cost nothing. A presigned S3 link cannot be
+watched, so it is counted when it is handed out. Asking the API again while a session has at
+least half its lifetime left answers that same session, not a new one. The delivery's limit
+(MARKETPLACE_DOWNLOAD_LIMIT) holds across sessions, the link's lifetime is
+MARKETPLACE_DOWNLOAD_LINK_SECONDS, and each counted download is logged with time, client
+address and user agent. The data key is never logged.
 """
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
@@ -27,12 +32,14 @@ from licensing.models import (
     DeliveryStatus,
     DownloadKind,
     DownloadLog,
+    DownloadSession,
 )
 from licensing.sealing import b64url_encode, delivery_info, load_public_key, seal_text
 from licensing.services.deliveries import delivery_context
-from licensing.storage import package_open, package_url
+from licensing.storage import package_open, package_url, packages_presigned
 from marketplace.actors import Actor
 from marketplace.exceptions import InvalidInput, NotFound
+from orders.locks import order_lock
 from orders.models import REVOKING, Order
 
 _LINK_SALT = "licensing.download-link"
@@ -93,20 +100,63 @@ def _limit_reached() -> DownloadGone:
     )
 
 
-def _log(delivery: Delivery, *, kind: str, ip: str | None, user_agent: str) -> None:
+def _log(session: DownloadSession, *, ip: str | None, user_agent: str) -> None:
     DownloadLog.objects.create(
-        delivery=delivery, kind=kind, ip=ip or None, user_agent=(user_agent or "")[:500]
+        delivery_id=session.delivery_id,
+        kind=session.kind,
+        ip=ip or None,
+        user_agent=(user_agent or "")[:500],
     )
 
 
-def _count_one(delivery: Delivery) -> None:
+def _count_one(delivery_id: Any) -> None:
     """Counts a download, refusing it past the limit; one UPDATE, so concurrent downloads
     cannot both take the last one."""
-    counted = Delivery.objects.filter(pk=delivery.pk, downloads__lt=settings.DOWNLOAD_LIMIT).update(
+    counted = Delivery.objects.filter(pk=delivery_id, downloads__lt=settings.DOWNLOAD_LIMIT).update(
         downloads=F("downloads") + 1
     )
     if not counted:
         raise _limit_reached()
+
+
+def _link_signer() -> signing.Signer:
+    # No timestamp in the token: one session, one URL, however often it is handed out.
+    return signing.Signer(salt=_LINK_SALT)
+
+
+def _session_to_reuse(delivery: Delivery, *, kind: str) -> DownloadSession | None:
+    """The delivery's newest session of this kind with at least half a link lifetime left:
+    asking again answers it instead of starting (on S3: counting) another."""
+    keep_until = timezone.now() + timedelta(seconds=settings.DOWNLOAD_LINK_SECONDS / 2)
+    return (
+        DownloadSession.objects.filter(delivery=delivery, kind=kind, expires_at__gt=keep_until)
+        .order_by("-expires_at")
+        .first()
+    )
+
+
+def _session_start(
+    delivery: Delivery, *, kind: str, ip: str | None, user_agent: str
+) -> DownloadSession:
+    """A new session, refused at the limit. A presigned link (kind LINK) is counted and logged
+    now; a platform link when it is first used. Caller holds the order's lock."""
+    now = timezone.now().replace(microsecond=0)
+    session = DownloadSession(
+        delivery=delivery,
+        kind=kind,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.DOWNLOAD_LINK_SECONDS),
+    )
+    if kind == DownloadKind.LINK:
+        _count_one(delivery.pk)
+        session.counted_at = now
+        session.save(force_insert=True)
+        _log(session, ip=ip, user_agent=user_agent)
+        return session
+    if Delivery.objects.filter(pk=delivery.pk, downloads__gte=settings.DOWNLOAD_LIMIT).exists():
+        raise _limit_reached()
+    session.save(force_insert=True)
+    return session
 
 
 def _decryption_material(delivery: Delivery, buyer: Any) -> tuple[str | None, str | None]:
@@ -131,60 +181,80 @@ def _decryption_material(delivery: Delivery, buyer: Any) -> tuple[str | None, st
 def delivery_access(
     *, order_id: Any, buyer: Any, ip: str | None, user_agent: str
 ) -> DeliveryAccess:
-    """The buyer's package: a link valid MARKETPLACE_DOWNLOAD_LINK_SECONDS and the means to
-    decrypt. 404 for an order that is not the buyer's; 409 while nothing is ready (or the
-    order is held); 410 once refunded, disputed, withdrawn or at the download limit.
+    """The buyer's package: a link and the means to decrypt. 404 for an order that is not the
+    buyer's; 409 while nothing is ready (or the order is held); 410 once refunded, disputed,
+    withdrawn or at the download limit (unless a session still open is answered again).
 
-    A presigned S3 link is counted and logged here (the platform never sees its use); a
-    platform link is counted when it is used (download_link_open)."""
+    A session with at least half its lifetime left is answered again at no cost; otherwise a
+    new one is started: on S3 counted and logged here (the platform never sees its use), a
+    platform link when it is first used (download_session_open)."""
     order = Order.objects.filter(pk=order_id, buyer=buyer).first()
     if order is None:
         raise NotFound(f"You have no order {order_id}.")
     delivery = _current_delivery(order)
     # Unwrapped (KMS may be down) before anything is counted, so a failure costs no download.
     decryption_key, wrapped_key = _decryption_material(delivery, buyer)
-    expires_at = timezone.now().replace(microsecond=0) + timedelta(
-        seconds=settings.DOWNLOAD_LINK_SECONDS
-    )
-    url = package_url(delivery.storage_name, expires_in=settings.DOWNLOAD_LINK_SECONDS)
-    if url is not None:
-        with transaction.atomic():
-            _count_one(delivery)
-            _log(delivery, kind=DownloadKind.LINK, ip=ip, user_agent=user_agent)
-    else:
-        if delivery.downloads >= settings.DOWNLOAD_LIMIT:
-            raise _limit_reached()
-        token = signing.dumps(
-            {"d": str(delivery.id), "e": int(expires_at.timestamp())}, salt=_LINK_SALT
+    kind = DownloadKind.LINK if packages_presigned() else DownloadKind.DOWNLOAD
+    with transaction.atomic(durable=True):
+        # Two requests at once for one order queue here, so one session is started (and on
+        # S3 counted), not two.
+        order_lock(order.pk)
+        session = _session_to_reuse(delivery, kind=kind) or _session_start(
+            delivery, kind=kind, ip=ip, user_agent=user_agent
         )
+    # A presigned URL for the session's time left (so it dies with it), or the platform link.
+    left = int((session.expires_at - timezone.now()).total_seconds())
+    url = package_url(delivery.storage_name, expires_in=max(left, 1))
+    if url is None:
+        token = _link_signer().sign_object({"s": str(session.pk)})
         url = settings.PUBLIC_URL + reverse("delivery-package", args=[token])
     delivery.refresh_from_db(fields=["downloads"])
     return DeliveryAccess(
         delivery=delivery,
         download_url=url,
-        expires_at=expires_at,
+        expires_at=session.expires_at,
         decryption_key=decryption_key,
         wrapped_key=wrapped_key,
         downloads_left=max(settings.DOWNLOAD_LIMIT - delivery.downloads, 0),
     )
 
 
-def download_link_open(*, token: str, ip: str | None, user_agent: str) -> tuple[Delivery, BinaryIO]:
-    """The delivery a platform download link stands for and its package, opened, counted and
-    logged; 410 once the link has expired or the limit is reached. The caller closes it."""
+def _link_session_id(token: str) -> uuid.UUID:
     try:
-        claims = signing.loads(token, salt=_LINK_SALT)
-        delivery_id, expires = claims["d"], int(claims["e"])
+        return uuid.UUID(_link_signer().unsign_object(token)["s"])
     except (signing.BadSignature, KeyError, TypeError, ValueError):
+        pass
+    try:
+        # A link handed out before links named their session: it cannot be resumed.
+        signing.loads(token, salt=_LINK_SALT)
+    except (signing.BadSignature, ValueError):
         raise NotFound("No such download link.") from None
-    if timezone.now().timestamp() >= expires:
-        raise DownloadGone(
-            "This download link has expired; ask the API for a new one.",
-            extra={"reason": "expired"},
-        )
-    delivery = Delivery.objects.select_related("order").filter(pk=delivery_id).first()
-    if delivery is None:
+    raise _expired()
+
+
+def _expired() -> DownloadGone:
+    return DownloadGone(
+        "This download link has expired; ask the API for a new one.",
+        extra={"reason": "expired"},
+    )
+
+
+def download_link_check(*, token: str) -> DownloadSession:
+    """The session a platform link names (its delivery and order loaded) when the link may be
+    used now. Counts and writes nothing: HEAD answers from it, and GET goes on with
+    download_session_open. 404 for a forged or unknown link; 410 once it has expired, its
+    package was superseded or withdrawn, the order refunded or disputed, or, for a link not
+    counted yet, at the limit; 409 while the order is held."""
+    session = (
+        DownloadSession.objects.select_related("delivery__order")
+        .filter(pk=_link_session_id(token), kind=DownloadKind.DOWNLOAD)
+        .first()
+    )
+    if session is None:
         raise NotFound("No such download link.")
+    if not session.is_open_at(timezone.now()):
+        raise _expired()
+    delivery = session.delivery
     _gone_for_order(delivery.order)
     if delivery.status in (DeliveryStatus.SUPERSEDED, DeliveryStatus.WITHDRAWN):
         raise DownloadGone(
@@ -197,26 +267,66 @@ def download_link_open(*, token: str, ip: str | None, user_agent: str) -> tuple[
             f"({delivery.order.delivery_state}); try again later.",
             extra={"delivery": delivery.order.delivery_state},
         )
+    if session.counted_at is None and delivery.downloads >= settings.DOWNLOAD_LIMIT:
+        raise _limit_reached()
+    return session
+
+
+def download_session_open(*, session: DownloadSession, ip: str | None, user_agent: str) -> BinaryIO:
+    """The package of a link download_link_check let through, opened to serve bytes of it.
+    The first such use counts the link as one download and logs it; later ones (resumed or
+    parallel ranges) cost nothing. 410 when that first use finds the limit reached; 503 when
+    the package cannot be read (nothing counted). The caller closes it and reports what it
+    served (download_session_served)."""
     # Opened before the download is counted: a package that cannot be read costs no download.
     try:
-        handle = package_open(delivery.storage_name)
+        handle = package_open(session.delivery.storage_name)
     except OSError as exc:
         raise PackageUnavailable(
             "The package cannot be read right now; try again shortly."
         ) from exc
+    if session.counted_at is not None:
+        return handle
     try:
-        with transaction.atomic():
-            _count_one(delivery)
-            _log(delivery, kind=DownloadKind.DOWNLOAD, ip=ip, user_agent=user_agent)
+        with transaction.atomic(durable=True):
+            # One conditional UPDATE claims the session: of concurrent first requests one
+            # counts it; the others wait for its commit and find it counted (or, if the limit
+            # refused it, try in turn).
+            now = timezone.now()
+            claimed = DownloadSession.objects.filter(pk=session.pk, counted_at__isnull=True).update(
+                counted_at=now
+            )
+            if claimed:
+                _count_one(session.delivery_id)
+                _log(session, ip=ip, user_agent=user_agent)
     except BaseException:
         handle.close()
         raise
-    return delivery, handle
+    session.counted_at = session.counted_at or now
+    return handle
+
+
+def download_session_served(*, session_id: Any, bytes_served: int) -> None:
+    """Adds one GET and the bytes it served to the session (after the transfer ended, however
+    it ended)."""
+    DownloadSession.objects.filter(pk=session_id).update(
+        requests=F("requests") + 1, bytes_served=F("bytes_served") + bytes_served
+    )
+
+
+def download_link_open(
+    *, token: str, ip: str | None, user_agent: str
+) -> tuple[DownloadSession, BinaryIO]:
+    """download_link_check, then download_session_open: the link's session and its package,
+    opened and (the first time) counted. The caller closes it."""
+    session = download_link_check(token=token)
+    return session, download_session_open(session=session, ip=ip, user_agent=user_agent)
 
 
 def buyer_delivery_key_set(*, buyer: Any, public_key: Any) -> BuyerDeliveryKey:
     """Registers (or replaces) the buyer's X25519 public key, audited: from now on their data
-    keys are served only sealed to it."""
+    keys are served only sealed to it. The key already registered, sent again, changes
+    nothing and writes no event."""
     if not isinstance(public_key, str) or not public_key.strip():
         raise InvalidInput(
             "Send your X25519 public key.", errors={"public_key": ["Required, a string."]}
@@ -226,7 +336,10 @@ def buyer_delivery_key_set(*, buyer: Any, public_key: Any) -> BuyerDeliveryKey:
     except ValueError as exc:
         raise InvalidInput(str(exc), errors={"public_key": [str(exc)]}) from None
     encoded = b64url_encode(raw)
-    with transaction.atomic():
+    current = BuyerDeliveryKey.objects.filter(buyer=buyer).first()
+    if current is not None and current.public_key == encoded:
+        return current
+    with transaction.atomic(durable=True):
         key, created = BuyerDeliveryKey.objects.update_or_create(
             buyer=buyer, defaults={"public_key": encoded}
         )

@@ -24,7 +24,13 @@ from rest_framework.test import APIClient
 from accounts.services import api_token_issue
 from audit.models import AuditEvent
 from licensing import envelope
-from licensing.models import BuyerDeliveryKey, Delivery, DeliveryStatus, DownloadLog
+from licensing.models import (
+    BuyerDeliveryKey,
+    Delivery,
+    DeliveryStatus,
+    DownloadLog,
+    DownloadSession,
+)
 from licensing.sealing import b64url_decode, b64url_encode, private_key_pem, public_key_text
 from licensing.services import delivery_regenerate, order_fulfil
 from licensing.services.deliveries import delivery_context, delivery_package
@@ -199,6 +205,29 @@ def test_a_registered_x25519_key_gets_the_key_sealed_and_the_cli_opens_it(
     assert actions == ["delivery_key.registered", "delivery_key.deleted"]
 
 
+def test_the_same_delivery_key_again_writes_nothing(buyer, buyer_client):
+    identity = x25519.X25519PrivateKey.generate()
+    text = public_key_text(identity.public_key())
+    first = buyer_client.put(KEY_URL, {"public_key": text}, format="json")
+    assert first.status_code == 200, first.content
+    stored = BuyerDeliveryKey.objects.get(buyer=buyer)
+
+    for same in (text, first.json()["public_key"], f"  {text}\n"):
+        again = buyer_client.put(KEY_URL, {"public_key": same}, format="json")
+        assert again.status_code == 200, again.content
+        assert again.json() == first.json()
+    assert BuyerDeliveryKey.objects.get(buyer=buyer).updated_at == stored.updated_at
+
+    other = public_key_text(x25519.X25519PrivateKey.generate().public_key())
+    assert buyer_client.put(KEY_URL, {"public_key": other}, format="json").status_code == 200
+    actions = list(
+        AuditEvent.objects.filter(subject_type="buyer", subject_id=str(buyer.uuid))
+        .order_by("sequence")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["delivery_key.registered", "delivery_key.replaced"]
+
+
 def _ed25519_pem() -> str:
     return (
         ed25519.Ed25519PrivateKey.generate()
@@ -293,18 +322,41 @@ def test_a_refunded_or_disputed_order_is_gone(buyer, buyer_client, client, endin
 # --- The link: counted, logged, limited, expiring, unforgeable ---------------------------------
 
 
-def test_each_download_is_counted_and_logged_until_the_limit(buyer, buyer_client, client, settings):
+def next_link(buyer_client, order) -> str:
+    """A link of its own: those handed out so far are aged past half their lifetime (still
+    valid), so the API hands out a new one instead of the one still open."""
+    left = timedelta(seconds=settings.DOWNLOAD_LINK_SECONDS // 2 - 5)
+    DownloadSession.objects.filter(delivery__order=order).update(expires_at=timezone.now() + left)
+    response = buyer_client.get(delivery_url(order))
+    assert response.status_code == 200, response.content
+    return response.json()["download_url"]
+
+
+def test_each_link_is_counted_once_and_logged_until_the_limit(
+    buyer, buyer_client, client, settings
+):
     settings.DOWNLOAD_LIMIT = 3
     delivered = order_delivered(buyer)
-    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+    first = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+    # Asking again while the link is young hands out the same link.
+    assert buyer_client.get(delivery_url(delivered.order)).json()["download_url"] == first
 
-    for number in range(1, 4):
-        response = download(
-            client, link, REMOTE_ADDR=f"203.0.113.{number}", HTTP_USER_AGENT=f"curl/8.{number}"
-        )
-        assert response.status_code == 200
-        body_of(response)
+    links = [first, next_link(buyer_client, delivered.order)]
+    for number, link in enumerate(links, start=1):
+        for _ in range(2):  # a second GET of the same link is free
+            response = download(
+                client, link, REMOTE_ADDR=f"203.0.113.{number}", HTTP_USER_AGENT=f"curl/8.{number}"
+            )
+            assert response.status_code == 200
+            body_of(response)
         assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == number
+    # Two links handed out while one download is left: whichever is used first takes it.
+    third, fourth = (
+        next_link(buyer_client, delivered.order),
+        next_link(buyer_client, delivered.order),
+    )
+    assert body_of(download(client, third, REMOTE_ADDR="203.0.113.3", HTTP_USER_AGENT="curl/8.3"))
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 3
 
     log = list(DownloadLog.objects.order_by("at", "id").values("kind", "ip", "user_agent", "at"))
     assert [(row["kind"], row["ip"], row["user_agent"]) for row in log] == [
@@ -314,9 +366,10 @@ def test_each_download_is_counted_and_logged_until_the_limit(buyer, buyer_client
     ]
     assert all(row["at"] is not None for row in log)
 
-    over = download(client, link)
+    over = download(client, fourth)
     assert over.status_code == 410
     assert over.json()["reason"] == "limit"
+    DownloadSession.objects.update(expires_at=timezone.now() + timedelta(seconds=5))
     refused = buyer_client.get(delivery_url(delivered.order))
     assert (refused.status_code, refused.json()["reason"]) == (410, "limit")
     assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 3
@@ -328,8 +381,33 @@ def test_each_download_is_counted_and_logged_until_the_limit(buyer, buyer_client
     fresh = buyer_client.get(delivery_url(delivered.order)).json()
     assert fresh["downloads_left"] == 3
     assert download(client, fresh["download_url"]).status_code == 200
-    old = download(client, link)
+    old = download(client, first)
     assert (old.status_code, old.json()["reason"]) == (410, "superseded")
+
+
+def test_the_log_names_the_client_behind_the_trusted_proxy(buyer, buyer_client, client, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+
+    response = download(
+        client,
+        link,
+        REMOTE_ADDR="10.0.0.2",  # the load balancer
+        HTTP_X_FORWARDED_FOR="192.0.2.66, 198.51.100.23",  # the client's say, then the balancer's
+    )
+
+    assert response.status_code == 200
+    assert DownloadLog.objects.get().ip == "198.51.100.23"
+
+
+def test_without_trusted_proxies_the_log_names_the_connection(buyer, buyer_client, client):
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+
+    download(client, link, REMOTE_ADDR="198.51.100.23", HTTP_X_FORWARDED_FOR="192.0.2.66")
+
+    assert DownloadLog.objects.get().ip == "198.51.100.23"
 
 
 def test_an_expired_link_is_gone(buyer, buyer_client, client, settings):
@@ -379,30 +457,47 @@ def test_the_decryption_key_never_reaches_the_logs(buyer, buyer_client, client, 
         assert key not in str(event.data)
 
 
-# --- S3: presigned links, counted when handed out ----------------------------------------------
+# --- S3: presigned links, counted once per link handed out -------------------------------------
 
 
 @pytest.mark.s3
-def test_on_s3_a_presigned_link_is_counted_when_handed_out(
+def test_on_s3_the_same_link_handed_out_twice_counts_once(
     buyer, buyer_client, s3_storage, settings
 ):
     settings.DOWNLOAD_LIMIT = 2
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
     delivered = order_delivered(buyer)
+    ask = {
+        "REMOTE_ADDR": "10.0.0.2",
+        "HTTP_X_FORWARDED_FOR": "198.51.100.4",
+        "HTTP_USER_AGENT": "agent/1",
+    }
 
-    body = buyer_client.get(
-        delivery_url(delivered.order), REMOTE_ADDR="198.51.100.4", HTTP_USER_AGENT="agent/1"
-    ).json()
+    body = buyer_client.get(delivery_url(delivered.order), **ask).json()
+    again = buyer_client.get(delivery_url(delivered.order), **ask).json()
+
     assert body["download_url"].startswith(s3_storage.endpoint)
-    assert body["downloads_left"] == 1
-    package = requests.get(body["download_url"], timeout=10).content
-    assert hashlib.sha256(package).hexdigest() == body["sha256"]
-    assert decrypt(package, b64url_decode(body["decryption_key"]), delivered.delivery) == ARTIFACT
+    assert (body["downloads_left"], again["downloads_left"]) == (1, 1)
+    assert again["expires_at"] == body["expires_at"]
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 1
     log = DownloadLog.objects.get()
     assert (log.kind, log.ip, log.user_agent) == ("link", "198.51.100.4", "agent/1")
+    for url in (body["download_url"], again["download_url"]):
+        package = requests.get(url, timeout=10).content
+        assert hashlib.sha256(package).hexdigest() == body["sha256"]
+    assert decrypt(package, b64url_decode(body["decryption_key"]), delivered.delivery) == ARTIFACT
+    # The bucket answers ranges itself, so an aborted transfer resumes on the same link.
+    tail = requests.get(again["download_url"], headers={"Range": "bytes=-100"}, timeout=10)
+    assert (tail.status_code, tail.content) == (206, package[-100:])
 
-    assert buyer_client.get(delivery_url(delivered.order)).json()["downloads_left"] == 0
+    # A link past half its lifetime is not handed out again: the next one is counted.
+    assert next_link(buyer_client, delivered.order).startswith(s3_storage.endpoint)
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 2
+    assert DownloadLog.objects.count() == 2
+    DownloadSession.objects.update(expires_at=timezone.now() + timedelta(seconds=5))
     over = buyer_client.get(delivery_url(delivered.order))
     assert (over.status_code, over.json()["reason"]) == (410, "limit")
+    assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 2
     assert DownloadLog.objects.count() == 2
 
 
