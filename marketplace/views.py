@@ -1,18 +1,25 @@
 import hashlib
+import hmac
 import json
+import sys
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.permissions import AllowAny
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.api.problems import problem_response
-from marketplace.health import health_report
+from marketplace.health import health_public, health_report
 from marketplace.keystore import jwks_of
+from marketplace.middleware import outage_answer
 from marketplace.models import SigningKey
 
 
@@ -30,12 +37,60 @@ class HealthView(APIView):
     )
     def get(self, request: Request) -> Response:
         report = health_report()
-        response = Response(report, status=200 if report["ok"] else 503)
+        # Names and outcomes only: the errors name hosts, ports, folders and buckets.
+        response = Response(health_public(report), status=200 if report["ok"] else 503)
         response["Cache-Control"] = "no-store"
         return response
 
 
 health = HealthView.as_view()
+
+
+# request.auth of a request that sent MARKETPLACE_HEALTH_TOKEN.
+HEALTH_TOKEN_HOLDER = object()
+
+
+class HealthTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <MARKETPLACE_HEALTH_TOKEN>`. It needs no database, so the
+    details can be read while the database is down (a staff session cannot be)."""
+
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, object] | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        expected = settings.HEALTH_TOKEN
+        if expected and hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return AnonymousUser(), HEALTH_TOKEN_HOLDER
+        raise AuthenticationFailed("This bearer token does not read the health details.")
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="marketplace"'
+
+
+class StaffOrHealthToken(BasePermission):
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if request.auth is HEALTH_TOKEN_HOLDER:
+            return True
+        user = request.user
+        return bool(user and user.is_active and user.is_staff)
+
+
+class HealthDetailsView(APIView):
+    """GET /health/details: /health with each failed check's error and every check's time,
+    for staff sessions and the holder of MARKETPLACE_HEALTH_TOKEN."""
+
+    authentication_classes = [HealthTokenAuthentication, SessionAuthentication]
+    permission_classes = [StaffOrHealthToken]
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> Response:
+        report = health_report()
+        response = Response(report, status=200 if report["ok"] else 503)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+health_details = HealthDetailsView.as_view()
 
 
 class JwksView(APIView):
@@ -48,7 +103,7 @@ class JwksView(APIView):
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
-    throttle_classes: list[type] = []
+    throttle_scope = "jwks"
 
     @extend_schema(
         summary="Public keys of every non-revoked signer (JWK Set)",
@@ -107,6 +162,11 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
 
 
 def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    # An outage raised in a middleware (a session saved to the database) ends here: it is
+    # answered as an outage. Django calls this handler while handling the exception.
+    outage = outage_answer(request, sys.exc_info()[1])
+    if outage is not None:
+        return outage
     if _is_admin(request):
         return defaults.server_error(request)
     return problem_response(

@@ -43,6 +43,8 @@ def idempotency_key_of(request: Request) -> str:
 
 
 class CheckoutView(APIView):
+    throttle_scope = "checkout"
+
     @extend_schema(
         summary="Buy a SKU: create an order and its payment page",
         request=CheckoutInputSerializer,

@@ -1,0 +1,301 @@
+"""Rate limits on atomic counters, shared by the API's throttles and the plain paths.
+
+A limit `N/period` (a scope's entry in REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]) lets one
+client make N requests in a window that opens with its first request and lasts the period;
+from the (N+1)th request until the window closes the answer is a 429 whose Retry-After is the
+time left. A client can therefore send at most 2N requests in any one period that straddles the
+end of a window, and never more than N in the window itself.
+
+Each request is one atomic step in the store, so concurrent requests cannot all pass (as they
+did with DRF's own throttles, which read a list of timestamps from the cache and wrote it back):
+
+- with Redis as the cache (`MARKETPLACE_REDIS_URL`), a Lua script that increments the counter
+  and sets its expiry when it is new, in one round trip shared by every process;
+- with the local-memory cache (the embedded defaults), a counter under a lock in this process,
+  so the limits hold per process.
+
+When Redis cannot be reached, requests that change something are refused (503
+`cache-unavailable`): a limit that fails open is no limit during an outage an attacker can
+cause. Reads go on unlimited (fail open), as the rest of the platform serves them from the
+database while the cache is down.
+"""
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from marketplace.exceptions import ApplicationError
+
+logger = logging.getLogger(__name__)
+
+PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+
+# After a failed call the store is taken as down for this long, so that a request does not
+# wait for a connection timeout once per throttle, and an outage is logged once a second at
+# most rather than on every request.
+STORE_DOWN_SECONDS = 1.0
+# Retry-After of a write refused while the store is down.
+STORE_DOWN_RETRY_AFTER = 5
+
+
+class RateLimited(ApplicationError):
+    code = "throttled"
+    title = "Too many requests"
+    status = 429
+
+
+class StaffLoginLocked(RateLimited):
+    code = "login-locked"
+    title = "Signing in is locked"
+
+
+class CacheUnavailable(ApplicationError):
+    code = "cache-unavailable"
+    title = "The cache is unavailable"
+    status = 503
+
+
+@dataclass(frozen=True)
+class Rate:
+    limit: int
+    seconds: int
+
+    def __str__(self) -> str:
+        unit = {1: "s", 60: "min", 3600: "hour", 86400: "day"}[self.seconds]
+        return f"{self.limit}/{unit}"
+
+
+@lru_cache(maxsize=64)
+def parse_rate(text: str) -> Rate:
+    """`N/s`, `N/min`, `N/hour` or `N/day` (DRF's form)."""
+    count, _, period = text.strip().partition("/")
+    seconds = PERIODS.get(period.strip().lower())
+    if not count.strip().isdigit() or seconds is None or int(count) < 1:
+        raise ImproperlyConfigured(
+            f"a rate is N/s, N/min, N/hour or N/day with N at least 1, not {text!r}"
+        )
+    return Rate(limit=int(count), seconds=seconds)
+
+
+def rate_of(scope: str) -> Rate:
+    # Read on each request: the settings may change under a test, and DRF reloads its own.
+    from rest_framework.settings import api_settings
+
+    rates = api_settings.DEFAULT_THROTTLE_RATES
+    if scope not in rates:
+        raise ImproperlyConfigured(f'no rate for the scope {scope!r} in "DEFAULT_THROTTLE_RATES"')
+    return parse_rate(rates[scope])
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's address as the API's throttles see it: REMOTE_ADDR, or the X-Forwarded-For
+    entry added by the `MARKETPLACE_NUM_PROXIES` trusted proxies in front of the platform."""
+    from rest_framework.throttling import BaseThrottle
+
+    return BaseThrottle().get_ident(request)  # type: ignore[arg-type]
+
+
+class StoreUnavailable(Exception):
+    """The counters could not be read or written."""
+
+
+# --- Stores -------------------------------------------------------------------------------------
+
+_HIT_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+
+class _RedisCounters:
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def hit(self, key: str, seconds: int) -> tuple[int, float]:
+        from redis.exceptions import RedisError
+
+        try:
+            client = self.cache.client.get_client(write=True)
+            count, ttl_ms = client.register_script(_HIT_SCRIPT)(
+                keys=[self.cache.make_key(key)], args=[seconds * 1000]
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(count), int(ttl_ms) / 1000
+
+
+class _LocalCounters:
+    """Per-process counters for the local-memory cache. Not the cache itself: it culls entries
+    when full, and junk in the cache would then reset the limits."""
+
+    SWEEP_AT = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[int, float]] = {}
+
+    def hit(self, key: str, seconds: int) -> tuple[int, float]:
+        now = time.monotonic()
+        with self._lock:
+            count, ends = self._windows.get(key, (0, 0.0))
+            if ends <= now:
+                if len(self._windows) >= self.SWEEP_AT:
+                    self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
+                count, ends = 0, now + seconds
+            count += 1
+            self._windows[key] = (count, ends)
+        return count, ends - now
+
+    def clear(self) -> None:
+        with self._lock:
+            self._windows.clear()
+
+
+local_counters = _LocalCounters()
+_down_until: dict[str, float] = {}
+
+
+def _store() -> tuple[str, Any]:
+    cache = caches["default"]
+    if hasattr(cache, "client") and hasattr(cache.client, "get_client"):  # django-redis
+        return str(settings.CACHES["default"]["LOCATION"]), _RedisCounters(cache)
+    return "local", local_counters
+
+
+def _key(scope: str, who: str) -> str:
+    if len(who) > 64:  # a forwarded address is at most that; anything longer is not kept as is
+        who = hashlib.sha256(who.encode()).hexdigest()
+    return f"ratelimit:{scope}:{who}"
+
+
+def hit(scope: str, who: str, *, write: bool) -> None:
+    """Counts one request of `who` (a client address, or `u:<id>` for a signed-in caller)
+    against `scope`'s limit.
+
+    Raises RateLimited over the limit, with `retry_after` in seconds; CacheUnavailable when the
+    counters cannot be reached and the request is a `write`. A read then goes on.
+    """
+    rate = rate_of(scope)
+    location, store = _store()
+    try:
+        if time.monotonic() < _down_until.get(location, 0.0):
+            raise StoreUnavailable("marked down after a recent failure")
+        count, remaining = store.hit(_key(scope, who), rate.seconds)
+    except StoreUnavailable as exc:
+        if time.monotonic() >= _down_until.get(location, 0.0):
+            _down_until[location] = time.monotonic() + STORE_DOWN_SECONDS
+            logger.warning("rate-limit counters unreachable, writes refused: %s", exc)
+        if write:
+            raise CacheUnavailable(
+                "Rate limits cannot be checked while the cache is unavailable, so changes are "
+                "refused; reads go on. Try again shortly.",
+                extra={"retry_after": STORE_DOWN_RETRY_AFTER},
+            ) from None
+        return
+    if count > rate.limit:
+        retry_after = max(1, math.ceil(remaining))
+        raise RateLimited(
+            f"More than {rate} ({scope}); try again in {retry_after} s.",
+            extra={"limit": scope, "retry_after": retry_after},
+        )
+
+
+# --- Paths outside the API's throttles ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathLimit:
+    path: str
+    scope: str
+    # Methods counted; None counts every method.
+    methods: frozenset[str] | None = None
+    # True: refused while the counters are unreachable (fail closed).
+    write: bool = False
+    # True: the path and everything under it (`/health`, `/health/live`).
+    subtree: bool = False
+
+    def matches(self, request: HttpRequest) -> bool:
+        path = request.path_info
+        if path != self.path and not (self.subtree and path.startswith(self.path + "/")):
+            return False
+        return self.methods is None or request.method in self.methods
+
+
+# Paths of the HTTP contract (docs/api.md) that DRF's throttles do not see, each limited per
+# client address. The webhook is a write: while the counters are unreachable it answers 503 and
+# Stripe delivers the event again later. Staff sign-in goes on during such an outage (staff may
+# be needed to handle it); django-axes still locks an account out per address after repeated
+# failures, from its counts in the database.
+PATH_LIMITS = (
+    PathLimit("/marketplace/stripe/webhook", "webhook", write=True),
+    PathLimit("/health", "health", subtree=True),
+    PathLimit("/metrics", "metrics"),
+    PathLimit("/admin/login/", "staff_login", methods=frozenset({"POST"})),
+)
+
+
+class RateLimitMiddleware:
+    """Applies PATH_LIMITS before the view runs; the API's views are limited by their DRF
+    throttles (marketplace/api/throttling.py) instead, which know the signed-in buyer."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        for limit in PATH_LIMITS:
+            if limit.matches(request):
+                try:
+                    hit(limit.scope, client_ip(request), write=limit.write)
+                except (RateLimited, CacheUnavailable) as exc:
+                    from marketplace.api.problems import error_response
+
+                    return error_response(request, exc)
+                break
+        return self.get_response(request)
+
+
+# --- Staff sign-in lockout (django-axes) --------------------------------------------------------
+
+
+def staff_lockout_response(
+    request: HttpRequest, original_response: Any = None, credentials: Any = None
+) -> JsonResponse:
+    """django-axes' answer to a sign-in refused during a lockout (AXES_LOCKOUT_CALLABLE)."""
+    from marketplace.api.problems import error_response
+
+    cool_off = settings.AXES_COOLOFF_TIME
+    seconds = int(cool_off.total_seconds()) if isinstance(cool_off, timedelta) else 0
+    minutes = max(1, math.ceil(seconds / 60))
+    exc = StaffLoginLocked(
+        f"Too many failed sign-ins for this account from your address; try again in "
+        f"{minutes} minutes.",
+        extra={"retry_after": seconds},
+    )
+    return error_response(request, exc)
