@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from marketplace.api.parsers import JsonBodyRefused, json_body_read, json_parse
 from marketplace.api.problems import problem_response
 from marketplace.money import format_amount
 from orders.gateways import local
@@ -56,9 +57,10 @@ def local_checkout_event(request: HttpRequest, session_id: str) -> HttpResponse:
     its Stripe-Signature header, so it travels the same road as Stripe's deliveries."""
     order = _local_order(session_id)
     try:
-        outcome = json.loads(request.body or b"{}").get("outcome")
-    except (ValueError, AttributeError):
-        outcome = None
+        body = json_parse(json_body_read(request) or b"{}")
+    except JsonBodyRefused:  # too large, too deep or not JSON: no outcome either way
+        body = None
+    outcome = body.get("outcome") if isinstance(body, dict) else None
     if outcome not in LOCAL_OUTCOMES:
         return problem_response(
             request,
