@@ -1,5 +1,9 @@
 """Licensing's domain errors, each with its code, title and HTTP status."""
 
+from typing import Any
+
+from django.conf import settings
+
 from marketplace.exceptions import ApplicationError, Conflict
 
 
@@ -20,6 +24,14 @@ class DownloadGone(ApplicationError):
 
 
 class PackageUnavailable(ApplicationError):
+    """Storage could not open the package: answered with `Retry-After:
+    MARKETPLACE_OUTAGE_RETRY_AFTER_SECONDS` (and `retry_after` in the body), never with the
+    storage's own error, which names its bucket or folder."""
+
     code = "package-unavailable"
     title = "The package cannot be read right now"
     status = 503
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.extra.setdefault("retry_after", settings.OUTAGE_RETRY_AFTER_SECONDS)

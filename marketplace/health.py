@@ -1,5 +1,12 @@
-"""Readiness checks behind GET /health: each returns None when healthy or raises."""
+"""Readiness checks behind GET /health: each returns None when healthy or raises.
 
+`health_report` runs them all and keeps each failure's error, which names hosts, ports,
+folders or buckets: it is logged, and shown only by /health/details to staff or to the
+holder of MARKETPLACE_HEALTH_TOKEN. `health_public` is what anyone may see: each check's name
+and whether it passed.
+"""
+
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +18,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection
+
+logger = logging.getLogger(__name__)
 
 
 class CheckFailed(Exception):
@@ -76,7 +85,9 @@ def health_report() -> dict[str, Any]:
         try:
             check()
         except Exception as exc:  # a probe reports every failure, whatever its kind
-            checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            checks[name] = {"ok": False, "error": error}
+            logger.warning("health: the %s check failed: %s", name, error)
         else:
             checks[name] = {"ok": True}
         checks[name]["ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -88,4 +99,14 @@ def health_report() -> dict[str, Any]:
         # Licenses are signed by the local key store outside production, by a KMS key or a
         # signing proxy in it.
         "signingConfigured": settings.KEYSTORE_BACKEND != "local" or settings.SERVICE_ENV == "dev",
+    }
+
+
+def health_public(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without what only operators may see: no error text, no timings."""
+    return {
+        "ok": report["ok"],
+        "checks": {name: {"ok": check["ok"]} for name, check in report["checks"].items()},
+        "failed": report["failed"],
+        "signingConfigured": report["signingConfigured"],
     }

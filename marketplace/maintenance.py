@@ -6,15 +6,24 @@ creating deliveries, packaging and the fulfilment sweep do nothing: the sweep co
 what was skipped once the mode is off.
 """
 
+from typing import Any
+
 from django.conf import settings
 
 from marketplace.exceptions import ApplicationError
 
 
 class MaintenanceMode(ApplicationError):
+    """Answered with `Retry-After: MARKETPLACE_MAINTENANCE_RETRY_AFTER_SECONDS` (and the same
+    `retry_after` in the body)."""
+
     code = "maintenance"
     title = "The platform is in maintenance"
     status = 503
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.extra.setdefault("retry_after", settings.MAINTENANCE_RETRY_AFTER_SECONDS)
 
 
 def maintenance_on() -> bool:

@@ -1,17 +1,31 @@
 """RFC 9457 problem details for every error the platform answers.
 
 One DRF exception handler covers domain errors, Django's ValidationError, Http404 and
-PermissionDenied, and DRF's own exceptions. Plain Django views (the webhook, download links, the
-local checkout pages, the error handlers) answer with `problem_response` or
-`error_response`, which build the same body and headers.
+PermissionDenied, DRF's own exceptions and outages of the platform's own dependencies. Plain
+Django views (the webhook, download links, the local checkout pages, the error handlers)
+answer with `problem_response` or `error_response`, which build the same body and headers;
+marketplace.middleware answers their outages.
+
+An outage of the database, the cache or the broker, wherever in a request it is met, is a 503
+whose `code` names the dependency (`database-unavailable`, `cache-unavailable`,
+`broker-unavailable`), with `Retry-After`. The exception itself, which names hosts, ports,
+folders or buckets, goes to the log as one line and never into the answer.
 """
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404, HttpRequest, JsonResponse
+from django_redis.exceptions import ConnectionInterrupted as CacheConnectionInterrupted
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -20,6 +34,8 @@ from marketplace.exceptions import ApplicationError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:marketplace:problem:"
+
+outage_logger = logging.getLogger("marketplace.outages")
 
 
 def problem_body(
@@ -51,10 +67,70 @@ def problem_body(
 
 
 def error_headers(exc: ApplicationError) -> dict[str, str]:
-    """A domain error that names when to come back (`retry_after`) says it in Retry-After."""
+    """A domain error that names when to come back (`retry_after`) says it in Retry-After; a
+    503 that does not name it gets the outage default, so no 503 goes without one."""
     if "retry_after" in exc.extra:
         return {"Retry-After": str(exc.extra["retry_after"])}
+    if exc.status == 503:
+        return {"Retry-After": str(settings.OUTAGE_RETRY_AFTER_SECONDS)}
     return {}
+
+
+# --- Outages of the platform's own dependencies ------------------------------------------------
+
+OUTAGE_TITLES = {
+    "database": "The database is unavailable",
+    "cache": "The cache is unavailable",
+    "broker": "The task broker is unavailable",
+}
+
+
+def outage_of(exc: BaseException | None) -> str | None:
+    """The dependency whose outage `exc` is: "database", "cache", "broker", or None.
+
+    Database: Django's OperationalError (refused or lost connection, a terminated backend, a
+    statement or lock timeout) and InterfaceError (a connection already closed). Broker: what
+    Celery raises when it cannot publish. Cache: a Redis connection error that reached the
+    request; the cache's own reads and writes swallow theirs (IGNORE_EXCEPTIONS, they degrade
+    to the database), so only code that needs Redis to answer (counters, locks, the client
+    used directly) meets one.
+    """
+    if isinstance(exc, BrokerUnavailable):  # checked first: it may wrap a Redis error
+        return "broker"
+    if isinstance(exc, DatabaseOperationalError | DatabaseInterfaceError):
+        return "database"
+    if isinstance(exc, CacheConnectionInterrupted | RedisConnectionError | RedisTimeoutError):
+        return "cache"
+    return None
+
+
+def outage_log(dependency: str, *, method: str, path: str, exc: BaseException) -> None:
+    """One line with what the answer leaves out: the exception, its newlines folded."""
+    message = " ".join(str(exc).split())
+    outage_logger.error(
+        "%s unavailable: %s %s: %s.%s: %s",
+        dependency,
+        method,
+        path,
+        type(exc).__module__,
+        type(exc).__qualname__,
+        message,
+    )
+
+
+def outage_body(dependency: str, *, instance: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The problem body and headers of an outage answer."""
+    seconds = settings.OUTAGE_RETRY_AFTER_SECONDS
+    body = problem_body(
+        status=503,
+        code=f"{dependency}-unavailable",
+        title=OUTAGE_TITLES[dependency],
+        detail=f"The platform cannot reach its {dependency} right now; try again in "
+        f"{seconds} seconds.",
+        instance=instance,
+        extra={"retry_after": seconds},
+    )
+    return body, {"Retry-After": str(seconds)}
 
 
 def _error_body(exc: ApplicationError, instance: str | None) -> dict[str, Any]:
@@ -133,7 +209,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     instance = request.path if request is not None else None
     headers: dict[str, str] = {}
 
-    if isinstance(exc, ApplicationError):
+    dependency = outage_of(exc)
+    if dependency is not None:
+        outage_log(
+            dependency,
+            method=request.method if request is not None else "",
+            path=instance or "",
+            exc=exc,
+        )
+        body, headers = outage_body(dependency, instance=instance)
+    elif isinstance(exc, ApplicationError):
         headers.update(error_headers(exc))
         body = _error_body(exc, instance)
     elif isinstance(exc, DjangoValidationError | drf_exceptions.ValidationError):

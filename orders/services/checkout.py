@@ -10,6 +10,7 @@ with the same Checkout Session.
 """
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from orders.exceptions import (
 )
 from orders.gateways import CheckoutRequest, GatewayRejected, GatewayUnavailable, get_gateway
 from orders.models import IdempotencyKey, Order
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,11 +164,19 @@ def checkout_create(
         )
     except (GatewayUnavailable, GatewayRejected) as exc:
         IdempotencyKey.objects.filter(pk=claim.pk).update(locked_until=timezone.now())
+        # The provider's own words name hosts, ports, accounts or keys: they go to the log,
+        # and the buyer gets ours.
+        logger.warning("checkout of order %s: %s", order_id, " ".join(str(exc).split()))
         if isinstance(exc, GatewayUnavailable):
             raise PaymentProviderUnavailable(
-                f"{exc} Retry with the same Idempotency-Key.", extra={"retry_after": 5}
+                "The payment provider cannot be reached right now; retry with the same "
+                "Idempotency-Key.",
+                extra={"retry_after": 5},
             ) from exc
-        raise PaymentProviderRejected(str(exc)) from exc
+        raise PaymentProviderRejected(
+            "The payment provider refused to create the payment page; retrying will not help. "
+            "The refusal has been logged for the operators."
+        ) from exc
 
     with transaction.atomic(durable=True):
         claim = IdempotencyKey.objects.select_for_update().get(pk=claim.pk)

@@ -1,0 +1,68 @@
+"""Outages met outside the API views, answered as outages.
+
+DRF's exception handler (marketplace.api.problems) answers an outage raised in an API view.
+`OutageMiddleware.process_exception` answers one raised in any other view (the webhook, the
+download links, the admin); one raised in a middleware (a session saved to the database) reaches
+Django's 500 handler, which asks `outage_answer` first (marketplace.views.server_error). Either
+way the answer is a 503 with `Retry-After` naming the dependency, a problem body for the API
+and a plain page for the admin, and the exception is logged once, as one line.
+"""
+
+import logging
+from collections.abc import Callable
+from html import escape
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from marketplace.api.problems import (
+    OUTAGE_TITLES,
+    PROBLEM_CONTENT_TYPE,
+    outage_body,
+    outage_log,
+    outage_of,
+)
+
+ADMIN_PREFIX = "/admin/"
+
+
+def outage_answer(request: HttpRequest, exc: BaseException | None) -> HttpResponse | None:
+    """The 503 for `exc` if it is an outage of the database, cache or broker, else None.
+
+    Builds its answer without the database, the cache or a template's context processors,
+    which may be what is down."""
+    dependency = outage_of(exc)
+    if dependency is None or exc is None:
+        return None
+    outage_log(dependency, method=request.method or "", path=request.path, exc=exc)
+    body, headers = outage_body(dependency, instance=request.path)
+    if request.path.startswith(ADMIN_PREFIX):
+        title, detail = escape(OUTAGE_TITLES[dependency]), escape(body["detail"])
+        page = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{detail}</p>"
+        return HttpResponse(page, status=503, headers=headers)
+    return JsonResponse(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+class OutageMiddleware:
+    """Answers an outage raised in a view that is not one of DRF's (those answer their own)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        return outage_answer(request, exception)
+
+
+class OutageWithoutTraceback(logging.Filter):
+    """Keeps Django's record of an outage answered by the 500 handler to its one line.
+
+    `outage_answer` has logged the exception already; the traceback Django attaches to its
+    "Service Unavailable" record would repeat it for every request of the outage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and outage_of(record.exc_info[1]) is not None:
+            record.exc_info = None
+            record.exc_text = None
+        return True
