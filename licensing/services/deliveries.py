@@ -524,24 +524,21 @@ def delivery_spool_sweep() -> dict[str, int]:
     uploads = [upload for upload in partial_uploads() if upload.initiated < stale_before]
     ids = {_delivery_uuid(item.delivery_id) for item in [*files, *uploads]} - {None}
     live = {
-        str(pk): (attempt, attempted_at)
-        for pk, attempt, attempted_at in Delivery.objects.filter(
+        str(pk): attempt
+        for pk, attempt in Delivery.objects.filter(
             pk__in=ids, status=DeliveryStatus.PENDING, heartbeat_at__gte=stale_before
-        ).values_list("pk", "attempts", "attempted_at")
+        ).values_list("pk", "attempts")
     }
     removed = 0
     for partial in files:
-        holder = live.get(partial.delivery_id)
-        if holder is not None and holder[0] == partial.attempt:
+        if partial.attempt is not None and live.get(partial.delivery_id) == partial.attempt:
             continue
         removed += partial_file_remove(partial)
     aborted = 0
-    skew = timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
     for upload in uploads:
-        holder = live.get(upload.delivery_id)
-        # An upload begun after the live attempt claimed the delivery is that attempt's (S3's
-        # clock and ours may differ by a little: the stale time is allowed for it).
-        if holder is not None and upload.initiated >= holder[1] - skew:
+        # Any upload of a delivery a live attempt holds may be that attempt's (S3's clock is not
+        # ours to compare with): kept until the delivery is ready or the attempt dies.
+        if upload.delivery_id in live:
             continue
         partial_upload_abort(upload)
         aborted += 1

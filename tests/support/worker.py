@@ -106,7 +106,8 @@ def worker_start(settings: Any, *, name: str = "", purge: bool = True) -> Worker
         "MARKETPLACE_WEBHOOK_STRANDED_SECONDS": str(settings.WEBHOOK_STRANDED_SECONDS),
         "MARKETPLACE_WEBHOOK_MAX_ATTEMPTS": str(settings.WEBHOOK_MAX_ATTEMPTS),
         # Delivery packaging: the KMS key that makes data keys (tests/support/moto.py
-        # `kms_key`), SSE-KMS on the bucket, attempts, retention, chunk size, maintenance.
+        # `kms_key`), SSE-KMS on the bucket, attempts, retention, chunk size, heartbeat,
+        # maintenance.
         "MARKETPLACE_DELIVERY_KMS_KEY_ID": settings.DELIVERY_KMS_KEY_ID,
         "MARKETPLACE_S3_KMS_KEY_ID": settings.S3_KMS_KEY_ID,
         "MARKETPLACE_KMS_ENDPOINT_URL": settings.KMS_ENDPOINT_URL,
@@ -114,6 +115,9 @@ def worker_start(settings: Any, *, name: str = "", purge: bool = True) -> Worker
         "MARKETPLACE_DELIVERY_MAX_ATTEMPTS": str(settings.DELIVERY_MAX_ATTEMPTS),
         "MARKETPLACE_DELIVERY_RETENTION_DAYS": str(settings.DELIVERY_RETENTION_DAYS),
         "MARKETPLACE_DELIVERY_CHUNK_BYTES": str(settings.DELIVERY_CHUNK_BYTES),
+        # How often a packaging attempt beats, and when a silent one counts as dead.
+        "MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS": str(settings.DELIVERY_HEARTBEAT_SECONDS),
+        "MARKETPLACE_DELIVERY_STALE_SECONDS": str(settings.DELIVERY_STALE_SECONDS),
         "MAINTENANCE_MODE": "1" if settings.MAINTENANCE_MODE else "0",
     }
     storage = settings.STORAGES["default"]
