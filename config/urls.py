@@ -4,13 +4,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from licensing.api import views as licensing_views
 from marketplace.landing import landing
-from marketplace.views import health, jwks
+from marketplace.metrics import metrics
+from marketplace.views import health, health_details, jwks
 
 urlpatterns = [
     path("", landing, name="landing"),
     path("health", health, name="health"),
+    path("health/details", health_details, name="health-details"),
     path(".well-known/jwks.json", jwks, name="jwks"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("catalog.api.urls")),

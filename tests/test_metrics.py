@@ -72,9 +72,14 @@ def platform_metrics() -> dict[str, MetricWrapperBase]:
     return found
 
 
-def scraped(client: Client) -> dict[str, str]:
-    """/metrics as Prometheus parses it: each family's name and type."""
-    response = client.get("/metrics")
+METRICS_TOKEN = "mt-Zr8qW3nX5vL1pK7sD9fB2hJ4gT6yC0"
+
+
+def scraped(client: Client, settings: Any) -> dict[str, str]:
+    """/metrics as Prometheus parses it, read as a scraper does, with the metrics token:
+    each family's name and type."""
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
     assert response.status_code == 200
     return {
         family.name: family.type
@@ -85,9 +90,11 @@ def scraped(client: Client) -> dict[str, str]:
 # --- Every metric is defined once, registered and scraped ------------------------------------
 
 
-def test_every_metric_the_platform_defines_is_on_metrics(api_client: APIClient) -> None:
+def test_every_metric_the_platform_defines_is_on_metrics(
+    api_client: APIClient, settings: Any
+) -> None:
     defined = platform_metrics()
-    families = scraped(api_client)
+    families = scraped(api_client, settings)
 
     assert defined, "no metric found in the platform's modules"
     for name, metric in defined.items():

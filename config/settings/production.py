@@ -164,6 +164,16 @@ if not FINANCE_TOKEN:
 else:
     _refuse_weak_secret("MARKETPLACE_FINANCE_TOKEN", FINANCE_TOKEN, min_length=32, min_bits=128)
 
+# /metrics shows order counts and the platform's traffic: a token, or a listener of its own.
+if METRICS_TOKEN:
+    _refuse_weak_secret("MARKETPLACE_METRICS_TOKEN", METRICS_TOKEN, min_length=32, min_bits=128)
+elif not METRICS_PORT:
+    _refuse(
+        "MARKETPLACE_METRICS_TOKEN",
+        "not set (/metrics would be open to anyone): set the scrapers' bearer token, or "
+        "MARKETPLACE_METRICS_PORT to serve the metrics on a port of their own",
+    )
+
 # Settings that would turn a safety off.
 if DELIVERY_RETENTION_DAYS < 1:
     _refuse(

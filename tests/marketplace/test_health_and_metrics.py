@@ -82,11 +82,12 @@ def test_health_checks_the_s3_bucket(api_client, settings, s3_storage):
     assert response.json()["failed"] == ["storage"]
 
 
-def test_metrics_expose_http_database_cache_and_catalog_figures(api_client):
+def test_metrics_expose_http_database_cache_and_catalog_figures(api_client, settings):
+    settings.METRICS_TOKEN = "mt-Qw7eR2tY9uI4oP1aS6dF3gH8jK5lZ0"
     api_client.get("/api/v1/skus")
     api_client.get("/api/v1/skus")
 
-    response = api_client.get("/metrics")
+    response = api_client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {settings.METRICS_TOKEN}")
 
     assert response.status_code == 200
     text = response.content.decode()

@@ -28,6 +28,7 @@ PRODUCTION = {
     "MARKETPLACE_PUBLIC_URL": "https://api.marketplace.example",
     "MARKETPLACE_FINANCE_URL": "https://finance.internal",
     "MARKETPLACE_FINANCE_TOKEN": "Bu1MUk86eT2Zy8plKFVAnLZF4OAf8UuREtD2W67RHgQ",
+    "MARKETPLACE_METRICS_TOKEN": "Jd3vQm9Xc1LrT7pWz5Kb0NhF2sYg8AeU4iOx6CtRwE",
     "MARKETPLACE_LICENSE_SIGNER_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/license",
     "MARKETPLACE_DELIVERY_KMS_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/delivery",
 }
@@ -75,6 +76,7 @@ def test_production_with_nothing_set_names_every_missing_variable():
         "MARKETPLACE_PUBLIC_URL",
         "MARKETPLACE_FINANCE_URL",
         "MARKETPLACE_FINANCE_TOKEN",
+        "MARKETPLACE_METRICS_TOKEN",
         "MARKETPLACE_LICENSE_SIGNER_KEY_ID",
         "MARKETPLACE_DELIVERY_KMS_KEY_ID",
     ):
@@ -218,6 +220,39 @@ def test_production_refuses_insecure_values(override, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert result.stderr.count("\n  - ") == 1  # only the bad value is reported
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"MARKETPLACE_METRICS_TOKEN": ""},
+        {"MARKETPLACE_METRICS_TOKEN": "", "MARKETPLACE_METRICS_ADDR": "10.0.0.5"},
+    ],
+)
+def test_production_refuses_metrics_open_to_anyone(override):
+    result = manage("check", **{**PRODUCTION, **override})
+
+    assert result.returncode != 0
+    assert "MARKETPLACE_METRICS_TOKEN: not set (/metrics would be open to anyone)" in result.stderr
+    assert result.stderr.count("\n  - ") == 1
+
+
+@pytest.mark.parametrize("token", ["metrics", "changeme-changeme-changeme-changeme", "a" * 40])
+def test_production_refuses_a_weak_metrics_token(token):
+    result = manage("check", **{**PRODUCTION, "MARKETPLACE_METRICS_TOKEN": token})
+
+    assert result.returncode != 0
+    assert "MARKETPLACE_METRICS_TOKEN: " in result.stderr
+    assert result.stderr.count("\n  - ") == 1
+
+
+def test_production_takes_metrics_on_a_port_of_their_own_without_a_token():
+    result = manage(
+        "check",
+        **{**PRODUCTION, "MARKETPLACE_METRICS_TOKEN": "", "MARKETPLACE_METRICS_PORT": "9100"},
+    )
+
+    assert result.returncode == 0, result.stderr
 
 
 def test_production_like_settings_pass_check_deploy():
