@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from orders.models import Order, OrderStatus, WebhookAttempt, WebhookEvent, WebhookStatus
 from orders.services import webhook_event_process
+from orders.services.webhooks import RAW_BODY_KEPT
 from tests.orders.factories import order_checked_out, sku_for_sale
 from tests.orders.stripe_events import envelope, session_event, signed, stripe_object
 
@@ -233,6 +234,18 @@ def test_a_bad_signature_is_400_stores_nothing_and_is_counted(
         b'{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"x": "\\u0000"}}}',
         b'{"id": "evt_' + b"1" * 252 + b'", "type": "charge.refunded"}',
         b'{"id": "evt_1", "type": ""}',
+        b'{"id": "evt_1", "type": "' + b"t" * 101 + b'"}',
+        b'{"id": 42, "type": "charge.refunded"}',
+        b'{"id": "evt_1", "type": ["charge.refunded"]}',
+        b'{"id": "evt_1", "type": "charge.refunded", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"id": "evt_1", "type": "charge.refunded", "data": ' + b'{"a": ' * 100_000,
+        b'{"id": "evt_\\ud800", "type": "charge.refunded"}',
+        b'{"id": "evt_1", "type": "charge.\\udfff"}',
+        b'{"id": "evt_1", "type": "charge.refunded", "data": {"object": {"\\ude00": 1}}}',
+        b'{"id": "evt_\xed\xa0\x80", "type": "charge.refunded"}',
+        b'{"id": "evt_1", "id": "evt_2", "type": "charge.refunded"}',
+        b'{"id": "evt_1", "type": "charge.refunded", "amount": NaN}',
+        b'{"id": "evt_1", "type": "charge.refunded", "amount": 1e400}',
     ],
     ids=[
         "text",
@@ -245,6 +258,18 @@ def test_a_bad_signature_is_400_stores_nothing_and_is_counted(
         "nul-in-data",
         "id-too-long",
         "empty-type",
+        "type-too-long",
+        "id-not-a-string",
+        "type-not-a-string",
+        "deep-data",
+        "deep-unclosed",
+        "lone-surrogate-in-id",
+        "lone-surrogate-in-type",
+        "lone-surrogate-in-data",
+        "encoded-surrogate-in-id",
+        "duplicate-id",
+        "nan",
+        "huge-number",
     ],
 )
 def test_a_signed_body_that_is_not_an_event_is_recorded_and_refused(
@@ -261,7 +286,8 @@ def test_a_signed_body_that_is_not_an_event_is_recorded_and_refused(
     assert response.json()["code"] == "webhook-body-invalid"
     stored = WebhookEvent.objects.get()
     assert (stored.status, stored.event_id, stored.payload) == (WebhookStatus.REJECTED, None, None)
-    assert stored.raw_body == body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+    kept = body[:RAW_BODY_KEPT]
+    assert stored.raw_body == kept.decode("utf-8", "replace").replace("\x00", "\ufffd")
     assert stored.outcome.startswith("unreadable body")
     assert failures("body_invalid") == before + 1
 
@@ -304,10 +330,107 @@ def test_an_event_type_the_platform_does_not_handle_is_stored_and_ignored(
     assert order.status == OrderStatus.PENDING
 
 
-def test_a_body_over_one_mebibyte_is_413(stripe_client: Client, db: None):
-    body = b'{"pad": "' + b"x" * (1024 * 1024) + b'"}'
+def signed_bytes(body: bytes, secret: str = NEW_SECRET) -> tuple[bytes, str]:
+    """`body` with a valid Stripe-Signature, whatever its bytes (signed() takes text)."""
     timestamp = int(time.time())
-    response = post(stripe_client, *signed(body, NEW_SECRET, timestamp=timestamp))
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return body, f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def test_a_signed_event_nested_too_deeply_is_recorded_and_refused_naming_the_limit(
+    stripe_client: Client, db: None
+):
+    deep = b"[" * 2000 + b"]" * 2000
+    body = b'{"id": "evt_deep", "type": "charge.refunded", "data": ' + deep + b"}"
+
+    response = post(stripe_client, *signed_bytes(body))
+
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "webhook-body-invalid"
+    assert "deeper than 32 levels" in problem["detail"]
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.event_id) == (WebhookStatus.REJECTED, None)
+    assert "deeper than 32 levels" in stored.outcome
+
+
+def test_a_signed_event_with_a_lone_surrogate_in_its_id_is_recorded_and_refused(
+    stripe_client: Client, db: None
+):
+    body = b'{"id": "evt_\\ud83d", "type": "charge.refunded", "livemode": false}'
+
+    response = post(stripe_client, *signed_bytes(body))
+
+    assert response.status_code == 400
+    problem = response.json()
+    assert problem["code"] == "webhook-body-invalid"
+    assert "lone surrogate" in problem["detail"]
+    assert "/id" in problem["detail"]
+    stored = WebhookEvent.objects.get()
+    assert (stored.status, stored.event_id, stored.raw_body) == (
+        WebhookStatus.REJECTED,
+        None,
+        body.decode(),
+    )
+
+
+def test_text_that_only_looks_like_an_escaped_nul_is_stored(stripe_client: Client, db: None):
+    # "C:\\u0000" in JSON is a backslash followed by "u0000": no NUL, nothing PostgreSQL refuses.
+    event = envelope("customer.created", {"id": "cus_1", "object": "customer"})
+    event["data"]["object"]["description"] = "C:\\u0000 and [[[{{{"
+
+    response = post(stripe_client, *signed(event, NEW_SECRET))
+
+    assert response.status_code == 200, response.content
+    assert WebhookEvent.objects.get().payload == event
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"id": "evt_\\ud800", "type": "charge.refunded"}',
+        b'{"id": "evt_\\u0000", "type": "charge.refunded"}',
+        b"\xff\xfe",
+    ],
+    ids=["deep", "lone-surrogate", "nul", "not-utf8"],
+)
+def test_unsigned_junk_is_refused_for_its_signature_and_never_stored(
+    stripe_client: Client, db: None, body: bytes
+):
+    before = failures("signature_invalid")
+
+    response = post(stripe_client, body, signed_bytes(body, "whsec_someone_else")[1])
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "webhook-signature-invalid"
+    assert WebhookEvent.objects.count() == 0
+    assert failures("signature_invalid") == before + 1
+
+
+@pytest.mark.parametrize("size", [1024 * 1024 + 1, 3 * 1024 * 1024])
+def test_a_body_over_one_mebibyte_is_413(stripe_client: Client, db: None, size: int):
+    # 3 MiB is past Django's DATA_UPLOAD_MAX_MEMORY_SIZE too: still a 413, not a 400.
+    body = b'{"pad": "' + b"x" * (size - 11) + b'"}'
+    assert len(body) == size
+
+    response = post(stripe_client, *signed_bytes(body))
+
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert (problem["code"], problem["max_bytes"]) == ("payload-too-large", 1024 * 1024)
+    assert WebhookEvent.objects.count() == 0
+
+
+def test_the_size_limit_is_the_json_body_setting(stripe_client: Client, order: Order, settings):
+    settings.JSON_MAX_BYTES = 2048
+    event = session_event("checkout.session.completed", order)
+    body = json.dumps(event).encode()
+    assert len(body) > 2048
+
+    response = post(stripe_client, *signed(event, NEW_SECRET))
 
     assert response.status_code == 413
     assert WebhookEvent.objects.count() == 0
