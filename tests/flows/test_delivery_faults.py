@@ -1,8 +1,10 @@
 """A worker killed with SIGKILL while it uploads a delivery package: the upload is made to block
 deterministically (the bucket is reached through a TCP proxy on loopback that lets the start of
 the package's PUT through and then stalls), the worker is killed in it, and a new worker, sent
-the delivery again by the fulfilment sweep, finishes it: one delivery, one proof, and one
-stored package whose bytes are the ones the proof names."""
+the delivery again by the fulfilment sweep once the dead attempt's heartbeat is stale, finishes
+it: one delivery, one proof, and one stored package whose bytes are the ones the proof names.
+The package is large enough to be uploaded in parts: the killed upload stays open on S3 until
+the spool sweep aborts it."""
 
 import contextlib
 import hashlib
@@ -15,12 +17,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from licensing import envelope
 from licensing.keys import data_key_unwrap
 from licensing.models import Delivery, DeliveryStatus, Proof
 from licensing.services import delivery_context
-from licensing.tasks import delivery_package, fulfilment_sweep
+from licensing.tasks import delivery_package, delivery_spool_sweep, fulfilment_sweep
 from orders.models import Order
 from orders.services import webhook_secrets
 from tests.licensing.test_packaging import process_payments
@@ -32,7 +35,7 @@ from tests.support.worker import WorkerProcess, wait_until
 pytestmark = [pytest.mark.worker, pytest.mark.s3, pytest.mark.django_db(transaction=True)]
 
 StartWorker = Callable[..., WorkerProcess]
-ARTIFACT = bytes(range(256)) * 2048  # 512 KiB
+ARTIFACT = bytes(range(256)) * 4096 * 9  # 9 MiB: past the 8 MiB multipart threshold
 _PACKAGE_PUT = re.compile(rb"^PUT [^ ]*/deliveries/", re.MULTILINE)
 
 
@@ -129,6 +132,12 @@ def released_order(client: Any, buyer: Any, publisher: Any) -> Order:
     return order
 
 
+def open_uploads(bucket: S3Bucket) -> list[dict[str, Any]]:
+    return bucket.client.list_multipart_uploads(Bucket=bucket.name, Prefix="deliveries/").get(
+        "Uploads", []
+    )
+
+
 def package_versions(bucket: S3Bucket) -> list[dict[str, Any]]:
     return bucket.client.list_object_versions(Bucket=bucket.name, Prefix="deliveries/").get(
         "Versions", []
@@ -144,6 +153,8 @@ def test_a_worker_killed_during_upload_still_ends_in_exactly_one_delivery(
     publisher: Any,
 ) -> None:
     bucket, proxy = stalling_s3
+    settings.DELIVERY_HEARTBEAT_SECONDS = 0.2
+    settings.DELIVERY_STALE_SECONDS = 3
     order = released_order(client, buyer, publisher)
 
     # The first worker takes the hand-over from the queue, issues, and starts packaging.
@@ -161,12 +172,20 @@ def test_a_worker_killed_during_upload_still_ends_in_exactly_one_delivery(
     assert delivery.wrapped_key  # the data key was made and stored, wrapped, before the upload
     assert not Proof.objects.exists()
     assert package_versions(bucket) == []
+    [killed_upload] = open_uploads(bucket)
+    assert killed_upload["Key"] == f"deliveries/{order.pk}/{delivery.pk}.mkpkg"
 
     # The killed worker's message stays unacknowledged in Redis until the visibility timeout
-    # (hours); the fulfilment sweep finds the abandoned delivery first. Short here.
+    # (hours); the fulfilment sweep finds the delivery first, once its heartbeat is stale.
     proxy.stall_uploads.clear()
-    settings.DELIVERY_ABANDONED_SECONDS = 0
     second = start_worker(name="-second", purge=False)
+
+    def heartbeat_stale() -> bool:
+        beat = Delivery.objects.get(pk=delivery.pk).heartbeat_at
+        assert beat is not None
+        return (timezone.now() - beat).total_seconds() > settings.DELIVERY_STALE_SECONDS
+
+    wait_until(heartbeat_stale, timeout=30)
     assert fulfilment_sweep.apply().get() == {"orders": 0, "deliveries": 1}
     wait_until(
         lambda: Delivery.objects.get(pk=delivery.pk).status == DeliveryStatus.READY,
@@ -200,3 +219,8 @@ def test_a_worker_killed_during_upload_still_ends_in_exactly_one_delivery(
         context=delivery_context(delivery),
     )
     assert plaintext.getvalue() == ARTIFACT
+
+    # The killed upload's parts are still held on S3 (and billed) until the spool sweep.
+    assert [upload["UploadId"] for upload in open_uploads(bucket)] == [killed_upload["UploadId"]]
+    assert delivery_spool_sweep.apply().get() == {"files": 0, "uploads": 1}
+    assert open_uploads(bucket) == []
