@@ -28,13 +28,14 @@ _ORDERS_FINANCE_VIEW = (
     "marketplace.view_ledgerentry",
 )
 
-# Licenses, deliveries with their download log, and proofs: read in the admin by Security and
-# Support. Revoking, reissuing and regenerating are service calls allowed by role
+# Licenses, deliveries with their download links and log, and proofs: read in the admin by
+# Security and Support. Revoking, reissuing and regenerating are service calls allowed by role
 # (LICENSING_ACTION_ROLES), not edits of a row: no add/change permission stands for them.
 _LICENSING_VIEW = (
     "licensing.view_license",
     "licensing.view_delivery",
     "licensing.view_downloadlog",
+    "licensing.view_downloadsession",
     "licensing.view_proof",
 )
 

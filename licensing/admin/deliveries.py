@@ -1,5 +1,5 @@
-"""Deliveries and their download log: what was packaged, how often it was fetched and by
-whom, and regenerating a package."""
+"""Deliveries, their download links and download log: what was packaged, how often it was
+fetched and by whom, and regenerating a package."""
 
 from typing import Any
 
@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from licensing.admin.common import by_id_or_order, short_hash, uuid_of
-from licensing.models import Delivery, DownloadLog
+from licensing.models import Delivery, DownloadLog, DownloadSession
 from licensing.services import delivery_regenerate
 from marketplace.actors import Actor
 from marketplace.admin.helpers import ReadOnlyAdmin, reason_action
@@ -26,15 +26,11 @@ def _delivery_link(delivery_id: Any) -> SafeString | str:
     return format_html('<a href="{}">{}</a>', url, delivery_id)
 
 
-class DownloadLogInline(admin.TabularInline):
-    model = DownloadLog
-    fields = ["at", "kind", "ip", "user_agent"]
-    readonly_fields = fields
-    ordering = ["-at", "-id"]
+class _RecordInline(admin.TabularInline):
+    """Rows the platform writes; staff only read them."""
+
     extra = 0
     can_delete = False
-    verbose_name = "download"
-    verbose_name_plural = "download log"
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -44,6 +40,26 @@ class DownloadLogInline(admin.TabularInline):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class DownloadLogInline(_RecordInline):
+    model = DownloadLog
+    fields = ["at", "kind", "ip", "user_agent"]
+    readonly_fields = fields
+    ordering = ["-at", "-id"]
+    verbose_name = "download"
+    verbose_name_plural = "download log"
+
+
+class DownloadSessionInline(_RecordInline):
+    """The links handed out: each counts once (`counted at`), however many requests it took."""
+
+    model = DownloadSession
+    fields = ["created_at", "kind", "expires_at", "counted_at", "requests", "bytes_served"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-id"]
+    verbose_name = "download link"
+    verbose_name_plural = "download links (one download each, however many requests)"
 
 
 @admin.register(Delivery)
@@ -67,7 +83,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
     search_help_text = "A delivery id, an order id or a buyer's email."
     show_facets = admin.ShowFacets.NEVER
     actions = ["regenerate_selected"]
-    inlines = [DownloadLogInline]
+    inlines = [DownloadSessionInline, DownloadLogInline]
     fieldsets = [
         (None, {"fields": ["id", "order_link", "buyer_email", "status", "created_at"]}),
         (

@@ -10,10 +10,13 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from django.conf import settings
+from django.core import signing
+from django.test import Client
 from django.utils import timezone
 
 from licensing.models import Delivery, DownloadLog, DownloadSession
-from tests.licensing.factories import order_delivered
+from marketplace.roles import SUPPORT
+from tests.licensing.factories import STAFF_PASSWORD, order_delivered, staff_member
 
 pytestmark = pytest.mark.django_db
 
@@ -138,6 +141,7 @@ def test_a_byte_range_is_answered_206_with_its_content_range(
     response = client.get(link, HTTP_RANGE=spec)
 
     assert response.status_code == 206
+    assert response.streaming  # read from storage a piece at a time
     assert response["Content-Range"] == f"bytes {first}-{last}/{size}"
     assert response["Content-Length"] == str(last - first + 1)
     assert response["Accept-Ranges"] == "bytes"
@@ -308,3 +312,39 @@ def test_a_counted_link_still_resumes_at_the_limit(buyer, buyer_client, client, 
     refused = buyer_client.get(f"/api/v1/orders/{delivered.order.pk}/delivery")
     assert (refused.status_code, refused.json()["reason"]) == (410, "limit")
     assert client.get(link, HTTP_RANGE="bytes=0-9").status_code == 206
+
+
+def test_the_delivery_page_shows_its_links_and_what_they_served(buyer, buyer_client, client):
+    delivered = order_delivered(buyer)
+    package = package_of(delivered.delivery)
+    link = link_of(buyer_client, delivered.order)
+    body_of(client.get(link, HTTP_RANGE="bytes=0-999"))
+    body_of(client.get(link, HTTP_RANGE="bytes=1000-"))
+    staff = staff_member("support@example.com", SUPPORT)
+    admin = Client()
+    assert admin.login(email=staff.email, password=STAFF_PASSWORD)
+
+    page = admin.get(f"/admin/licensing/delivery/{delivered.delivery.pk}/change/")
+
+    assert page.status_code == 200
+    links = page.context["inline_admin_formsets"][0]
+    assert links.opts.model is DownloadSession
+    (row,) = links.formset.queryset
+    assert (row.requests, row.bytes_served) == (2, len(package))
+    assert not links.has_add_permission
+    assert not links.has_change_permission
+    content = page.content.decode()
+    assert 'class="field-bytes_served"' in content
+    assert f"{len(package)}" in content or f"{len(package):,}" in content
+
+
+def test_a_link_of_the_form_before_sessions_is_expired_not_served(buyer, client):
+    delivered = order_delivered(buyer)
+    old_form = signing.dumps(
+        {"d": str(delivered.delivery.pk), "e": 4102444800}, salt="licensing.download-link"
+    )
+
+    response = client.get(f"/marketplace/deliveries/{old_form}")
+
+    assert (response.status_code, response.json()["reason"]) == (410, "expired")
+    assert downloads(delivered.delivery) == 0
