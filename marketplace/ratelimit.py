@@ -14,10 +14,11 @@ did with DRF's own throttles, which read a list of timestamps from the cache and
 - with the local-memory cache (the embedded defaults), a counter under a lock in this process,
   so the limits hold per process.
 
-When Redis cannot be reached, requests that change something are refused (503
+When Redis cannot be reached, API requests that change something are refused (503
 `cache-unavailable`): a limit that fails open is no limit during an outage an attacker can
 cause. Reads go on unlimited (fail open), as the rest of the platform serves them from the
-database while the cache is down.
+database while the cache is down; so do the license check (it changes nothing) and the paths
+of PATH_LIMITS (see there).
 """
 
 import hashlib
@@ -236,8 +237,6 @@ class PathLimit:
     scope: str
     # Methods counted; None counts every method.
     methods: frozenset[str] | None = None
-    # True: refused while the counters are unreachable (fail closed).
-    write: bool = False
     # True: the path and everything under it (`/health`, `/health/live`).
     subtree: bool = False
 
@@ -249,12 +248,12 @@ class PathLimit:
 
 
 # Paths of the HTTP contract (docs/api.md) that DRF's throttles do not see, each limited per
-# client address. The webhook is a write: while the counters are unreachable it answers 503 and
-# Stripe delivers the event again later. Staff sign-in goes on during such an outage (staff may
-# be needed to handle it); django-axes still locks an account out per address after repeated
-# failures, from its counts in the database.
+# client address. None fails closed while the counters are unreachable: the webhook writes
+# nothing that Stripe's signature does not vouch for (and an event is acknowledged through
+# outages, docs/payments.md); staff sign-in goes on, as staff may be needed to handle the outage,
+# and django-axes still locks an account out per address from its counts in the database.
 PATH_LIMITS = (
-    PathLimit("/marketplace/stripe/webhook", "webhook", write=True),
+    PathLimit("/marketplace/stripe/webhook", "webhook"),
     PathLimit("/health", "health", subtree=True),
     PathLimit("/metrics", "metrics"),
     PathLimit("/admin/login/", "staff_login", methods=frozenset({"POST"})),
@@ -272,8 +271,8 @@ class RateLimitMiddleware:
         for limit in PATH_LIMITS:
             if limit.matches(request):
                 try:
-                    hit(limit.scope, client_ip(request), write=limit.write)
-                except (RateLimited, CacheUnavailable) as exc:
+                    hit(limit.scope, client_ip(request), write=False)
+                except RateLimited as exc:
                     from marketplace.api.problems import error_response
 
                     return error_response(request, exc)

@@ -27,8 +27,9 @@ from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
 from marketplace import ratelimit
-from orders.models import Order
+from orders.models import Order, WebhookEvent
 from tests.orders.factories import sku_for_sale
+from tests.orders.stripe_events import envelope, signed
 from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,15 +213,25 @@ def test_with_redis_down_buyer_writes_are_refused_and_nothing_is_written(
 
 
 @pytest.mark.django_db
-def test_with_redis_down_the_webhook_is_refused(client: Client, redis_down: str) -> None:
-    response = client.post(
-        "/marketplace/stripe/webhook",
-        b"{}",
-        content_type="application/json",
-        HTTP_STRIPE_SIGNATURE="t=1,v1=00",
-    )
+def test_with_redis_down_a_signed_webhook_is_still_stored_and_an_unsigned_one_refused(
+    client: Client, redis_down: str, settings: Any
+) -> None:
+    # The signature, not the rate limit, is what keeps anyone else from writing through it.
+    secret = "whsec_test_outage_0123456789abcdef"
+    settings.STRIPE_WEBHOOK_SECRETS = [secret]
+    body, header = signed(envelope("ping.test", {"object": "ping"}), secret)
 
-    assert_cache_unavailable(response, redis_down)
+    def post(body: bytes, header: str) -> Any:
+        return client.post(
+            "/marketplace/stripe/webhook",
+            body,
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=header,
+        )
+
+    assert post(body, header).status_code == 200
+    assert post(b"{}", "t=1,v1=00").status_code == 400
+    assert WebhookEvent.objects.count() == 1
 
 
 def test_with_redis_down_reads_and_the_license_check_go_on(
