@@ -1,10 +1,18 @@
+"""/health and /metrics. /health's public body names each check and whether it passed, never
+an error (they name hosts, ports, folders and buckets); /health/details shows the errors to
+staff sessions and to the holder of MARKETPLACE_HEALTH_TOKEN."""
+
 import socket
 
 import pytest
+from django.test import Client
 
+from marketplace.models import User
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db
+
+HEALTH_TOKEN = "ht-8Kq2Zr5Xw1Lp7Nv4Bc9Md3Fg6Hj0Sa2T"
 
 
 def test_health_reports_every_check(api_client):
@@ -12,10 +20,12 @@ def test_health_reports_every_check(api_client):
 
     assert response.status_code == 200
     body = response.json()
-    assert body["ok"] is True
-    assert set(body["checks"]) == {"database", "cache", "broker", "storage"}
-    assert all(check["ok"] for check in body["checks"].values())
-    assert body["failed"] == []
+    assert body == {
+        "ok": True,
+        "checks": {name: {"ok": True} for name in ("database", "cache", "broker", "storage")},
+        "failed": [],
+        "signingConfigured": body["signingConfigured"],
+    }
     assert isinstance(body["signingConfigured"], bool)
     assert response["Cache-Control"] == "no-store"
 
@@ -27,11 +37,18 @@ def _closed_port() -> int:
     return port
 
 
+def _staff_client() -> Client:
+    client = Client()
+    client.force_login(User.objects.create_user(email="ops@example.com", is_staff=True))
+    return client
+
+
 def test_health_is_503_naming_an_unreachable_cache(api_client, settings):
+    port = _closed_port()
     settings.CACHES = {
         "default": {
             "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{_closed_port()}/0",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": 1,
@@ -45,20 +62,41 @@ def test_health_is_503_naming_an_unreachable_cache(api_client, settings):
     body = response.json()
     assert body["ok"] is False
     assert body["failed"] == ["cache"]
-    assert body["checks"]["cache"]["ok"] is False
-    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["cache"] == {"ok": False}
+    assert body["checks"]["database"] == {"ok": True}
+    assert str(port) not in response.content.decode()
 
 
-def test_health_is_503_naming_an_unreachable_broker(api_client, settings):
-    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{_closed_port()}/0"
+def test_health_is_503_naming_an_unreachable_broker_and_not_where_it_is(
+    api_client, settings, caplog
+):
+    port = _closed_port()
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{port}/0"
+
     response = api_client.get("/health")
 
     assert response.status_code == 503
     assert response.json()["failed"] == ["broker"]
-    assert "Error" in response.json()["checks"]["broker"]["error"]
+    assert response.json()["checks"]["broker"] == {"ok": False}
+    text = response.content.decode()
+    assert "127.0.0.1" not in text
+    assert str(port) not in text
+    assert "Error" not in text
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "marketplace.health"]
+    assert logged.startswith("health: the broker check failed: ")
+    assert str(port) in logged
+
+    details = _staff_client().get("/health/details")
+
+    assert details.status_code == 503
+    assert details["Cache-Control"] == "no-store"
+    broker = details.json()["checks"]["broker"]
+    assert broker["ok"] is False
+    assert f"127.0.0.1:{port}" in broker["error"]
+    assert isinstance(broker["ms"], float)
 
 
-def test_health_is_503_naming_missing_storage(api_client, settings, tmp_path):
+def test_health_is_503_naming_missing_storage_and_not_its_folder(api_client, settings, tmp_path):
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {
@@ -70,6 +108,10 @@ def test_health_is_503_naming_missing_storage(api_client, settings, tmp_path):
 
     assert response.status_code == 503
     assert response.json()["failed"] == ["storage"]
+    assert str(tmp_path) not in response.content.decode()
+
+    details = _staff_client().get("/health/details")
+    assert str(tmp_path / "gone") in details.json()["checks"]["storage"]["error"]
 
 
 @pytest.mark.s3
@@ -80,6 +122,70 @@ def test_health_checks_the_s3_bucket(api_client, settings, s3_storage):
     response = api_client.get("/health")
     assert response.status_code == 503
     assert response.json()["failed"] == ["storage"]
+    assert s3_storage.name not in response.content.decode()
+    assert "HeadBucket" not in response.content.decode()
+
+    details = _staff_client().get("/health/details")
+    assert "HeadBucket" in details.json()["checks"]["storage"]["error"]
+
+
+def test_health_details_with_every_check_passing_is_200_with_timings(settings):
+    settings.HEALTH_TOKEN = HEALTH_TOKEN
+
+    response = Client().get("/health/details", HTTP_AUTHORIZATION=f"Bearer {HEALTH_TOKEN}")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True
+    assert body["failed"] == []
+    assert set(body["checks"]) == {"database", "cache", "broker", "storage"}
+    assert all(set(check) == {"ok", "ms"} for check in body["checks"].values())
+
+
+@pytest.mark.parametrize(
+    ("who", "status", "code"),
+    [
+        ("nobody", 401, "not-authenticated"),
+        ("a wrong token", 401, "authentication-failed"),
+        ("a buyer's API token", 401, "authentication-failed"),
+        ("a session without is_staff", 403, "permission-denied"),
+    ],
+)
+def test_health_details_are_refused_to_anyone_but_staff_and_the_token(
+    settings, buyer_token, tmp_path, who, status, code
+):
+    settings.HEALTH_TOKEN = HEALTH_TOKEN
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "gone")},
+        },
+    }
+    client = Client()
+    headers = {
+        "a wrong token": {"HTTP_AUTHORIZATION": f"Bearer {HEALTH_TOKEN}x"},
+        "a buyer's API token": {"HTTP_AUTHORIZATION": f"Bearer {buyer_token}"},
+    }.get(who, {})
+    if who == "a session without is_staff":
+        client.force_login(User.objects.create_user(email="someone@example.com"))
+
+    response = client.get("/health/details", **headers)
+
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == code
+    assert str(tmp_path) not in response.content.decode()
+    if status == 401:
+        assert response["WWW-Authenticate"] == 'Bearer realm="marketplace"'
+
+
+def test_without_a_health_token_set_no_bearer_token_reads_the_details(settings):
+    settings.HEALTH_TOKEN = ""
+
+    response = Client().get("/health/details", HTTP_AUTHORIZATION="Bearer ")
+
+    assert response.status_code == 401
 
 
 def test_metrics_expose_http_database_cache_and_catalog_figures(api_client, settings):
