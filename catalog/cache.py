@@ -1,5 +1,7 @@
 """Cached catalog reads.
 
+A key is made of the endpoint, its path and its validated query in one spelling (the API views
+build that; catalog/api/views.py), never the raw URL, so junk in a query string adds no entry.
 Every key embeds a generation number; any catalog write bumps it once its transaction
 commits, which retires every cached read at once without knowing which ones a change touched.
 If the generation key is ever evicted, it restarts from the clock, never from a value that
@@ -8,7 +10,9 @@ older entries may carry.
 
 import hashlib
 import time
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core.cache import cache
@@ -46,8 +50,11 @@ def catalog_changed() -> None:
     transaction.on_commit(_bump)
 
 
-def cache_key(kind: str, *parts: str) -> str:
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+def cache_key(kind: str, *, base_url: str, params: Mapping[str, str]) -> str:
+    """`params` are the validated query, each value in one spelling, defaults filled in; they
+    are sorted here, so their order does not matter."""
+    query = urlencode(sorted(params.items()))
+    digest = hashlib.blake2b(f"{base_url}?{query}".encode(), digest_size=16).hexdigest()
     return f"catalog:{catalog_generation()}:{kind}:{digest}"
 
 

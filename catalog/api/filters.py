@@ -3,6 +3,7 @@ from typing import Any
 from django import forms
 from django.db.models import Q, QuerySet
 from django_filters import rest_framework as filters
+from rest_framework.exceptions import ValidationError
 
 from catalog.models import Category, Partner, Sku
 from marketplace.money import validate_currency
@@ -18,6 +19,14 @@ SKU_ORDERINGS: dict[str, tuple[str, ...]] = {
     "-title": ("-title", "-id"),
 }
 SKU_DEFAULT_ORDERING = "-created"
+# Words of `q` that count; the rest are ignored (and so are not part of the cache key).
+Q_MAX_WORDS = 8
+# Django's own words for a choice that does not exist.
+NO_SUCH_CHOICE = "Select a valid choice. That choice is not one of the available choices."
+
+
+def q_words(value: str) -> list[str]:
+    return value.split()[:Q_MAX_WORDS]
 
 
 class MinorUnitsFilter(filters.NumberFilter):
@@ -46,17 +55,17 @@ class CurrencyFilter(filters.CharFilter):
 
 
 class SkuFilter(filters.FilterSet):
-    category = filters.ModelChoiceFilter(
-        queryset=Category.objects.all(),
-        to_field_name="slug",
+    """The SKU list's filters. Validating them (`is_valid`) reads no database, so a cached
+    page is found from `canonical_params` without a query; the category and partner slugs are
+    looked up when the page is built, and an unknown one is a 400 naming it then."""
+
+    category = filters.CharFilter(
         method="filter_category",
+        max_length=200,
         help_text="A category slug; SKUs in its subcategories are included.",
     )
-    partner = filters.ModelChoiceFilter(
-        queryset=Partner.objects.active(),
-        to_field_name="slug",
-        field_name="partner",
-        help_text="A partner slug.",
+    partner = filters.CharFilter(
+        method="filter_partner", max_length=200, help_text="The slug of an active partner."
     )
     q = filters.CharFilter(
         method="filter_q", max_length=200, help_text="Words in the title, summary or slug."
@@ -82,11 +91,20 @@ class SkuFilter(filters.FilterSet):
         model = Sku
         fields: list[str] = []
 
-    def filter_category(self, queryset: QuerySet[Sku], name: str, value: Category) -> QuerySet[Sku]:
-        return queryset.filter(category__path__startswith=value.path)
+    def filter_category(self, queryset: QuerySet[Sku], name: str, value: str) -> QuerySet[Sku]:
+        path = Category.objects.filter(slug=value).values_list("path", flat=True).first()
+        if path is None:
+            raise ValidationError({"category": [NO_SUCH_CHOICE]})
+        return queryset.filter(category__path__startswith=path)
+
+    def filter_partner(self, queryset: QuerySet[Sku], name: str, value: str) -> QuerySet[Sku]:
+        partner = Partner.objects.active().filter(slug=value).values_list("pk", flat=True).first()
+        if partner is None:
+            raise ValidationError({"partner": [NO_SUCH_CHOICE]})
+        return queryset.filter(partner_id=partner)
 
     def filter_q(self, queryset: QuerySet[Sku], name: str, value: str) -> QuerySet[Sku]:
-        for word in value.split()[:8]:
+        for word in q_words(value):
             queryset = queryset.filter(
                 Q(title__icontains=word) | Q(summary__icontains=word) | Q(slug__icontains=word)
             )
@@ -105,5 +123,27 @@ class SkuFilter(filters.FilterSet):
             return False
         return valid
 
+    def ordering_name(self) -> str:
+        return self.form.cleaned_data.get("ordering") or SKU_DEFAULT_ORDERING
+
     def ordering_fields(self) -> tuple[str, ...]:
-        return SKU_ORDERINGS[self.form.cleaned_data.get("ordering") or SKU_DEFAULT_ORDERING]
+        return SKU_ORDERINGS[self.ordering_name()]
+
+    def canonical_params(self) -> dict[str, str]:
+        """The validated filters as the parameters that decide the answer, each in one
+        spelling, defaults left out: two queries that list the same SKUs in the same order
+        give the same dict (the cache key, the `next`/`previous` links). Precondition:
+        `is_valid()` returned True."""
+        data = self.form.cleaned_data
+        params: dict[str, str] = {}
+        for name in ("category", "partner", "currency"):
+            if data.get(name):
+                params[name] = data[name]
+        for name in ("min_price", "max_price"):
+            if data.get(name) is not None:
+                params[name] = str(data[name])
+        if data.get("q") and q_words(data["q"]):
+            params["q"] = " ".join(q_words(data["q"]))
+        if self.ordering_name() != SKU_DEFAULT_ORDERING:
+            params["ordering"] = self.ordering_name()
+        return params

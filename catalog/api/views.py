@@ -1,11 +1,15 @@
 """The public catalog: anyone may read it, and only SKUs on sale are visible.
 
-Answers are cached per URL (catalog.cache), rendered; a write anywhere in the catalog retires
-them all.
+Answers are cached rendered (catalog.cache), keyed by the path and the validated query in one
+spelling, never by the raw URL: a parameter an endpoint does not take is a 400, and so is a
+value that does not parse, before anything is cached. A write anywhere in the catalog retires
+every cached answer.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
@@ -18,6 +22,7 @@ from rest_framework.views import APIView
 
 from catalog.api.filters import SkuFilter
 from catalog.api.serializers import (
+    CategoryListSerializer,
     CategorySerializer,
     PartnerSerializer,
     SkuDetailSerializer,
@@ -34,16 +39,73 @@ from catalog.selectors import (
 from marketplace.api.pagination import SignedCursorPagination
 from marketplace.api.schema import problem
 
+# The query parameters of a paginated list, besides its filters.
+PAGE_PARAMS = ("cursor", "page_size")
 
-def cached_response(request: Request, kind: str, build: Callable[[], Any]) -> HttpResponse:
+
+def params_refuse_unknown(request: Request, allowed: Iterable[str]) -> None:
+    """A 400 naming every query parameter the endpoint does not take (a misspelt filter would
+    otherwise answer the unfiltered list, and every junk parameter would be a cache entry)."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(request.query_params) - set(allowed))
+    if unknown:
+        takes = f"it takes {', '.join(allowed)}" if allowed else "it takes no parameters"
+        raise ValidationError(
+            {name: [f"Unknown parameter for this endpoint; {takes}."] for name in unknown}
+        )
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A validated list query: the parameters its cache key is made of, and the base URL of
+    its `next`/`previous` links."""
+
+    key: dict[str, str]
+    links: str
+
+
+def list_query(
+    request: Request, paginator: SignedCursorPagination, filters: dict[str, str]
+) -> ListQuery:
+    """`filters` (validated, in one spelling) with the page size (its default filled in) and
+    the cursor's content rather than its spelling; a bad page size or a forged cursor is a 400
+    here. Precondition: `paginator.ordering` is the ordering the page is read in."""
+    size = paginator.get_page_size(request)
+    key = {**filters, "page_size": str(size)}
+    cursor = paginator.decode_cursor(request)
+    if cursor is not None:
+        key["cursor"] = f"{cursor.offset}:{int(cursor.reverse)}:{cursor.position}"
+    links = (
+        filters if size == SignedCursorPagination.page_size else {**filters, "page_size": str(size)}
+    )
+    base = request.build_absolute_uri(request.path)
+    return ListQuery(key, f"{base}?{urlencode(sorted(links.items()))}" if links else base)
+
+
+def page_data(view: generics.GenericAPIView, queryset: Any, query: ListQuery) -> dict[str, Any]:
+    page = view.paginate_queryset(queryset)
+    # Links from the validated query, not from the URL as sent: a cached page then links the
+    # same whichever spelling of its query was asked first.
+    view.paginator.base_url = query.links
+    return view.get_paginated_response(view.get_serializer(page, many=True).data).data
+
+
+def cached_response(
+    request: Request, kind: str, params: dict[str, str], build: Callable[[], Any]
+) -> HttpResponse:
     """The JSON answer to a catalog read, from the cache when it holds it.
+
+    `params` are the validated query in one spelling with defaults filled in: the key is the
+    path and those, so two spellings of one query share an entry and junk adds none.
 
     The cache keeps the rendered bytes, not the data: a hit is one read, with no unpickling of
     the page's dicts and no encoding them again. JSON is the API's only renderer, so there is
     no other representation to keep. The ".json" in the key keeps entries cached as data by
     earlier code from being served as bytes during a deploy.
     """
-    key = cache_key(f"{kind}.json", request.build_absolute_uri())
+    key = cache_key(
+        f"{kind}.json", base_url=request.build_absolute_uri(request.path), params=params
+    )
     body = cache_get(key)
     if body is None:
         body = JSONRenderer().render(build())
@@ -63,20 +125,23 @@ class SkuListView(generics.ListAPIView):
 
     @extend_schema(
         summary="SKUs on sale",
-        responses={200: SkuSerializer(many=True), 400: problem("A filter did not parse")},
+        responses={
+            200: SkuSerializer(many=True),
+            400: problem("A filter did not parse, or a parameter it does not take"),
+        },
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
-        return cached_response(request, "skus", lambda: self._page(request))
-
-    def _page(self, request: Request) -> dict[str, Any]:
         filterset = SkuFilter(request.query_params, queryset=self.get_queryset(), request=request)
+        params_refuse_unknown(request, [*filterset.filters, *PAGE_PARAMS])
         if not filterset.is_valid():
             raise ValidationError(
                 {field: list(errors) for field, errors in filterset.errors.items()}
             )
-        self.cursor_ordering = filterset.ordering_fields()
-        page = self.paginate_queryset(filterset.qs)
-        return self.get_paginated_response(self.get_serializer(page, many=True).data).data
+        self.cursor_ordering = self.paginator.ordering = filterset.ordering_fields()
+        query = list_query(request, self.paginator, filterset.canonical_params())
+        return cached_response(
+            request, "skus", query.key, lambda: page_data(self, filterset.qs, query)
+        )
 
 
 class SkuDetailView(APIView):
@@ -84,16 +149,22 @@ class SkuDetailView(APIView):
 
     @extend_schema(
         summary="One SKU on sale",
-        responses={200: SkuDetailSerializer, 404: problem("No SKU with that slug is on sale")},
+        responses={
+            200: SkuDetailSerializer,
+            400: problem("A query parameter (it takes none)"),
+            404: problem("No SKU with that slug is on sale"),
+        },
     )
     def get(self, request: Request, slug: str) -> HttpResponse:
+        params_refuse_unknown(request, [])
+
         def build() -> dict[str, Any]:
             sku = sku_get_public(slug=slug)
             if sku is None:
                 raise SkuNotFound(f"No SKU with slug {slug!r} is on sale.")
             return SkuDetailSerializer(sku).data
 
-        return cached_response(request, "sku", build)
+        return cached_response(request, "sku", {}, build)
 
 
 class PartnerListView(generics.ListAPIView):
@@ -106,9 +177,20 @@ class PartnerListView(generics.ListAPIView):
     def get_queryset(self) -> Any:
         return partner_list_public()
 
-    @extend_schema(summary="Partners", responses={200: PartnerSerializer(many=True)})
+    @extend_schema(
+        summary="Partners",
+        responses={
+            200: PartnerSerializer(many=True),
+            400: problem("A bad page size or cursor, or a parameter it does not take"),
+        },
+    )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
-        return cached_response(request, "partners", lambda: self.list(request).data)
+        params_refuse_unknown(request, PAGE_PARAMS)
+        self.paginator.ordering = self.cursor_ordering
+        query = list_query(request, self.paginator, {})
+        return cached_response(
+            request, "partners", query.key, lambda: page_data(self, self.get_queryset(), query)
+        )
 
 
 class CategoryListView(APIView):
@@ -116,11 +198,16 @@ class CategoryListView(APIView):
 
     @extend_schema(
         summary="The category tree, flattened in path order",
-        responses={200: CategorySerializer(many=True)},
+        responses={
+            200: CategoryListSerializer,
+            400: problem("A query parameter (it takes none)"),
+        },
     )
     def get(self, request: Request) -> HttpResponse:
+        params_refuse_unknown(request, [])
         return cached_response(
             request,
             "categories",
+            {},
             lambda: {"results": CategorySerializer(category_list_public(), many=True).data},
         )

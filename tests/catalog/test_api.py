@@ -172,6 +172,9 @@ def test_previous_links_walk_back(api_client, catalog):
         ("category=nope", "category", "Select a valid choice."),
         ("partner=nope", "partner", "Select a valid choice."),
         ("cursor=bm90LWEtY3Vyc29y", "cursor", "Not a cursor this API issued"),
+        # A misspelt filter is refused, not ignored (which would list everything).
+        ("catagory=tools", "catagory", "Unknown parameter for this endpoint; it takes category"),
+        ("page=2", "page", "Unknown parameter for this endpoint"),
     ],
 )
 def test_bad_filters_are_400_naming_the_parameter(api_client, catalog, query, parameter, message):
