@@ -100,8 +100,9 @@ class Heartbeat:
     """Moves the attempt's `heartbeat_at` when `beat()` is called, at most every
     MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS: one UPDATE of one row, which also tells the attempt
     it still holds the delivery (AttemptSuperseded otherwise). Called as bytes move, so a
-    stalled upload stops beating as a dead worker does. Thread-safe: the S3 upload reads the
-    package in a thread of its own, whose database connection is closed after each beat."""
+    stalled upload stops beating as a dead worker does. A beat the database refuses is skipped
+    (the next may pass; the commit needs the database anyway). Thread-safe: the S3 upload reads
+    the package in a thread of its own, whose database connection is closed after each beat."""
 
     def __init__(self, delivery_id: Any, attempt: int) -> None:
         self.delivery_id, self.attempt = delivery_id, attempt
@@ -109,7 +110,6 @@ class Heartbeat:
         self._last = time.monotonic()
         self._lock = threading.Lock()
         self._owner = threading.get_ident()
-        self.beats = 0
 
     def beat(self) -> None:
         if time.monotonic() - self._last < self._interval:
@@ -122,10 +122,12 @@ class Heartbeat:
                 held = Delivery.objects.filter(
                     pk=self.delivery_id, attempts=self.attempt, status=DeliveryStatus.PENDING
                 ).update(heartbeat_at=timezone.now())
+            except DatabaseError as exc:
+                logger.warning("heartbeat of delivery %s skipped: %s", self.delivery_id, exc)
+                return
             finally:
                 if threading.get_ident() != self._owner:
                     connection.close()
-            self.beats += 1
         if not held:
             raise AttemptSuperseded(
                 f"attempt {self.attempt} of delivery {self.delivery_id} no longer holds it"
