@@ -110,12 +110,11 @@ def rate_of(scope: str) -> Rate:
     return parse_rate(rates[scope])
 
 
-def client_ip(request: HttpRequest) -> str:
-    """The client's address as the API's throttles see it: REMOTE_ADDR, or the X-Forwarded-For
-    entry added by the `MARKETPLACE_NUM_PROXIES` trusted proxies in front of the platform."""
-    from rest_framework.throttling import BaseThrottle
+def client_of(request: HttpRequest) -> str:
+    """The client address, as the MARKETPLACE_NUM_PROXIES trusted proxies report it."""
+    from marketplace.clients import client_ident
 
-    return BaseThrottle().get_ident(request)  # type: ignore[arg-type]
+    return client_ident(request) or ""
 
 
 class StoreUnavailable(Exception):
@@ -271,7 +270,7 @@ class RateLimitMiddleware:
         for limit in PATH_LIMITS:
             if limit.matches(request):
                 try:
-                    hit(limit.scope, client_ip(request), write=False)
+                    hit(limit.scope, client_of(request), write=False)
                 except RateLimited as exc:
                     from marketplace.api.problems import error_response
 

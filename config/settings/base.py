@@ -473,7 +473,7 @@ REST_FRAMEWORK = {
     # trusted proxies in front of the platform add; the rest of that header is the client's
     # own say and is not trusted.
     "NUM_PROXIES": env.int("MARKETPLACE_NUM_PROXIES", default=0),
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "marketplace.api.schema.MarketplaceAutoSchema",
     "EXCEPTION_HANDLER": "marketplace.api.problems.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DATETIME_FORMAT": "iso-8601",
@@ -490,6 +490,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # What every operation of a kind answers, and request bodies' unknown members refused:
+    # marketplace.api.schema.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "marketplace.api.schema.postprocess",
+    ],
 }
 
 API_TOKEN_TOUCH_SECONDS = 60
@@ -520,7 +526,7 @@ AXES_RESET_ON_SUCCESS = True
 # The admin's form posts `username` (the e-mail address: User.USERNAME_FIELD is `email`).
 AXES_USERNAME_FORM_FIELD = "username"
 # The same client address as the rate limits (MARKETPLACE_NUM_PROXIES).
-AXES_CLIENT_IP_CALLABLE = "marketplace.ratelimit.client_ip"
+AXES_CLIENT_IP_CALLABLE = "marketplace.clients.client_ip"
 AXES_LOCKOUT_CALLABLE = "marketplace.ratelimit.staff_lockout_response"
 
 LANGUAGE_CODE = "en-us"

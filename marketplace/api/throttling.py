@@ -27,7 +27,7 @@ def _signed_in(request: Request) -> bool:
 
 
 def _caller(request: Request) -> str:
-    return f"u:{request.user.pk}" if _signed_in(request) else ratelimit.client_ip(request)
+    return f"u:{request.user.pk}" if _signed_in(request) else ratelimit.client_of(request)
 
 
 def _is_write(request: Request, view: "APIView") -> bool:
