@@ -174,6 +174,10 @@ elif not METRICS_PORT:
         "MARKETPLACE_METRICS_PORT to serve the metrics on a port of their own",
     )
 
+# /health/details shows hosts, ports, folders and buckets.
+if HEALTH_TOKEN:
+    _refuse_weak_secret("MARKETPLACE_HEALTH_TOKEN", HEALTH_TOKEN, min_length=32, min_bits=128)
+
 # Settings that would turn a safety off.
 if DELIVERY_RETENTION_DAYS < 1:
     _refuse(

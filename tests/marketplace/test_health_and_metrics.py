@@ -188,6 +188,25 @@ def test_without_a_health_token_set_no_bearer_token_reads_the_details(settings):
     assert response.status_code == 401
 
 
+@pytest.mark.parametrize("token", ["health", "changeme-changeme-changeme-changeme", "a" * 40])
+def test_production_refuses_a_weak_health_token(token):
+    from tests.marketplace.test_settings import PRODUCTION, manage
+
+    result = manage("check", **{**PRODUCTION, "MARKETPLACE_HEALTH_TOKEN": token})
+
+    assert result.returncode != 0
+    assert "MARKETPLACE_HEALTH_TOKEN: " in result.stderr
+    assert result.stderr.count("\n  - ") == 1
+
+
+def test_production_takes_a_strong_health_token():
+    from tests.marketplace.test_settings import PRODUCTION, manage
+
+    result = manage("check", **{**PRODUCTION, "MARKETPLACE_HEALTH_TOKEN": HEALTH_TOKEN})
+
+    assert result.returncode == 0, result.stderr
+
+
 def test_metrics_expose_http_database_cache_and_catalog_figures(api_client, settings):
     settings.METRICS_TOKEN = "mt-Qw7eR2tY9uI4oP1aS6dF3gH8jK5lZ0"
     api_client.get("/api/v1/skus")
