@@ -43,10 +43,12 @@ def closed_port() -> int:
     return port
 
 
-def assert_outage(response: Any, code: str, *, port: int, content_type: str = PROBLEM) -> None:
+def assert_outage(
+    response: Any, code: str, *, port: int, content_type: str = PROBLEM, retry_after: int = 30
+) -> None:
     assert response.status_code == 503, response.content
     assert response["Content-Type"].startswith(content_type)
-    assert response["Retry-After"] == "30"
+    assert response["Retry-After"] == str(retry_after)
     text = response.content.decode()
     for internal in ("127.0.0.1", "localhost", str(port), "redis://", "postgres", "sqlite"):
         assert internal not in text, internal
@@ -55,7 +57,7 @@ def assert_outage(response: Any, code: str, *, port: int, content_type: str = PR
         assert body["code"] == code
         assert body["type"] == f"urn:marketplace:problem:{code}"
         assert body["status"] == 503
-        assert body["retry_after"] == 30
+        assert body["retry_after"] == retry_after
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -349,6 +351,23 @@ def test_catalog_reads_with_the_cache_down_are_served_from_the_database(
 
     assert response.status_code == 200
     assert response.json()["results"] == []
+
+
+def test_a_write_with_the_cache_down_is_a_503_naming_the_cache(
+    buyer_client: APIClient, settings: Any
+) -> None:
+    """As configured: its rate limit cannot be counted, so the write is refused (reads go on,
+    above), and the answer does not say where Redis is."""
+    port = closed_port()
+    sku = sku_for_sale()
+    settings.CACHES = redis_cache_at(port, ignore_exceptions=True)
+
+    response = buyer_client.post(
+        "/api/v1/checkout", {"sku": sku.slug}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+
+    assert_outage(response, "cache-unavailable", port=port, retry_after=5)
+    assert not Order.objects.exists()
 
 
 def test_a_cache_failure_that_reaches_a_request_is_a_503_naming_the_cache(
