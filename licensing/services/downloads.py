@@ -124,15 +124,23 @@ def _link_signer() -> signing.Signer:
     return signing.Signer(salt=_LINK_SALT)
 
 
+def _at_limit(delivery: Delivery) -> bool:
+    return Delivery.objects.filter(pk=delivery.pk, downloads__gte=settings.DOWNLOAD_LIMIT).exists()
+
+
 def _session_to_reuse(delivery: Delivery, *, kind: str) -> DownloadSession | None:
     """The delivery's newest session of this kind with at least half a link lifetime left:
-    asking again answers it instead of starting (on S3: counting) another."""
+    asking again answers it instead of starting (on S3: counting) another. A link not used
+    yet is not handed out again once the limit is reached (its first use would be refused)."""
     keep_until = timezone.now() + timedelta(seconds=settings.DOWNLOAD_LINK_SECONDS / 2)
-    return (
+    session = (
         DownloadSession.objects.filter(delivery=delivery, kind=kind, expires_at__gt=keep_until)
         .order_by("-expires_at")
         .first()
     )
+    if session is not None and session.counted_at is None and _at_limit(delivery):
+        raise _limit_reached()
+    return session
 
 
 def _session_start(
@@ -153,7 +161,7 @@ def _session_start(
         session.save(force_insert=True)
         _log(session, ip=ip, user_agent=user_agent)
         return session
-    if Delivery.objects.filter(pk=delivery.pk, downloads__gte=settings.DOWNLOAD_LIMIT).exists():
+    if _at_limit(delivery):
         raise _limit_reached()
     session.save(force_insert=True)
     return session
