@@ -35,3 +35,16 @@ class PackageUnavailable(ApplicationError):
     def __init__(self, detail: str, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
         self.extra.setdefault("retry_after", settings.OUTAGE_RETRY_AFTER_SECONDS)
+
+
+class KeyServiceUnavailable(ApplicationError):
+    """KMS could not unwrap the delivery's data key: answered like an outage, never with
+    KMS's own error, which names its endpoint and key."""
+
+    code = "key-service-unavailable"
+    title = "The key service cannot be reached right now"
+    status = 503
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.extra.setdefault("retry_after", settings.OUTAGE_RETRY_AFTER_SECONDS)

@@ -11,6 +11,7 @@ MARKETPLACE_DOWNLOAD_LINK_SECONDS, and each counted download is logged with time
 address and user agent. The data key is never logged.
 """
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,8 +25,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.services import audit_append
-from licensing.exceptions import DeliveryNotReady, DownloadGone, PackageUnavailable
-from licensing.keys import data_key_unwrap
+from licensing.exceptions import (
+    DeliveryNotReady,
+    DownloadGone,
+    KeyServiceUnavailable,
+    PackageUnavailable,
+)
+from licensing.keys import DataKeyUnavailable, data_key_unwrap
 from licensing.models import (
     BuyerDeliveryKey,
     Delivery,
@@ -41,6 +47,8 @@ from marketplace.actors import Actor
 from marketplace.exceptions import InvalidInput, NotFound
 from orders.locks import order_lock
 from orders.models import REVOKING, Order
+
+logger = logging.getLogger(__name__)
 
 _LINK_SALT = "licensing.download-link"
 
@@ -201,7 +209,13 @@ def delivery_access(
         raise NotFound(f"You have no order {order_id}.")
     delivery = _current_delivery(order)
     # Unwrapped (KMS may be down) before anything is counted, so a failure costs no download.
-    decryption_key, wrapped_key = _decryption_material(delivery, buyer)
+    try:
+        decryption_key, wrapped_key = _decryption_material(delivery, buyer)
+    except DataKeyUnavailable as exc:
+        logger.warning("delivery %s: the data key cannot be unwrapped now: %s", delivery.pk, exc)
+        raise KeyServiceUnavailable(
+            "The means to decrypt your package cannot be fetched right now; try again shortly."
+        ) from None
     kind = DownloadKind.LINK if packages_presigned() else DownloadKind.DOWNLOAD
     with transaction.atomic(durable=True):
         # Two requests at once for one order queue here, so one session is started (and on

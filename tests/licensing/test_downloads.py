@@ -46,6 +46,7 @@ from tests.licensing.factories import (
     order_revoked,
 )
 from tests.orders.factories import order_checked_out, sku_for_sale
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -516,3 +517,24 @@ def test_a_package_that_cannot_be_read_costs_no_download(buyer, buyer_client, cl
     delivered.delivery.refresh_from_db()
     assert delivered.delivery.downloads == 0
     assert not DownloadLog.objects.filter(delivery=delivered.delivery).exists()
+
+
+def test_kms_down_when_the_link_is_asked_for_is_a_503_outage_that_costs_nothing(
+    kms_key, buyer, buyer_client, settings
+):
+    delivered = order_delivered(buyer)
+    assert delivered.delivery.key_wrapping.startswith("kms:")
+    settings.KMS_ENDPOINT_URL = f"http://127.0.0.1:{free_port()}"
+
+    response = buyer_client.get(delivery_url(delivered.order))
+
+    assert response.status_code == 503, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["Retry-After"]
+    body = response.json()
+    assert body["code"] == "key-service-unavailable"
+    assert "127.0.0.1" not in response.content.decode()
+    assert kms_key.key_id not in response.content.decode()
+    delivered.delivery.refresh_from_db()
+    assert delivered.delivery.downloads == 0
+    assert not DownloadSession.objects.filter(delivery=delivered.delivery).exists()
