@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.api.problems import problem_response
+from marketplace.api.schema import HEALTH_SCHEMA, JWKS_SCHEMA
 from marketplace.health import health_public, health_report
 from marketplace.keystore import jwks_of
 from marketplace.middleware import outage_answer
@@ -31,8 +32,8 @@ class HealthView(APIView):
     @extend_schema(
         summary="Readiness of the database, cache, broker and storage",
         responses={
-            200: OpenApiResponse(description="All checks passed"),
-            503: OpenApiResponse(description="At least one check failed"),
+            200: OpenApiResponse(HEALTH_SCHEMA, description="All checks passed"),
+            503: OpenApiResponse(HEALTH_SCHEMA, description="At least one check failed"),
         },
     )
     def get(self, request: Request) -> Response:
@@ -108,7 +109,7 @@ class JwksView(APIView):
     @extend_schema(
         summary="Public keys of every non-revoked signer (JWK Set)",
         responses={
-            200: OpenApiResponse(description="A JWK Set"),
+            200: OpenApiResponse(JWKS_SCHEMA, description="A JWK Set"),
             304: OpenApiResponse(description="Unchanged since the ETag sent in If-None-Match"),
         },
     )

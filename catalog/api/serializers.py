@@ -68,7 +68,12 @@ class LicenseTermsSerializer(serializers.Serializer):
     entitlements = serializers.ListField(
         source="license_entitlements", child=serializers.CharField()
     )
-    terms_url = serializers.URLField(source="license_terms_url")
+    terms_url = serializers.SerializerMethodField(help_text="null: no terms page is given.")
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_terms_url(self, sku: Sku) -> str | None:
+        # An empty string is not a URL: no terms page is said as null.
+        return sku.license_terms_url or None
 
 
 class ArtifactSerializer(serializers.Serializer):
@@ -104,3 +109,9 @@ class CategorySerializer(serializers.Serializer):
     def get_parent(self, node: CategoryNode) -> str | None:
         parent = node.category.parent
         return parent.slug if parent else None
+
+
+class CategoryListSerializer(serializers.Serializer):
+    """The answer of GET /api/v1/categories: an object, so that it can grow members."""
+
+    results = CategorySerializer(many=True)

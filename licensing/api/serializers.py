@@ -1,6 +1,7 @@
 import uuid
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from licensing.models import License, Proof
@@ -28,7 +29,11 @@ class VerifyInputSerializer(serializers.Serializer):
     """`{"token": string}` and nothing else. Any string is taken as it is (control characters,
     any length): what is wrong with it is the verdict's reason, not a 400."""
 
-    token = serializers.CharField(help_text="The license's compact JWS (its `token`).")
+    token = serializers.CharField(
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="The license's compact JWS (its `token`).",
+    )
 
     def to_internal_value(self, data: Any) -> dict[str, str]:
         if not isinstance(data, dict):
@@ -103,11 +108,34 @@ class ProofSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# What the service takes (licensing.sealing.load_public_key): 32 bytes whose top bit is clear
+# (a canonical X25519 key), as base64url or base64, or in a PEM. In the 43-character form the
+# 42nd character holds that bit; in the PEM it is the 58th of the key's base64.
+_B64 = "[A-Za-z0-9_+/-]"
+_TOP_BIT_CLEAR = "[A-HQ-Xg-nw-z0-3]"
+X25519_PUBLIC_KEY_SCHEMA = {
+    "type": "string",
+    "anyOf": [
+        {"pattern": f"^{_B64}{{41}}{_TOP_BIT_CLEAR}{_B64}=?$"},
+        {
+            "pattern": "^-----BEGIN PUBLIC KEY-----\\nMCowBQYDK2VuAyEA[A-Za-z0-9+/]{41}"
+            f"{_TOP_BIT_CLEAR}[AEIMQUYcgkosw048]=\\n-----END PUBLIC KEY-----\\n?$"
+        },
+    ],
+}
+
+
+@extend_schema_field(X25519_PUBLIC_KEY_SCHEMA)
+class X25519PublicKeyField(serializers.JSONField):
+    """Any JSON value reaches the service, which names what is wrong with it."""
+
+
 class DeliveryKeyInputSerializer(serializers.Serializer):
     """`{"public_key": string}` and nothing else; the key itself is checked by the service."""
 
-    public_key = serializers.JSONField(
-        required=False, help_text="Your X25519 public key: base64url of its 32 raw bytes, or PEM."
+    public_key = X25519PublicKeyField(
+        help_text="Your X25519 public key: base64url (or base64) of its 32 raw bytes, or its "
+        "SubjectPublicKeyInfo PEM."
     )
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:

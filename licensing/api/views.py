@@ -111,7 +111,8 @@ class ProofView(APIView):
 
 class DeliveryKeyView(APIView):
     @extend_schema(
-        summary="Your registered X25519 delivery key", responses={200: DeliveryKeySerializer}
+        summary="Your registered X25519 delivery key",
+        responses={200: DeliveryKeySerializer, 404: problem("You have registered none")},
     )
     def get(self, request: Request) -> Response:
         key = selectors.delivery_key_get(buyer=request.user)

@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.db import models
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orders import handover
@@ -67,6 +68,7 @@ class OrderSerializer(serializers.ModelSerializer):
         read_only_fields = fields
         list_serializer_class = OrderListSerializer
 
+    @extend_schema_field({"type": "string", "format": "uuid", "nullable": True})
     def get_proof(self, order: Order) -> str | None:
         proofs = self.context.get("proofs")
         if proofs is None:  # one order: its own lookup

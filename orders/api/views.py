@@ -53,9 +53,23 @@ class CheckoutView(APIView):
                 IDEMPOTENCY_HEADER,
                 location=OpenApiParameter.HEADER,
                 required=True,
+                # HTTP trims a header's ends, so a key can neither start nor end with a space.
+                type={
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": r"^[!-~]([ -~]{0,253}[!-~])?$",
+                },
                 description="1 to 255 printable characters, unique per purchase. The same key and "
                 "body within 24 hours answers the first answer again.",
-            )
+            ),
+            OpenApiParameter(
+                "Retry-After",
+                location=OpenApiParameter.HEADER,
+                response=[409],
+                type={"type": "integer", "minimum": 0},
+                description="With `checkout-in-progress`: seconds before asking again.",
+            ),
         ],
         responses={
             201: CheckoutResponseSerializer,

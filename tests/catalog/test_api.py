@@ -94,7 +94,7 @@ def test_detail_of_a_sku_on_sale(api_client, catalog):
         "duration_days": None,
         "seats": 1,
         "entitlements": [],
-        "terms_url": "",
+        "terms_url": None,
     }
     assert body["partner"] == {"slug": "zeta", "name": "Zeta Games"}
 
