@@ -155,19 +155,22 @@ class _LocalCounters:
     """Per-process counters for the local-memory cache. Not the cache itself: it culls entries
     when full, and junk in the cache would then reset the limits."""
 
+    # Closed windows are dropped once this many are kept, at most once a second.
     SWEEP_AT = 10_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._windows: dict[str, tuple[int, float]] = {}
+        self._swept_at = 0.0
 
     def hit(self, key: str, seconds: int) -> tuple[int, float]:
         now = time.monotonic()
         with self._lock:
             count, ends = self._windows.get(key, (0, 0.0))
             if ends <= now:
-                if len(self._windows) >= self.SWEEP_AT:
+                if len(self._windows) >= self.SWEEP_AT and now - self._swept_at > 1:
                     self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
+                    self._swept_at = now
                 count, ends = 0, now + seconds
             count += 1
             self._windows[key] = (count, ends)

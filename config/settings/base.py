@@ -600,6 +600,8 @@ LOGGING = {
         "django.request": {"filters": ["refusal_without_traceback", "outage_without_traceback"]},
         "django.db.backends": {"level": "WARNING"},
         "botocore": {"level": "WARNING"},
+        # django-axes says at every start which lockout it applies; its lockouts stay warnings.
+        "axes.apps": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
     },
 }

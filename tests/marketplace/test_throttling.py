@@ -1,8 +1,12 @@
 """Rate limits: each caller and each endpoint class has a limit of its own (docs/api.md), over
 which the answer is a 429 problem with Retry-After, and nothing is done."""
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ from licensing.sealing import public_key_text
 from marketplace import ratelimit
 
 SetRates = Callable[..., None]
+REPO = Path(__file__).resolve().parents[2]
 KEY_URL = "/api/v1/me/delivery-key"
 
 
@@ -279,3 +284,25 @@ def test_staff_sign_in_attempts_are_limited_per_address_whatever_the_account(
     assert statuses == [200, 200, 200, 429]
     # The form itself is not counted.
     assert client.get("/admin/login/").status_code == 200
+
+
+@pytest.mark.parametrize("value", ["ten/min", "10/fortnight", "0/min", "10"])
+def test_a_rate_of_another_form_stops_the_platform_naming_the_variable(value: str) -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "MARKETPLACE_THROTTLE_CHECKOUT": value,
+    }
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode != 0
+    assert "ImproperlyConfigured: MARKETPLACE_THROTTLE_CHECKOUT: a rate is N/s, N/min" in (
+        done.stderr
+    )
