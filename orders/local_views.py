@@ -7,7 +7,7 @@ from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET
 
 from marketplace.api.parsers import JsonBodyRefused, json_body_read, json_parse
 from marketplace.api.problems import problem_response
@@ -51,10 +51,17 @@ LOCAL_OUTCOMES: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-@require_POST
 def local_checkout_event(request: HttpRequest, session_id: str) -> HttpResponse:
     """The signed event a button stands for. The page posts it to the webhook itself, with
     its Stripe-Signature header, so it travels the same road as Stripe's deliveries."""
+    if request.method != "POST":  # a JSON endpoint: its 405 is a problem too
+        return problem_response(
+            request,
+            status=405,
+            code="method-not-allowed",
+            detail=f"Method {request.method} not allowed: POST the button's outcome.",
+            headers={"Allow": "POST"},
+        )
     order = _local_order(session_id)
     try:
         body = json_parse(json_body_read(request) or b"{}")

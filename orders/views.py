@@ -2,18 +2,24 @@
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from marketplace.api.parsers import json_body_read
-from marketplace.api.problems import error_response
+from marketplace.api.problems import error_response, problem_response
 from marketplace.exceptions import ApplicationError
 from orders.services import webhook_receive
 
 
 @csrf_exempt
-@require_POST
 def stripe_webhook(request: HttpRequest) -> HttpResponse:
     """Verifies, stores and acknowledges; a worker does the rest."""
+    if request.method != "POST":
+        return problem_response(
+            request,
+            status=405,
+            code="method-not-allowed",
+            detail=f"Method {request.method} not allowed: Stripe POSTs its events.",
+            headers={"Allow": "POST"},
+        )
     try:
         # Stripe sends a few kilobytes: a body over MARKETPLACE_JSON_MAX_BYTES is a 413 before
         # the signature is checked (nothing is stored), and no more than that is read.

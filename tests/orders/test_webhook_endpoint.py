@@ -436,9 +436,11 @@ def test_the_size_limit_is_the_json_body_setting(stripe_client: Client, order: O
     assert WebhookEvent.objects.count() == 0
 
 
-@pytest.mark.parametrize("method", ["get", "put", "delete"])
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
 def test_only_post_is_allowed(stripe_client: Client, db: None, method: str):
     response = getattr(stripe_client, method)(URL)
 
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "method-not-allowed"
