@@ -21,6 +21,7 @@ database while the cache is down; so do the license check (it changes nothing) a
 of PATH_LIMITS (see there).
 """
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -150,6 +151,17 @@ class _RedisCounters:
             raise StoreUnavailable(str(exc)) from exc
         return int(count), int(ttl_ms) / 1000
 
+    def peek(self, key: str) -> tuple[int, float]:
+        from redis.exceptions import RedisError
+
+        try:
+            pipe = self.cache.client.get_client(write=True).pipeline(transaction=False)
+            name = self.cache.make_key(key)
+            count, ttl_ms = pipe.get(name).pttl(name).execute()
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(count or 0), max(0, int(ttl_ms)) / 1000
+
 
 class _LocalCounters:
     """Per-process counters for the local-memory cache. Not the cache itself: it culls entries
@@ -175,6 +187,12 @@ class _LocalCounters:
             count += 1
             self._windows[key] = (count, ends)
         return count, ends - now
+
+    def peek(self, key: str) -> tuple[int, float]:
+        now = time.monotonic()
+        with self._lock:
+            count, ends = self._windows.get(key, (0, 0.0))
+        return (count, ends - now) if ends > now else (0, 0.0)
 
     def clear(self) -> None:
         with self._lock:
@@ -230,6 +248,21 @@ def hit(scope: str, who: str, *, write: bool) -> None:
         )
 
 
+def spent(scope: str, who: str) -> int | None:
+    """Whether `who` has used up `scope`'s limit already, without counting a request: the
+    seconds until its window closes, or None (also when the counters are unreachable)."""
+    rate = rate_of(scope)
+    location, store = _store()
+    if time.monotonic() < _down_until.get(location, 0.0):
+        return None
+    try:
+        count, remaining = store.peek(_key(scope, who))
+    except StoreUnavailable:
+        _down_until[location] = time.monotonic() + STORE_DOWN_SECONDS
+        return None
+    return max(1, math.ceil(remaining)) if count >= rate.limit else None
+
+
 # --- Paths outside the API's throttles ----------------------------------------------------------
 
 
@@ -264,22 +297,49 @@ PATH_LIMITS = (
 
 class RateLimitMiddleware:
     """Applies PATH_LIMITS before the view runs; the API's views are limited by their DRF
-    throttles (marketplace/api/throttling.py) instead, which know the signed-in buyer."""
+    throttles (marketplace/api/throttling.py) instead, which know the signed-in buyer.
+
+    It also counts the API's 401s to requests that carry credentials (`auth_failure`, per
+    address): DRF authenticates before it throttles, so a request with a made-up token is
+    answered, after a database look-up, without counting against any limit. Once an address has
+    used up that limit, its requests with credentials are refused until the window closes.
+    """
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        from marketplace.api.problems import error_response
+
         for limit in PATH_LIMITS:
             if limit.matches(request):
                 try:
                     hit(limit.scope, client_of(request), write=False)
                 except RateLimited as exc:
-                    from marketplace.api.problems import error_response
-
                     return error_response(request, exc)
                 break
-        return self.get_response(request)
+        credentials = request.path_info.startswith("/api/") and (
+            "HTTP_AUTHORIZATION" in request.META
+        )
+        if credentials:
+            retry_after = spent("auth_failure", client_of(request))
+            if retry_after is not None:
+                return error_response(request, _auth_failures_spent(retry_after))
+        response = self.get_response(request)
+        if credentials and response.status_code == 401:
+            # This answer is the 401 already; the next request is the one refused.
+            with contextlib.suppress(RateLimited):
+                hit("auth_failure", client_of(request), write=False)
+        return response
+
+
+def _auth_failures_spent(retry_after: int) -> RateLimited:
+    rate = rate_of("auth_failure")
+    return RateLimited(
+        f"More than {rate} requests with credentials that were refused (auth_failure); try "
+        f"again in {retry_after} s.",
+        extra={"limit": "auth_failure", "retry_after": retry_after},
+    )
 
 
 # --- Staff sign-in lockout (django-axes) --------------------------------------------------------

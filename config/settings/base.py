@@ -441,6 +441,9 @@ THROTTLE_RATES = {
     # Every API request: anonymous callers per address, signed-in buyers per buyer.
     "anon": _rate("MARKETPLACE_THROTTLE_ANON", "1200/min"),
     "user": _rate("MARKETPLACE_THROTTLE_USER", "2400/min"),
+    # API requests whose credentials are refused (401), per address; over it, that address's
+    # requests with credentials are refused until the window closes.
+    "auth_failure": _rate("MARKETPLACE_THROTTLE_AUTH_FAILURE", "30/min"),
     # Every write of a buyer as one budget: each appends an audit event, kept for good.
     "buyer_write": _rate("MARKETPLACE_THROTTLE_BUYER_WRITE", "120/hour"),
     # Views' own scopes (their throttle_scope), counted on top of the above.

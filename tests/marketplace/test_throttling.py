@@ -131,6 +131,32 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(
     assert [get("203.0.113.1"), get("203.0.113.1"), get("203.0.113.2")] == [200, 429, 200]
 
 
+def test_refused_credentials_are_counted_per_address_and_then_refused_unread(
+    api_client: APIClient,
+    buyer_token: str,
+    rates: SetRates,
+    django_assert_num_queries: Any,
+) -> None:
+    # DRF authenticates before it throttles: without this a made-up token is answered 401,
+    # after a look-up, however often it is sent.
+    rates(auth_failure="3/min")
+
+    guesses = [
+        api_client.get("/api/v1/orders", HTTP_AUTHORIZATION=f"Bearer mkp_guess{n}")
+        for n in range(3)
+    ]
+    with django_assert_num_queries(0):
+        refused = api_client.get("/api/v1/orders", HTTP_AUTHORIZATION=f"Bearer {buyer_token}")
+
+    assert [r.status_code for r in guesses] == [401, 401, 401]
+    assert_rate_limited(refused, limit="auth_failure", retry_after_at_most=60)
+    elsewhere = api_client.get(
+        "/api/v1/orders", HTTP_AUTHORIZATION=f"Bearer {buyer_token}", REMOTE_ADDR="192.0.2.50"
+    )
+    assert elsewhere.status_code == 200
+    assert api_client.get("/api/v1/skus").status_code == 200
+
+
 # --- Endpoint classes --------------------------------------------------------------------------
 
 
