@@ -66,6 +66,12 @@ class ProblemSerializer(serializers.Serializer):
     delivery = serializers.CharField(required=False, help_text="Where the delivery stands.")
     sku = serializers.CharField(required=False, help_text="The SKU's slug.")
     sku_status = serializers.CharField(required=False, help_text="Why the SKU is not for sale.")
+    limit = serializers.CharField(required=False, help_text="The rate limit that was reached.")
+    max_bytes = serializers.IntegerField(required=False, help_text="The largest body taken.")
+    max_depth = serializers.IntegerField(required=False, help_text="The deepest nesting taken.")
+    pointer = serializers.CharField(
+        required=False, help_text="RFC 6901 pointer to what a body may not hold."
+    )
 
 
 def problem(description: str) -> OpenApiResponse:
