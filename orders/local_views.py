@@ -68,7 +68,7 @@ def local_checkout_event(request: HttpRequest, session_id: str) -> HttpResponse:
     except JsonBodyRefused:  # too large, too deep or not JSON: no outcome either way
         body = None
     outcome = body.get("outcome") if isinstance(body, dict) else None
-    if outcome not in LOCAL_OUTCOMES:
+    if not isinstance(outcome, str) or outcome not in LOCAL_OUTCOMES:  # [] is not hashable
         return problem_response(
             request,
             status=400,
