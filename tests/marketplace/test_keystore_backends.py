@@ -34,6 +34,9 @@ from tests.support.moto import CREDENTIALS, REGION
 from tests.support.net import free_port
 from tests.support.signing_proxy import SigningProxy
 
+# A token as random as production asks for (config/guard.py).
+SIGNING_TOKEN = "Qm2x9Zt4LkVw7RbN3cYp8HdF1sJg6TaE5uXo0WiKqCr"
+
 pytestmark = [
     pytest.mark.django_db,
     # RFC 9864 names Ed25519 "Ed25519"; the platform publishes the long-standing "EdDSA".
@@ -422,7 +425,7 @@ def test_the_local_backend_signs_licenses_with_ed25519(settings) -> None:
             {
                 "MARKETPLACE_KEYSTORE_BACKEND": "proxy",
                 "MARKETPLACE_SIGNING_ENDPOINT": "http://signer.internal",
-                "MARKETPLACE_SIGNING_TOKEN": "token",
+                "MARKETPLACE_SIGNING_TOKEN": SIGNING_TOKEN,
             },
             "MARKETPLACE_SIGNING_ENDPOINT: must be an https:// URL",
         ),
@@ -465,7 +468,7 @@ def test_production_accepts_a_kms_or_proxy_key_store() -> None:
         **{
             **PRODUCTION,
             "MARKETPLACE_SIGNING_ENDPOINT": "https://signer.internal",
-            "MARKETPLACE_SIGNING_TOKEN": "token",
+            "MARKETPLACE_SIGNING_TOKEN": SIGNING_TOKEN,
         },
     )
 
