@@ -21,7 +21,6 @@ each with a problem the client can act on (docs/api.md, "Bad input"):
 import json
 import math
 import re
-import sys
 from array import array
 from itertools import accumulate
 from typing import IO, Any
@@ -79,6 +78,8 @@ def json_depth_exceeds(raw: bytes, max_depth: int) -> bool:
     structure = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
     if structure.count(b"[") + structure.count(b"{") <= max_depth:
         return False
+    if re.search(rb"[\[{]{%d}" % (max_depth + 1), structure):
+        return True  # a run of openings, as a deep body mostly is: found at C speed
     return max(accumulate(array("b", structure.translate(_STEP)))) > max_depth
 
 
@@ -102,12 +103,6 @@ def _float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:40]} is beyond a float's range")
     return value
-
-
-def _int(text: str) -> int:
-    if len(text) > sys.get_int_max_str_digits() > 0:
-        raise ValueError(f"a number has more than {sys.get_int_max_str_digits()} digits")
-    return int(text)
 
 
 def _shown(text: str) -> str:
@@ -169,11 +164,10 @@ def json_parse(raw: bytes, *, nul_allowed: bool = False) -> Any:
             object_pairs_hook=_object,
             parse_constant=_constant,
             parse_float=_float,
-            parse_int=_int,
         )
     except RecursionError:  # not reached within the depth limit; a 400 all the same
         raise _too_deep(max_depth) from None
-    except ValueError as exc:  # JSONDecodeError, the hooks' refusals, the int digits limit
+    except ValueError as exc:  # JSONDecodeError, the hooks' refusals, Python's int digits limit
         raise JsonBodyRefused(f"The body is not valid JSON: {exc}.") from None
     if _SUSPECT_ESCAPE.search(raw):
         found = _refused_string_at(value, _SURROGATE if nul_allowed else _NUL_OR_SURROGATE)
