@@ -54,6 +54,8 @@ def _render() -> bytes:
 def exposition() -> bytes:
     """The Prometheus text of every metric, rendered at most once per METRICS_CACHE_SECONDS."""
     global _rendered
+    # Held while rendering: a scrape that arrives meanwhile waits for this rendering (blocked,
+    # not holding the GIL) rather than starting one of its own.
     with _lock:
         if _rendered is not None and time.monotonic() - _rendered[0] < (
             settings.METRICS_CACHE_SECONDS
