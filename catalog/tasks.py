@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from django.db.models import Q
 from django.utils import timezone
 
 from catalog import services
@@ -43,10 +44,21 @@ def sku_manifest_verify(sku_id: int) -> str | None:
     return check.status if check else None
 
 
+# A manifest still unchecked this long after its SKU changed lost its check's enqueue (a
+# broker outage after the commit, a crash).
+MANIFEST_CHECK_LOST = timedelta(minutes=5)
+
+
 @shared_task(soft_time_limit=60, time_limit=90)
 def manifests_reverify_unavailable() -> int:
+    """Checks again the manifests the Kernel could not check, and those whose check was never
+    sent."""
+    lost_before = timezone.now() - MANIFEST_CHECK_LOST
     sku_ids = list(
-        Sku.objects.filter(manifest_status=ManifestStatus.UNAVAILABLE).values_list("pk", flat=True)
+        Sku.objects.filter(
+            Q(manifest_status=ManifestStatus.UNAVAILABLE)
+            | Q(manifest_status=ManifestStatus.PENDING, updated_at__lt=lost_before)
+        ).values_list("pk", flat=True)
     )
     for sku_id in sku_ids:
         sku_manifest_verify.delay(sku_id)

@@ -16,6 +16,7 @@ from licensing.services import (
     PackagingFailed,
     delivery_failure_record,
     fulfilment_due,
+    revocations_due,
 )
 from licensing.services import (
     delivery_package as delivery_package_service,
@@ -111,6 +112,16 @@ def fulfilment_sweep() -> dict[str, int]:
     for delivery_id in delivery_ids:
         delivery_package.delay(delivery_id)
     return {"orders": len(order_ids), "deliveries": len(delivery_ids)}
+
+
+@shared_task(soft_time_limit=50, time_limit=60)
+def revocation_sweep() -> int:
+    """Revokes what a lost revocation hand-over left active; runs in maintenance too, since
+    it issues nothing."""
+    due = revocations_due()
+    for order_id, reason in due:
+        order_revoke.delay(order_id, reason=reason)
+    return len(due)
 
 
 @shared_task(soft_time_limit=240, time_limit=280)

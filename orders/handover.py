@@ -8,8 +8,11 @@ registered, start-up fails (`receiver_required`) and so does every hand-over, lo
 than a released order or a refund going nowhere.
 
 Hand-overs are sent after the change that calls for them has committed (the callers use
-`transaction.on_commit`); a hand-over lost in a crash is picked up by licensing's fulfilment
-sweep, which looks for released orders without a license or delivery.
+`transaction.on_commit(..., robust=True)`: a broker outage then is logged, not answered as an
+error for a change that is already made). A hand-over lost that way or in a crash is picked up
+by licensing's sweeps: the fulfilment sweep looks for released orders without a license or
+delivery, the revocation sweep for refunded or disputed orders with an active license or a
+current delivery.
 """
 
 import uuid

@@ -241,7 +241,8 @@ def sku_manifest_attach(
 
     from catalog.tasks import sku_manifest_verify as sku_manifest_verify_task
 
-    transaction.on_commit(lambda: sku_manifest_verify_task.delay(sku.pk))
+    # A broker outage after the commit is logged; the 10-minute sweep sends the check.
+    transaction.on_commit(lambda: sku_manifest_verify_task.delay(sku.pk), robust=True)
     return sku
 
 

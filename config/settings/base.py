@@ -364,6 +364,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Released orders without a license or delivery, pending deliveries no worker finished:
     # a lost hand-over, a crash, or the end of a maintenance window.
+    # Refunded or disputed orders whose licenses or packages a lost hand-over left active.
+    "licensing-revocation-sweep": {
+        "task": "licensing.tasks.revocation_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     "licensing-fulfilment-sweep": {
         "task": "licensing.tasks.fulfilment_sweep",
         "schedule": 60.0,

@@ -27,6 +27,7 @@ from licensing.services.fulfilment import (
     fulfilment_due,
     order_fulfil,
     order_revoke,
+    revocations_due,
 )
 from licensing.services.licenses import (
     Verdict,
@@ -68,4 +69,5 @@ __all__ = [
     "order_revoke",
     "proof_fingerprint",
     "proof_payload",
+    "revocations_due",
 ]

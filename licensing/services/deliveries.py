@@ -174,7 +174,7 @@ def delivery_create(*, order_id: Any, actor: Actor) -> Delivery | None:
             subject=delivery,
             data={"order": str(order.id)},
         )
-        transaction.on_commit(lambda: _enqueue(delivery))
+        transaction.on_commit(lambda: _enqueue(delivery), robust=True)
     return delivery
 
 
@@ -485,7 +485,7 @@ def delivery_regenerate(*, delivery_id: Any, reason: str, actor: Actor) -> Deliv
                 "reason": reason[:300],
             },
         )
-        transaction.on_commit(lambda: _enqueue(new))
+        transaction.on_commit(lambda: _enqueue(new), robust=True)
     return new
 
 

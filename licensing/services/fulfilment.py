@@ -8,12 +8,12 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from licensing.models import Delivery, DeliveryStatus, License
+from licensing.models import CURRENT_DELIVERY, Delivery, DeliveryStatus, License, LicenseStatus
 from licensing.services.deliveries import deliveries_withdraw_for_order, delivery_create
 from licensing.services.licenses import license_issue, licenses_revoke_for_order
 from marketplace.actors import Actor
 from marketplace.maintenance import maintenance_on
-from orders.models import Order
+from orders.models import REVOKING, Order
 
 LICENSING_WORKER = Actor.service("licensing-worker")
 
@@ -81,3 +81,19 @@ def fulfilment_due(*, limit: int = 500) -> tuple[list[str], list[str]]:
     )
     order_ids = sorted({str(pk) for pk in orders} | {str(pk) for pk in orders_without_delivery})
     return order_ids, [str(pk) for pk in pending]
+
+
+def revocations_due(*, limit: int = 500) -> list[tuple[str, str]]:
+    """(order id, reason) of refunded or disputed orders that still have an active license or
+    a current delivery: a revocation whose hand-over was lost (a broker outage after the
+    refund's commit, a crash). Downloads and the license check refuse such an order already;
+    this makes its licenses and packages say so too."""
+    with_license = License.objects.filter(status=LicenseStatus.ACTIVE).values("order_id")
+    with_delivery = Delivery.objects.filter(status__in=CURRENT_DELIVERY).values("order_id")
+    rows = (
+        Order.objects.filter(status__in=REVOKING)
+        .filter(Q(pk__in=with_license) | Q(pk__in=with_delivery))
+        .order_by("updated_at")
+        .values_list("pk", "status")[:limit]
+    )
+    return [(str(pk), str(status)) for pk, status in rows]

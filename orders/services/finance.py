@@ -90,7 +90,7 @@ def finance_posting_send(*, posting_pk: int, actor: Actor = FINANCE_WORKER) -> s
             released = order.is_deliverable()
         audit_append(actor=actor, action="finance.posted", subject=order, data=data)
         if released:
-            transaction.on_commit(lambda: handover.order_released(str(order.id)))
+            transaction.on_commit(lambda: handover.order_released(str(order.id)), robust=True)
     return PostingStatus.POSTED
 
 

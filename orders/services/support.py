@@ -211,5 +211,5 @@ def order_delivery_release(*, order_id: Any, actor: Actor) -> Order:
             data={"previous_hold": previous, "delivery": order.delivery_state},
         )
         if order.is_deliverable():
-            transaction.on_commit(lambda: handover.order_released(str(order.id)))
+            transaction.on_commit(lambda: handover.order_released(str(order.id)), robust=True)
     return order

@@ -146,7 +146,7 @@ def _posting_queue(
         },
     )
     if created:
-        transaction.on_commit(lambda: tasks.finance_posting_send.delay(posting.pk))
+        transaction.on_commit(lambda: tasks.finance_posting_send.delay(posting.pk), robust=True)
 
 
 def _refunds_record(order: Order, charge: dict[str, Any]) -> int:
@@ -326,7 +326,9 @@ def charge_refunded(event: WebhookEvent, order: Order) -> str:
             data={"amount_refunded": total, "payment_recorded": captured},
         )
         if moved:
-            transaction.on_commit(lambda: handover.order_revoked(str(order.id), "refunded"))
+            transaction.on_commit(
+                lambda: handover.order_revoked(str(order.id), "refunded"), robust=True
+            )
         return _outcome(order, moved)
     if total > before:
         audit_append(
@@ -359,7 +361,9 @@ def charge_dispute_created(event: WebhookEvent, order: Order) -> str:
         order.delivery_hold = DeliveryHold.DISPUTED
         order.hold_reason = f"dispute {dispute.get('id')}: {dispute.get('reason') or ''}"[:300]
         order.save(update_fields=["delivery_hold", "hold_reason", "updated_at"])
-        transaction.on_commit(lambda: handover.order_revoked(str(order.id), "disputed"))
+        transaction.on_commit(
+            lambda: handover.order_revoked(str(order.id), "disputed"), robust=True
+        )
     return _outcome(order, moved)
 
 
