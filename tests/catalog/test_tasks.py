@@ -1,16 +1,23 @@
 """Catalog work that crosses the queue, run by a real worker process."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from catalog import services
 from catalog.manifests import manifest_for
 from catalog.models import Artifact, ManifestStatus, Sku, SkuStatus
 from catalog.selectors import sku_activation_blockers
-from catalog.tasks import artifact_integrity_check, artifacts_check_integrity
+from catalog.tasks import (
+    artifact_integrity_check,
+    artifacts_check_integrity,
+    manifests_reverify_unavailable,
+)
 from tests.catalog.factories import TEST_ACTOR, publish_sku
+from tests.marketplace.test_outages import broker_at, closed_port
 from tests.support.keys import sign_manifest
 from tests.support.worker import wait_until
 
@@ -76,4 +83,37 @@ def test_integrity_check_runs_twice_without_harm(publisher):
     assert sku.status == SkuStatus.SUSPENDED
     assert "the artifact failed its last integrity check; upload it again" in (
         sku_activation_blockers(sku)
+    )
+
+
+def test_a_check_whose_send_the_broker_lost_is_sent_by_the_sweep(
+    celery_worker, publisher, settings, caplog
+):
+    sku = publish_sku(publisher, activate=False)
+    manifest = manifest_for(sku, sku.artifact) | {"note": "second build"}
+    Sku.objects.filter(pk=sku.pk).update(manifest_status=ManifestStatus.MISSING)
+    real_broker = settings.CELERY_BROKER_URL
+
+    broker_at(settings, f"redis://127.0.0.1:{closed_port()}/11")
+    try:
+        # The attach commits; the check's send fails after it and is only logged.
+        services.sku_manifest_attach(
+            sku_id=sku.pk,
+            manifest=manifest,
+            signature=sign_manifest(publisher.key, manifest),
+            actor=TEST_ACTOR,
+        )
+    finally:
+        broker_at(settings, real_broker)
+    assert Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.PENDING
+    assert any("on_commit" in record.getMessage() for record in caplog.records)
+
+    # Still fresh: a check may yet be on its way.
+    assert manifests_reverify_unavailable.apply().get() == 0
+    Sku.objects.filter(pk=sku.pk).update(updated_at=timezone.now() - timedelta(minutes=6))
+    assert manifests_reverify_unavailable.apply().get() == 1
+
+    wait_until(
+        lambda: Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.VERIFIED,
+        worker=celery_worker,
     )
