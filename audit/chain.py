@@ -133,7 +133,7 @@ class Failure:
     problem is not about one event, e.g. an unreadable digest)."""
 
     code: str  # hash_mismatch, chain_broken, gap, reordering, truncated, malformed,
-    # bad_signature, unknown_key, file_hash, digest_chain, digest_mismatch
+    # bad_signature, unknown_key, file_hash, digest_chain, digest_mismatch, beyond_head
     reason: str
     sequence: int | None = None
 

@@ -42,16 +42,28 @@ class ChainReport:
 def chain_verify(
     *, keys: dict[str, PublicKey] | None = None, chunk_size: int = 5000
 ) -> ChainReport:
-    """Reads the whole chain once, in sequence order, with a server-side cursor."""
+    """Reads the whole chain once, in sequence order, with a server-side cursor.
+
+    The log may be appended to while it is read (each statement sees what had committed when
+    it began), so the chain is checked up to the head as read first: an append commits its
+    event and the head together, so every event up to that head must be there. Events
+    appended meanwhile are left to the next check; one found past the head as read again
+    afterwards did not come through audit_append."""
     if keys is None:
         keys = public_keys_from_store(purpose=SigningKeyPurpose.AUDIT)
     report = ChainReport()
-    checkpoints = list(Checkpoint.objects.order_by("sequence"))
+    head = ChainHead.objects.filter(id=1).first()
+    head_sequence = head.sequence if head else 0
+    checkpoints = list(Checkpoint.objects.filter(sequence__lte=head_sequence).order_by("sequence"))
     signed = {checkpoint.sequence: checkpoint for checkpoint in checkpoints}
 
     check = ChainCheck()
     sha256 = hashlib.sha256
-    rows = AuditEvent.objects.order_by("sequence").values_list(*STORED_COLUMNS)
+    rows = (
+        AuditEvent.objects.filter(sequence__lte=head_sequence)
+        .order_by("sequence")
+        .values_list(*STORED_COLUMNS)
+    )
     for row in rows.iterator(chunk_size=chunk_size):
         seq, prev, stored, body = stored_record(row)
         check.add(seq, prev, stored, sha256(body).hexdigest())
@@ -74,8 +86,6 @@ def chain_verify(
     if report.failure is not None:
         return report
 
-    head = ChainHead.objects.filter(id=1).first()
-    head_sequence = head.sequence if head else 0
     if head_sequence != report.last_sequence or (
         head and head.sequence and head.hash != check.last_hash
     ):
@@ -84,6 +94,20 @@ def chain_verify(
             f"the chain head says event {head_sequence} is the last, but the table ends at "
             f"{report.last_sequence}: events were removed from the end",
             min(head_sequence, report.last_sequence) + 1,
+        )
+        return report
+
+    # Read the last event first, then the head: an event appended meanwhile has moved the
+    # head past itself by the time the head is read.
+    last_stored = AuditEvent.objects.order_by("-sequence").values_list("sequence", flat=True)
+    last_sequence = last_stored.first() or 0
+    head_now = ChainHead.objects.filter(id=1).values_list("sequence", flat=True).first() or 0
+    if last_sequence > head_now:
+        report.failure = Failure(
+            "beyond_head",
+            f"event {head_now + 1} is past the chain head (event {head_now}): it was written "
+            "into the table, not appended to the log",
+            head_now + 1,
         )
         return report
 

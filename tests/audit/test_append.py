@@ -282,3 +282,22 @@ def test_beat_schedules_checkpoints_exports_and_the_kernel_push() -> None:
         "audit.tasks.audit_exports_catch_up",
         "audit.tasks.kernel_push",
     } <= tasks
+
+
+def test_an_event_written_past_the_head_is_named() -> None:
+    """Someone with write access inserts an event and leaves the head alone, or moves the head
+    back to an earlier event: the table holds an event the log never appended."""
+    for index in range(6):
+        append(subject_id=index)
+    fifth = AuditEvent.objects.get(sequence=5)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE audit_chain_head SET sequence = %s, hash = %s", [fifth.sequence, fifth.hash]
+        )
+
+    report = chain_verify()
+
+    assert report.failure is not None
+    assert (report.failure.code, report.failure.sequence) == ("beyond_head", 6)
+    with pytest.raises(CommandError, match=r"sequence 6: .*\[beyond_head\]"):
+        call_command("audit_verify")

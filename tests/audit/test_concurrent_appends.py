@@ -65,3 +65,40 @@ def test_eight_processes_appending_at_once_keep_one_gapless_chain(settings: Any)
     assert ChainHead.objects.get().sequence == total
     report = chain_verify()
     assert report.ok, report.summary()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_chain_verifies_while_other_processes_append(settings: Any) -> None:
+    """An operator checks a live log: appends that commit while it is read are no tampering."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "MARKETPLACE_DATABASE_URL": _database_url(),
+        "MARKETPLACE_TEST_DATA_DIR": str(settings.DATA_DIR),
+    }
+    start_at = time.time() + 3
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.audit.appender", f"live{n}", "150", str(start_at)],
+            cwd=BASE_DIR,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    reports = []
+    try:
+        while time.time() < start_at:
+            time.sleep(0.05)
+        while any(writer.poll() is None for writer in writers):
+            reports.append(chain_verify())
+    finally:
+        for writer in writers:
+            _, errors = writer.communicate(timeout=120)
+            assert writer.returncode == 0, errors
+
+    seen = {report.last_sequence for report in reports}
+    assert len(seen) > 3, "the checks did not overlap the appends"
+    assert [report.summary() for report in reports if not report.ok] == []
+    assert chain_verify().last_sequence == 300
