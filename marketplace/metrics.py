@@ -80,14 +80,19 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
-def scrape_refusal(authorization: str | None, client_address: str | None) -> Refusal | None:
+def scrape_refusal(
+    authorization: str | None, client_address: str | None, *, own_listener: bool = False
+) -> Refusal | None:
     """Why a scrape is refused (None: it may read the metrics).
 
     `authorization` is the request's Authorization header; `client_address` the peer's address
-    (REMOTE_ADDR, never a forwarded header: only the dev rule reads it)."""
+    (REMOTE_ADDR, never a forwarded header: only the dev rule reads it). On its own listener
+    (`own_listener`, metrics_serve) and with no token set, the metrics are served to whoever
+    reaches MARKETPLACE_METRICS_ADDR:PORT: keeping that interface off the public network is
+    what protects them there."""
     token = settings.METRICS_TOKEN
     if not token:
-        if settings.SERVICE_ENV == "dev" and _is_loopback(client_address):
+        if own_listener or (settings.SERVICE_ENV == "dev" and _is_loopback(client_address)):
             return None
         return Refusal(
             403,

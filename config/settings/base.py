@@ -428,7 +428,6 @@ if not 1 <= JSON_MAX_DEPTH <= 200 or JSON_MAX_BYTES < 1024:
     )
 
 
-
 def _rate(variable: str, default: str) -> str:
     from django.core.exceptions import ImproperlyConfigured
 

@@ -19,6 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from catalog.cache import catalog_cache_requests
+from marketplace.metrics import scrape_refusal
 from tests.support.net import free_port, wait_for_http
 
 pytestmark = pytest.mark.django_db
@@ -269,3 +270,15 @@ def test_the_listener_refuses_to_start_without_a_port(tmp_path: Path) -> None:
 
     assert process.returncode != 0
     assert b"Set MARKETPLACE_METRICS_PORT" in stderr
+
+
+def test_outside_dev_a_listener_of_their_own_serves_without_a_token(settings: Any) -> None:
+    """MARKETPLACE_METRICS_PORT with no token is allowed in production: the listener's interface
+    is what keeps it private, so it must then answer anyone who reaches it."""
+    settings.SERVICE_ENV = "prod"
+    settings.METRICS_TOKEN = ""
+
+    assert scrape_refusal(None, "10.1.2.3", own_listener=True) is None
+    refused = scrape_refusal(None, "10.1.2.3")
+    assert refused is not None
+    assert refused.status == 403

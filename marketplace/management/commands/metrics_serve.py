@@ -35,7 +35,9 @@ class MetricsHandler(BaseHTTPRequestHandler):
         if path != "/metrics":
             status, body = 404, problem_bytes(404, "Only /metrics is served here.", path)
             headers["Content-Type"] = PROBLEM_CONTENT_TYPE
-        elif refusal := scrape_refusal(self.headers.get("Authorization"), self.client_address[0]):
+        elif refusal := scrape_refusal(
+            self.headers.get("Authorization"), self.client_address[0], own_listener=True
+        ):
             status, body = refusal.status, problem_bytes(refusal.status, refusal.detail, path)
             headers["Content-Type"] = PROBLEM_CONTENT_TYPE
             if refusal.www_authenticate:
