@@ -219,8 +219,15 @@ def delivery_access(
     kind = DownloadKind.LINK if packages_presigned() else DownloadKind.DOWNLOAD
     with transaction.atomic(durable=True):
         # Two requests at once for one order queue here, so one session is started (and on
-        # S3 counted), not two.
-        order_lock(order.pk)
+        # S3 counted), not two. A refund, withdrawal or regeneration may have committed while
+        # this waited: the order and its delivery are read again under the lock.
+        order = order_lock(order.pk)
+        if _current_delivery(order).pk != delivery.pk:
+            # Regenerated and packaged again meanwhile: the key unwrapped above is not its key.
+            raise DeliveryNotReady(
+                f"The package of order {order.id} was just replaced; ask again.",
+                extra={"delivery": "pending"},
+            )
         session = _session_to_reuse(delivery, kind=kind) or _session_start(
             delivery, kind=kind, ip=ip, user_agent=user_agent
         )
