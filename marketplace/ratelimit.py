@@ -54,12 +54,13 @@ PERIODS = {
     "day": 86400,
 }
 
-# After a failed call the store is taken as down for this long, so that a request does not
-# wait for a connection timeout once per throttle, and an outage is logged once a second at
-# most rather than on every request.
-STORE_DOWN_SECONDS = 1.0
-# Retry-After of a write refused while the store is down.
-STORE_DOWN_RETRY_AFTER = 5
+# After a failed call the store is taken as down for this long: while it is, requests are
+# answered without asking it, so that with its replies lost (each call then waits for the
+# cache's socket timeout, 2 s) at most one request per process in this time waits, and the
+# outage is logged once per period rather than on every request. As long as a refused write is
+# told to wait (Retry-After), so that its retry finds the store asked again.
+STORE_DOWN_SECONDS = 5
+STORE_DOWN_RETRY_AFTER = STORE_DOWN_SECONDS
 
 
 class RateLimited(ApplicationError):
