@@ -11,19 +11,37 @@ import binascii
 import difflib
 import math
 import re
-from collections import Counter
 from urllib.parse import urlsplit
 
 # Words that mark a value as written by hand for a template, a test or an example.
 _PLACEHOLDER_WORDS = ("changeme", "placeholder", "example", "insecure", "devonly", "notsecret")
 
 
-def _estimated_bits(value: str) -> float:
-    """Shannon entropy of the value's own characters, times its length: a generous upper
-    bound on what a guesser must try, low for repeated and narrow-alphabet values."""
-    counts = Counter(value)
-    per_char = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
-    return per_char * len(value)
+_HEX = set("0123456789abcdefABCDEF")
+_BASE64 = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")
+
+
+def _alphabet_size(value: str) -> int:
+    """The size of the smallest usual alphabet the value is written in: what a generator of
+    such values picks each character from."""
+    chars = set(value)
+    if chars <= _HEX:
+        return 16
+    if chars <= _BASE64:
+        return 64
+    return 94  # printable ASCII
+
+
+def _randomness_shortfall(value: str, min_bits: float) -> bool:
+    """Whether the value holds fewer than `min_bits` bits if drawn at random from its
+    alphabet, or repeats its characters far more than a random draw would (a random string
+    of n characters from an alphabet of A shows about A * (1 - (1 - 1/A)**n) distinct ones;
+    under half of that is not chance)."""
+    size = _alphabet_size(value)
+    if len(value) * math.log2(size) < min_bits:
+        return True
+    expected_distinct = size * (1 - (1 - 1 / size) ** len(value))
+    return len(set(value)) < expected_distinct / 2
 
 
 def _repeats(value: str) -> bool:
@@ -73,8 +91,11 @@ def secret_weakness(
         return "looks like a placeholder: use a value generated at random"
     if _repeats(value):
         return "repeats a pattern: use a value generated at random"
-    if _estimated_bits(value) < min_bits:
-        return "too little randomness (too few distinct characters): use a random value"
+    if _randomness_shortfall(value, min_bits):
+        return (
+            "too little randomness (too short for its alphabet, or too few distinct "
+            "characters): use a random value"
+        )
     return None
 
 

@@ -4,6 +4,7 @@ Every problem found is collected and reported at once, each naming the variable 
 operator fixes a deployment in one pass instead of one restart per missing variable.
 """
 
+import re
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -130,7 +131,7 @@ elif not STRIPE_SECRET_KEY.startswith(_STRIPE_KEY_PREFIXES):
 else:
     _refuse_weak_secret(
         "MARKETPLACE_STRIPE_SECRET_KEY",
-        STRIPE_SECRET_KEY.split("_", 2)[2],
+        re.sub(r"^[sr]k_(live_|test_)?", "", STRIPE_SECRET_KEY),
         min_length=24,
         min_bits=96,
     )

@@ -1,11 +1,15 @@
 """Production refuses embedded defaults and insecure values, naming each variable."""
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from django.core.management.utils import get_random_secret_key
+
+from config.guard import secret_weakness
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # The development key as base.py spells it (what a careless deployment starts from).
@@ -126,6 +130,11 @@ def test_production_with_nothing_set_names_every_missing_variable():
         (
             {"MARKETPLACE_STRIPE_SECRET_KEY": "sk_test_o5STJFWoafN-0JdoBa1q1y0D1ly8pvZkZaBgFyyB4Y"},
             "MARKETPLACE_STRIPE_SECRET_KEY: must be a Stripe key starting with sk_live_ or rk_",
+        ),
+        (
+            # Staging takes any Stripe key, test mode included, but not a short one.
+            {"MARKETPLACE_SERVICE_ENV": "staging", "MARKETPLACE_STRIPE_SECRET_KEY": "sk_abc"},
+            "MARKETPLACE_STRIPE_SECRET_KEY: too short",
         ),
         (
             {"MARKETPLACE_STRIPE_SECRET_KEY": "sk_live_placeholder"},
@@ -345,3 +354,28 @@ def test_the_dev_settings_named_directly_still_get_the_production_refusal():
 
     assert result.returncode != 0
     assert "Refusing to start with MARKETPLACE_SERVICE_ENV=prod" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "make", "min_length"),
+    [
+        ("MARKETPLACE_SECRET_KEY", "django", 50),
+        ("MARKETPLACE_SECRET_KEY", "urlsafe48", 50),
+        ("MARKETPLACE_FINANCE_TOKEN", "hex16", 32),
+        ("MARKETPLACE_FINANCE_TOKEN", "urlsafe32", 32),
+    ],
+)
+def test_secrets_made_by_the_usual_generators_are_accepted(variable, make, min_length):
+    """Whatever an operator generates the usual way passes, at the shortest length allowed:
+    the check refuses typed and patterned values, not random ones."""
+    makers = {
+        "django": get_random_secret_key,
+        "urlsafe48": lambda: secrets.token_urlsafe(48),
+        "hex16": lambda: secrets.token_hex(16),
+        "urlsafe32": lambda: secrets.token_urlsafe(32),
+    }
+    min_bits = 200 if variable == "MARKETPLACE_SECRET_KEY" else 128
+    for _ in range(300):
+        value = makers[make]()
+        assert len(value) >= min_length
+        assert secret_weakness(value, min_length=min_length, min_bits=min_bits) is None, value
