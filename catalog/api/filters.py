@@ -143,7 +143,8 @@ class SkuFilter(filters.FilterSet):
             if data.get(name) is not None:
                 params[name] = str(data[name])
         if data.get("q") and q_words(data["q"]):
-            params["q"] = " ".join(q_words(data["q"]))
+            # The search ignores case, so the links do too.
+            params["q"] = " ".join(q_words(data["q"].casefold()))
         if self.ordering_name() != SKU_DEFAULT_ORDERING:
             params["ordering"] = self.ordering_name()
         return params

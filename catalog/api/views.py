@@ -90,6 +90,11 @@ def page_data(view: generics.GenericAPIView, queryset: Any, query: ListQuery) ->
     return view.get_paginated_response(view.get_serializer(page, many=True).data).data
 
 
+# Parameters whose valid values are unbounded (any text, any amount): a query with one is read
+# from the database every time, since caching it would let anyone add an entry per request.
+UNCACHED_PARAMS = frozenset({"q", "min_price", "max_price"})
+
+
 def cached_response(
     request: Request, kind: str, params: dict[str, str], build: Callable[[], Any]
 ) -> HttpResponse:
@@ -103,6 +108,8 @@ def cached_response(
     no other representation to keep. The ".json" in the key keeps entries cached as data by
     earlier code from being served as bytes during a deploy.
     """
+    if UNCACHED_PARAMS.intersection(params):
+        return HttpResponse(JSONRenderer().render(build()), content_type=JSONRenderer.media_type)
     key = cache_key(
         f"{kind}.json", base_url=request.build_absolute_uri(request.path), params=params
     )

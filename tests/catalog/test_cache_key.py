@@ -35,11 +35,13 @@ def shop(publisher):
 CANONICAL = [
     "/api/v1/skus",
     "/api/v1/skus?category=tools&ordering=price&page_size=2",
-    "/api/v1/skus?q=alpha+linter&currency=USD",
+    "/api/v1/skus?currency=USD",
     "/api/v1/skus/alpha",
     "/api/v1/categories",
     "/api/v1/partners",
 ]
+# Valid, but not cached: any text or amount is a new query.
+SEARCH = "/api/v1/skus?q=alpha+linter&currency=USD"
 
 # Other spellings of the same queries: answered from the entries above.
 SAME = {
@@ -57,9 +59,13 @@ SAME = {
         "/api/v1/skus?page_size=02&category=tools&ordering=price",
         "/api/v1/skus?category=tools&category=tools&ordering=price&page_size=2",
     ],
-    "/api/v1/skus?q=alpha+linter&currency=USD": [
+    "/api/v1/skus?currency=USD": [
+        "/api/v1/skus?currency=usd",
+        "/api/v1/skus?currency=Usd&q=%20",
+    ],
+    SEARCH: [
         "/api/v1/skus?currency=usd&q=alpha%20linter",
-        "/api/v1/skus?q=%20alpha%20%20%20linter%20&currency=Usd",
+        "/api/v1/skus?q=%20Alpha%20%20%20LINTER%20&currency=Usd",
         "/api/v1/skus?q=alpha%09linter&currency=USD",
     ],
     "/api/v1/partners": ["/api/v1/partners?page_size=20"],
@@ -88,13 +94,18 @@ def junk(count: int) -> list[tuple[str, int]]:
             (f"/api/v1/categories?v={i}", 400),
             (f"/api/v1/partners?v={i}", 400),
             (f"/api/v1/partners?page_size=0{i}0{i}", 400),
+            # Valid queries whose values an attacker can vary without end: answered, never
+            # cached.
+            (f"/api/v1/skus?q=word{i}", 200),
+            (f"/api/v1/skus?min_price={i}", 200),
+            (f"/api/v1/skus?max_price={1000 + i}&category=tools", 200),
         ]
     return urls
 
 
 def test_junk_query_strings_add_no_cache_entries(api_client, shop):
     answers = {}
-    for url in CANONICAL:
+    for url in [*CANONICAL, SEARCH]:
         response = api_client.get(url)
         assert response.status_code == 200, (url, response.content)
         answers[url] = response.content
@@ -111,11 +122,12 @@ def test_junk_query_strings_add_no_cache_entries(api_client, shop):
     sent = junk(20)
     answered = [api_client.get(url) for url, _ in sent]
 
-    assert len(sent) == 340
+    assert len(sent) == 400
     assert catalog_entries() == cached
     for (url, status), response in zip(sent, answered, strict=True):
         assert response.status_code == status, (url, response.content)
-        assert response["Content-Type"] == PROBLEM, url
+        if status != 200:
+            assert response["Content-Type"] == PROBLEM, url
 
 
 def test_an_unknown_parameter_is_a_400_naming_it_and_what_the_endpoint_takes(api_client, shop):
