@@ -12,9 +12,11 @@ from licensing.metrics import delivery_encrypt_failures
 from licensing.models import Delivery, DeliveryStatus
 from licensing.services import (
     LICENSING_WORKER,
+    SUPERSEDED_ATTEMPT,
     AttemptSuperseded,
     PackagingFailed,
     delivery_failure_record,
+    failed_attempt,
     fulfilment_due,
     revocations_due,
 )
@@ -59,8 +61,8 @@ PACKAGING_BACKOFF = Backoff(base=30, cap=1800)
 def delivery_package(self, delivery_id: str) -> str:  # type: ignore[no-untyped-def]
     """Packages a delivery; safe to run twice (the service re-checks under a lock, an attempt
     holds the delivery while its heartbeat is fresh, and the package's bytes and name are fixed
-    by the delivery). An attempt that lost its delivery to another (AttemptSuperseded) stops
-    and records nothing. Transient failures are retried with
+    by the delivery). An attempt that lost its delivery to another (AttemptSuperseded, or a
+    failure after it was taken over) stops and records nothing. Transient failures are retried with
     backoff until the delivery has had MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts, then it is
     suspended; a permanent one suspends it at once. Every failure is counted in
     marketplace_delivery_encrypt_failures_total."""
@@ -68,24 +70,33 @@ def delivery_package(self, delivery_id: str) -> str:  # type: ignore[no-untyped-
         return delivery_package_service(delivery_id=delivery_id, actor=LICENSING_WORKER)
     except AttemptSuperseded as exc:
         logger.warning("packaging delivery %s stopped: %s", delivery_id, exc)
-        return "superseded-attempt"
+        return SUPERSEDED_ATTEMPT
     except PackagingFailed as exc:
         delivery_encrypt_failures.labels(reason="artifact").inc()
         logger.error("packaging delivery %s cannot succeed: %s", delivery_id, exc)
         return delivery_failure_record(
-            delivery_id=delivery_id, error=str(exc), permanent=True, actor=LICENSING_WORKER
+            delivery_id=delivery_id,
+            attempt=failed_attempt(exc),
+            error=str(exc),
+            permanent=True,
+            actor=LICENSING_WORKER,
         )
     except DataKeyError as exc:
         delivery_encrypt_failures.labels(reason="data_key").inc()
         logger.error("packaging delivery %s cannot succeed: %s", delivery_id, exc)
         return delivery_failure_record(
-            delivery_id=delivery_id, error=str(exc), permanent=True, actor=LICENSING_WORKER
+            delivery_id=delivery_id,
+            attempt=failed_attempt(exc),
+            error=str(exc),
+            permanent=True,
+            actor=LICENSING_WORKER,
         )
     except TRANSIENT as exc:
         delivery_encrypt_failures.labels(reason=type(exc).__name__).inc()
         logger.warning("packaging delivery %s failed: %s", delivery_id, exc)
         status = delivery_failure_record(
             delivery_id=delivery_id,
+            attempt=failed_attempt(exc),
             # The cause first: last_error is cut at 4,000 characters and the audit event keeps
             # its first line.
             error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=-6)}",

@@ -2,6 +2,7 @@
 
 from licensing.services.deliveries import (
     PACKAGE_FORMAT,
+    SUPERSEDED_ATTEMPT,
     AttemptSuperseded,
     PackagingFailed,
     deliveries_withdraw_for_order,
@@ -11,6 +12,7 @@ from licensing.services.deliveries import (
     delivery_package,
     delivery_regenerate,
     delivery_spool_sweep,
+    failed_attempt,
     proof_fingerprint,
     proof_payload,
 )
@@ -42,6 +44,7 @@ from licensing.services.licenses import (
 __all__ = [
     "LICENSING_WORKER",
     "PACKAGE_FORMAT",
+    "SUPERSEDED_ATTEMPT",
     "AttemptSuperseded",
     "DeliveryAccess",
     "DeliveryNotReady",
@@ -58,6 +61,7 @@ __all__ = [
     "delivery_regenerate",
     "delivery_spool_sweep",
     "download_link_open",
+    "failed_attempt",
     "fulfilment_due",
     "license_issue",
     "license_key_generate",

@@ -71,10 +71,33 @@ def _stale_before(now: datetime) -> datetime:
     return now - timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
 
 
-def _attempt_claim(delivery_id: Any) -> int | None:
+def _suspend(delivery: Delivery, *, error: str, permanent: bool, actor: Actor) -> None:
+    """Suspends a pending delivery the caller holds locked, audited (`delivery.suspended`),
+    keeping `error` (a one-line summary first) as its last error."""
+    delivery.last_error = error[:4000]
+    delivery.status = DeliveryStatus.SUSPENDED
+    delivery.save(update_fields=["last_error", "status"])
+    audit_append(
+        actor=actor,
+        action="delivery.suspended",
+        subject=delivery,
+        data={
+            "order": str(delivery.order_id),
+            "attempts": delivery.attempts,
+            "permanent": permanent,
+            "error": error.strip().splitlines()[0][:300] if error.strip() else "",
+        },
+    )
+
+
+def _attempt_claim(delivery_id: Any, *, actor: Actor) -> int | None:
     """Counts a new attempt and holds the delivery for it; answers the attempt's number, or
     None when the delivery is not pending or another attempt holds it (its heartbeat is
-    fresh). Under the delivery's lock, so of two tasks at once exactly one claims it."""
+    fresh). Under the delivery's lock, so of two tasks at once exactly one claims it.
+
+    A delivery that already had MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts is suspended
+    instead (None): attempts whose workers were killed record no failure, so without this a
+    package that kills its worker would be taken over every stale period for ever."""
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None or delivery.status != DeliveryStatus.PENDING:
@@ -82,6 +105,28 @@ def _attempt_claim(delivery_id: Any) -> int | None:
         now = timezone.now()
         if delivery.heartbeat_at is not None and delivery.heartbeat_at >= _stale_before(now):
             return None
+        if delivery.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+            stale = "" if delivery.heartbeat_at is None else delivery.heartbeat_at.isoformat()
+            summary = (
+                f"{delivery.attempts} attempts made (MARKETPLACE_DELIVERY_MAX_ATTEMPTS), "
+                "none finished"
+                + (f"; the last stopped beating at {stale} (its worker died?)" if stale else "")
+            )
+            _suspend(
+                delivery,
+                error=summary + (f"\n\n{delivery.last_error}" if delivery.last_error else ""),
+                permanent=False,
+                actor=actor,
+            )
+            return None
+        if delivery.heartbeat_at is not None:
+            # Its attempt stopped beating without letting go: its worker died or stalled.
+            logger.warning(
+                "delivery %s: attempt %d taken over, its heartbeat stale since %s",
+                delivery.pk,
+                delivery.attempts,
+                delivery.heartbeat_at.isoformat(),
+            )
         delivery.attempts += 1
         delivery.attempted_at = delivery.heartbeat_at = now
         delivery.save(update_fields=["attempts", "attempted_at", "heartbeat_at"])
@@ -241,6 +286,7 @@ class StoredPackage:
     """What the upload step stored: the commit step records it and signs the proof."""
 
     delivery: Delivery
+    attempt: int
     name: str
     info: envelope.PackageInfo
     signer: Signer
@@ -259,27 +305,40 @@ def _pending(delivery_id: Any) -> Delivery | str:
     return delivery
 
 
-def delivery_package_upload(*, delivery_id: Any) -> StoredPackage | str:
+_ATTEMPT_ATTRIBUTE = "delivery_attempt"
+
+
+def failed_attempt(exc: BaseException) -> int | None:
+    """The number of the attempt an exception from delivery_package ended, for
+    delivery_failure_record; None when it was raised before any attempt was claimed."""
+    return getattr(exc, _ATTEMPT_ATTRIBUTE, None)
+
+
+def delivery_package_upload(*, delivery_id: Any, actor: Actor) -> StoredPackage | str:
     """The first half of packaging: counts the attempt, encrypts the artifact under the
     delivery's data key and stores the package under the delivery's name. Nothing is
     recorded as delivered yet; running it again stores the same bytes under the same name.
-    Answers the delivery's status instead when it is not pending.
+    Answers the delivery's status instead when it is not pending (or was just suspended at
+    MARKETPLACE_DELIVERY_MAX_ATTEMPTS).
 
     Raises PackagingFailed when the stored artifact no longer matches its recorded hash
-    (nothing is stored then), and what a retry may cure (storage, KMS, signer outages).
+    (nothing is stored then), and what a retry may cure (storage, KMS, signer outages); what
+    it raises names its attempt (failed_attempt).
     """
     delivery = _pending(delivery_id)
     if isinstance(delivery, str):
         return delivery
-    attempt = _attempt_claim(delivery.pk)
+    attempt = _attempt_claim(delivery.pk, actor=actor)
     if attempt is None:
         # Another attempt holds it, or it just stopped being pending: nothing to do here.
         status = Delivery.objects.filter(pk=delivery.pk).values_list("status", flat=True)
         return status.first() or "missing"
     try:
         return _package_upload(delivery, Heartbeat(delivery.pk, attempt))
-    except BaseException:
+    except BaseException as exc:
         _attempt_release(delivery.pk, attempt)
+        with contextlib.suppress(AttributeError):  # an exception type without __dict__
+            setattr(exc, _ATTEMPT_ATTRIBUTE, attempt)
         raise
 
 
@@ -336,7 +395,9 @@ def _package_upload(delivery: Delivery, heartbeat: Heartbeat) -> StoredPackage:
                 order.sku.manifest_signature.encode()
             ).hexdigest()
         package_store(name, package, metadata=metadata)  # type: ignore[arg-type]
-    return StoredPackage(delivery=delivery, name=name, info=info, signer=signer)
+    return StoredPackage(
+        delivery=delivery, attempt=heartbeat.attempt, name=name, info=info, signer=signer
+    )
 
 
 def delivery_package(*, delivery_id: Any, actor: Actor) -> str:
@@ -349,16 +410,19 @@ def delivery_package(*, delivery_id: Any, actor: Actor) -> str:
     """
     if maintenance_on():
         return "maintenance"
-    stored = delivery_package_upload(delivery_id=delivery_id)
+    stored = delivery_package_upload(delivery_id=delivery_id, actor=actor)
     if isinstance(stored, str):
         return stored
-    return _delivery_ready(stored, actor=actor)
+    return delivery_package_commit(stored, actor=actor)
 
 
-def _delivery_ready(stored: StoredPackage, *, actor: Actor) -> str:
+def delivery_package_commit(stored: StoredPackage, *, actor: Actor) -> str:
     """The second half: the proof is signed and the delivery becomes `ready` with it, in one
     transaction that first re-checks the delivery is still pending (a concurrent attempt may
-    have finished it, or a refund withdrawn it)."""
+    have finished it, or a refund withdrawn it) and still held by this attempt.
+
+    Raises AttemptSuperseded when another attempt took the delivery over meanwhile: that one
+    finishes it."""
     delivery, info, signer = stored.delivery, stored.info, stored.signer
     order = delivery.order
     delivered_at = timezone.now().replace(microsecond=0)
@@ -383,6 +447,11 @@ def _delivery_ready(stored: StoredPackage, *, actor: Actor) -> str:
         locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
         if locked.status != DeliveryStatus.PENDING:
             return locked.status
+        if locked.attempts != stored.attempt:
+            raise AttemptSuperseded(
+                f"attempt {stored.attempt} of delivery {delivery.pk} was taken over by "
+                f"attempt {locked.attempts}"
+            )
         locked.status = DeliveryStatus.READY
         locked.format = PACKAGE_FORMAT
         locked.storage_name = stored.name
@@ -418,35 +487,34 @@ def _delivery_ready(stored: StoredPackage, *, actor: Actor) -> str:
     return DeliveryStatus.READY
 
 
-def delivery_failure_record(*, delivery_id: Any, error: str, permanent: bool, actor: Actor) -> str:
-    """Records a failed attempt (`error` starts with a one-line summary) and answers the
-    delivery's status: still `pending` when a retry may follow, `suspended` after a permanent
-    failure or once the delivery has had MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts (visible
-    in the admin, where it can be regenerated). Attempts are counted on the delivery, not per
-    task, so a delivery the sweep sent again does not get a fresh allowance."""
+SUPERSEDED_ATTEMPT = "superseded-attempt"
+
+
+def delivery_failure_record(
+    *, delivery_id: Any, attempt: int | None, error: str, permanent: bool, actor: Actor
+) -> str:
+    """Records the failure of attempt `attempt` (failed_attempt; `error` starts with a
+    one-line summary) and answers the delivery's status: still `pending` when a retry may
+    follow, `suspended` after a permanent failure or once the delivery has had
+    MARKETPLACE_DELIVERY_MAX_ATTEMPTS attempts (visible in the admin, where it can be
+    regenerated). Attempts are counted on the delivery, not per task, so a delivery the sweep
+    sent again does not get a fresh allowance.
+
+    An attempt another one has taken over since records nothing (SUPERSEDED_ATTEMPT): the live
+    attempt's error and fate are its own."""
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
             return "missing"
         if delivery.status != DeliveryStatus.PENDING:
             return delivery.status
-        delivery.last_error = error[:4000]
-        fields = ["last_error"]
+        if attempt is not None and delivery.attempts != attempt:
+            return SUPERSEDED_ATTEMPT
         if permanent or delivery.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
-            delivery.status = DeliveryStatus.SUSPENDED
-            fields.append("status")
-            audit_append(
-                actor=actor,
-                action="delivery.suspended",
-                subject=delivery,
-                data={
-                    "order": str(delivery.order_id),
-                    "attempts": delivery.attempts,
-                    "permanent": permanent,
-                    "error": error.strip().splitlines()[0][:300] if error.strip() else "",
-                },
-            )
-        delivery.save(update_fields=fields)
+            _suspend(delivery, error=error, permanent=permanent, actor=actor)
+        else:
+            delivery.last_error = error[:4000]
+            delivery.save(update_fields=["last_error"])
         return delivery.status
 
 

@@ -269,7 +269,7 @@ def test_a_crash_between_upload_and_commit_is_finished_by_the_next_run(
     pending: Delivery, settings: Any
 ) -> None:
     # The upload step alone: the package is stored, nothing is recorded as delivered.
-    stored = delivery_package_upload(delivery_id=pending.pk)
+    stored = delivery_package_upload(delivery_id=pending.pk, actor=TEST_ACTOR)
     assert not isinstance(stored, str)
     first_bytes = stored_bytes_named(stored.name)
     pending.refresh_from_db()
@@ -633,7 +633,7 @@ def test_on_s3_the_package_is_locked_with_metadata_and_sse_kms_and_downloads_pre
 def test_on_s3_a_crash_after_upload_leaves_one_version_of_the_package(
     s3_pending: Delivery, s3_storage: S3Bucket, settings: Any
 ) -> None:
-    stored = delivery_package_upload(delivery_id=s3_pending.pk)
+    stored = delivery_package_upload(delivery_id=s3_pending.pk, actor=TEST_ACTOR)
     assert not isinstance(stored, str)
 
     settings.DELIVERY_STALE_SECONDS = 0  # the worker died after the upload
