@@ -6,12 +6,15 @@ from the (N+1)th request until the window closes the answer is a 429 whose Retry
 time left. A client can therefore send at most 2N requests in any one period that straddles the
 end of a window, and never more than N in the window itself.
 
-Each request is one atomic step in the store, so concurrent requests cannot all pass (as they
-did with DRF's own throttles, which read a list of timestamps from the cache and wrote it back):
+Each request is one atomic step in the store over every limit that applies to it, so
+concurrent requests cannot all pass (as they did with DRF's own throttles, which read a list of
+timestamps from the cache and wrote it back), and a request refused by one limit is counted
+against none (docs/api.md: a refused request does nothing):
 
-- with Redis as the cache (`MARKETPLACE_REDIS_URL`), a Lua script that increments the counter
-  and sets its expiry when it is new, in one round trip shared by every process;
-- with the local-memory cache (the embedded defaults), a counter under a lock in this process,
+- with Redis as the cache (`MARKETPLACE_REDIS_URL`), a Lua script that checks every counter
+  and, only if none is used up, increments each and sets its expiry when it is new: one round
+  trip per request, shared by every process;
+- with the local-memory cache (the embedded defaults), the same under a lock in this process,
   so the limits hold per process.
 
 When Redis cannot be reached, API requests that change something are refused (503
@@ -27,6 +30,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -36,6 +40,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from redis.commands.core import Script
 
 from marketplace.exceptions import ApplicationError
 
@@ -125,32 +130,55 @@ class StoreUnavailable(Exception):
 
 # --- Stores -------------------------------------------------------------------------------------
 
+# KEYS: one counter per limit; ARGV: each one's limit and window (ms), in turn. Returns
+# {0, 0} when every counter was below its limit and has been incremented, else {i, ttl}: the
+# first used-up counter (1-based) and the milliseconds until its window closes; nothing is
+# incremented then.
 _HIT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[2 * i - 1]) then
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 then
+      redis.call('PEXPIRE', key, ARGV[2 * i])
+      ttl = tonumber(ARGV[2 * i])
+    end
+    return {i, ttl}
+  end
 end
-return {count, ttl}
+for i, key in ipairs(KEYS) do
+  redis.call('INCR', key)
+  if redis.call('PTTL', key) < 0 then
+    redis.call('PEXPIRE', key, ARGV[2 * i])
+  end
+end
+return {0, 0}
 """
+
+
+# One Script for the process: it keeps the SHA, so each call is one EVALSHA (bytes: a Script
+# made without a client cannot encode text).
+_HIT = Script(None, _HIT_SCRIPT.encode())
 
 
 class _RedisCounters:
     def __init__(self, cache: Any) -> None:
         self.cache = cache
 
-    def hit(self, key: str, seconds: int) -> tuple[int, float]:
+    def hit(self, counters: Sequence[tuple[str, int, int]]) -> tuple[int, float] | None:
         from redis.exceptions import RedisError
 
+        args: list[int] = []
+        for _, limit, seconds in counters:
+            args += [limit, seconds * 1000]
         try:
             client = self.cache.client.get_client(write=True)
-            count, ttl_ms = client.register_script(_HIT_SCRIPT)(
-                keys=[self.cache.make_key(key)], args=[seconds * 1000]
+            index, ttl_ms = _HIT(
+                keys=[self.cache.make_key(key) for key, _, _ in counters], args=args, client=client
             )
         except RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return int(count), int(ttl_ms) / 1000
+        return None if int(index) == 0 else (int(index) - 1, int(ttl_ms) / 1000)
 
     def peek(self, key: str) -> tuple[int, float]:
         from redis.exceptions import RedisError
@@ -176,18 +204,25 @@ class _LocalCounters:
         self._windows: dict[str, tuple[int, float]] = {}
         self._swept_at = 0.0
 
-    def hit(self, key: str, seconds: int) -> tuple[int, float]:
+    def hit(self, counters: Sequence[tuple[str, int, int]]) -> tuple[int, float] | None:
+        """As the Redis script: None when each counter was below its limit and is now
+        incremented, else the index of the first used-up one and the seconds it has left."""
         now = time.monotonic()
         with self._lock:
-            count, ends = self._windows.get(key, (0, 0.0))
-            if ends <= now:
-                if len(self._windows) >= self.SWEEP_AT and now - self._swept_at > 1:
-                    self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
-                    self._swept_at = now
-                count, ends = 0, now + seconds
-            count += 1
-            self._windows[key] = (count, ends)
-        return count, ends - now
+            if len(self._windows) >= self.SWEEP_AT and now - self._swept_at > 1:
+                self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
+                self._swept_at = now
+            windows = []
+            for index, (key, limit, seconds) in enumerate(counters):
+                count, ends = self._windows.get(key, (0, 0.0))
+                if ends <= now:
+                    count, ends = 0, now + seconds
+                if count >= limit:
+                    return index, ends - now
+                windows.append((key, count, ends))
+            for key, count, ends in windows:
+                self._windows[key] = (count + 1, ends)
+        return None
 
     def peek(self, key: str) -> tuple[int, float]:
         now = time.monotonic()
@@ -219,17 +254,30 @@ def _key(scope: str, who: str) -> str:
 
 def hit(scope: str, who: str, *, write: bool) -> None:
     """Counts one request of `who` (a client address, or `u:<id>` for a signed-in caller)
-    against `scope`'s limit.
+    against `scope`'s limit; see hit_all."""
+    hit_all([(scope, who)], write=write)
 
-    Raises RateLimited over the limit, with `retry_after` in seconds; CacheUnavailable when the
-    counters cannot be reached and the request is a `write`. A read then goes on.
+
+def hit_all(budgets: Sequence[tuple[str, str]], *, write: bool) -> None:
+    """Counts one request against each (scope, who) of `budgets`, in one atomic step: against
+    all of them if none is used up, else against none.
+
+    Raises RateLimited, naming the first used-up scope, with `retry_after` in seconds;
+    CacheUnavailable when the counters cannot be reached and the request is a `write`. A read
+    then goes on.
     """
-    rate = rate_of(scope)
+    if not budgets:
+        return
+    rates = [rate_of(scope) for scope, _ in budgets]
+    counters = [
+        (_key(scope, who), rate.limit, rate.seconds)
+        for (scope, who), rate in zip(budgets, rates, strict=True)
+    ]
     location, store = _store()
     try:
         if time.monotonic() < _down_until.get(location, 0.0):
             raise StoreUnavailable("marked down after a recent failure")
-        count, remaining = store.hit(_key(scope, who), rate.seconds)
+        refused = store.hit(counters)
     except StoreUnavailable as exc:
         if time.monotonic() >= _down_until.get(location, 0.0):
             _down_until[location] = time.monotonic() + STORE_DOWN_SECONDS
@@ -241,7 +289,9 @@ def hit(scope: str, who: str, *, write: bool) -> None:
                 extra={"retry_after": STORE_DOWN_RETRY_AFTER},
             ) from None
         return
-    if count > rate.limit:
+    if refused is not None:
+        index, remaining = refused
+        scope, rate = budgets[index][0], rates[index]
         retry_after = max(1, math.ceil(remaining))
         raise RateLimited(
             f"More than {rate} ({scope}); try again in {retry_after} s.",

@@ -470,12 +470,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["marketplace.api.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     # Atomic counters in Redis (marketplace/ratelimit.py); docs/api.md lists the limits.
-    "DEFAULT_THROTTLE_CLASSES": [
-        "marketplace.api.throttling.AnonymousRateThrottle",
-        "marketplace.api.throttling.SignedInRateThrottle",
-        "marketplace.api.throttling.BuyerWriteRateThrottle",
-        "marketplace.api.throttling.EndpointRateThrottle",
-    ],
+    # One throttle counts every limit of a request at once: a refused one counts against none.
+    "DEFAULT_THROTTLE_CLASSES": ["marketplace.api.throttling.RequestRateThrottle"],
     "DEFAULT_THROTTLE_RATES": THROTTLE_RATES,
     # Clients are told apart by REMOTE_ADDR, or by the X-Forwarded-For entry that this many
     # trusted proxies in front of the platform add; the rest of that header is the client's

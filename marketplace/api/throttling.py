@@ -1,4 +1,4 @@
-"""Rate limits of the API: DRF throttles on the atomic counters of marketplace.ratelimit.
+"""Rate limits of the API: a DRF throttle on the atomic counters of marketplace.ratelimit.
 
 Every API request counts against the limit of its caller (`anon` per client address, `user` per
 signed-in buyer); a buyer's writes also against `buyer_write`; and a view that names a
@@ -6,7 +6,7 @@ signed-in buyer); a buyer's writes also against `buyer_write`; and a view that n
 per buyer or, for anonymous callers, per address. docs/api.md lists them.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
@@ -36,52 +36,31 @@ def _is_write(request: Request, view: "APIView") -> bool:
     )
 
 
-class RateThrottle(BaseThrottle):
-    """One scope's limit on the caller. Over it, raises ratelimit.RateLimited (429 with
-    Retry-After) at once rather than returning False, so that the answer names the limit and
-    the limits after it do not count a refused request."""
+def budgets_of(request: Request, view: "APIView") -> list[tuple[str, str]]:
+    """Each (scope, who) this request counts against."""
+    who = _caller(request)
+    if _signed_in(request):
+        budgets = [("user", who)]
+        if _is_write(request, view):
+            budgets.append(("buyer_write", who))
+    else:
+        budgets = [("anon", who)]
+    scope = getattr(view, "throttle_scope", None)
+    if scope:
+        budgets.append((scope, who))
+    return budgets
 
-    scope = ""
 
-    def scope_for(self, request: Request, view: "APIView") -> str | None:
-        return self.scope
+class RequestRateThrottle(BaseThrottle):
+    """Every limit of the request (budgets_of), counted in one atomic step: against all of them
+    if none is used up, else against none, so that a request refused by one limit (a checkout
+    past its own) spends nothing of the others (the buyer's write budget). Over a limit it
+    raises ratelimit.RateLimited (429 with Retry-After, naming the limit) rather than returning
+    False."""
 
     def allow_request(self, request: Request, view: "APIView") -> bool:
-        scope = self.scope_for(request, view)
-        if scope:
-            ratelimit.hit(scope, _caller(request), write=_is_write(request, view))
+        ratelimit.hit_all(budgets_of(request, view), write=_is_write(request, view))
         return True
 
     def wait(self) -> float | None:
         return None
-
-
-class AnonymousRateThrottle(RateThrottle):
-    """The `anon` rate (MARKETPLACE_THROTTLE_ANON), per client address, for anonymous
-    callers."""
-
-    def scope_for(self, request: Request, view: "APIView") -> str | None:
-        return None if _signed_in(request) else "anon"
-
-
-class SignedInRateThrottle(RateThrottle):
-    """The `user` rate (MARKETPLACE_THROTTLE_USER), per buyer, for signed-in callers only."""
-
-    def scope_for(self, request: Request, view: "APIView") -> str | None:
-        return "user" if _signed_in(request) else None
-
-
-class BuyerWriteRateThrottle(RateThrottle):
-    """The `buyer_write` rate, per buyer, on every write of a signed-in caller: each one
-    (checkout, setting or forgetting the delivery key, opening or ending a preview) appends an
-    audit event, which is kept for good, so their number is bounded as one budget."""
-
-    def scope_for(self, request: Request, view: "APIView") -> str | None:
-        return "buyer_write" if _signed_in(request) and _is_write(request, view) else None
-
-
-class EndpointRateThrottle(RateThrottle):
-    """The view's own `throttle_scope`, if it names one."""
-
-    def scope_for(self, request: Request, view: Any) -> str | None:
-        return getattr(view, "throttle_scope", None)

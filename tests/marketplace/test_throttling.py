@@ -332,3 +332,40 @@ def test_a_rate_of_another_form_stops_the_platform_naming_the_variable(value: st
     assert "ImproperlyConfigured: MARKETPLACE_THROTTLE_CHECKOUT: a rate is N/s, N/min" in (
         done.stderr
     )
+
+
+# --- A refused request counts against no limit -------------------------------------------------
+
+
+def test_checkouts_refused_by_their_own_limit_leave_the_write_budget_alone(
+    buyer_client: APIClient, rates: SetRates
+) -> None:
+    rates(checkout="2/min", buyer_write="4/hour")
+
+    checkouts = [
+        buyer_client.post(
+            "/api/v1/checkout", {"sku": "x"}, format="json", HTTP_IDEMPOTENCY_KEY=f"k-{n}"
+        ).status_code
+        for n in range(6)
+    ]
+    # Two writes are spent; the 429s spent nothing.
+    keys = [
+        buyer_client.put(KEY_URL, {"public_key": _public_key()}, format="json") for _ in range(3)
+    ]
+
+    assert checkouts == [404, 404, 429, 429, 429, 429]
+    assert [r.status_code for r in keys[:2]] == [200, 200]
+    assert_rate_limited(keys[2], limit="buyer_write", retry_after_at_most=3600)
+
+
+def test_a_request_refused_by_its_endpoint_limit_is_not_counted_as_the_buyers_request(
+    buyer_client: APIClient, rates: SetRates
+) -> None:
+    rates(download_link="1/min", user="4/min")
+    url = f"/api/v1/orders/{uuid.uuid4()}/delivery"
+
+    links = [buyer_client.get(url).status_code for _ in range(4)]
+    reads = [buyer_client.get("/api/v1/orders").status_code for _ in range(4)]
+
+    assert links == [404, 429, 429, 429]
+    assert reads == [200, 200, 200, 429]
