@@ -24,7 +24,6 @@ database while the cache is down; so do the license check (it changes nothing) a
 of PATH_LIMITS (see there).
 """
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -353,7 +352,10 @@ class RateLimitMiddleware:
     It also counts the API's 401s to requests that carry credentials (`auth_failure`, per
     address): DRF authenticates before it throttles, so a request with a made-up token is
     answered, after a database look-up, without counting against any limit. Once an address has
-    used up that limit, its requests with credentials are refused until the window closes.
+    used up that limit, its requests with credentials are refused until the window closes,
+    before any look-up. The count is taken where the credentials failed, and its answer decides:
+    concurrent requests all pass the check before the view, but only as many failures as the
+    limit allows are answered 401, the rest 429.
     """
 
     def __init__(self, get_response: Any) -> None:
@@ -378,9 +380,10 @@ class RateLimitMiddleware:
                 return error_response(request, _auth_failures_spent(retry_after))
         response = self.get_response(request)
         if credentials and response.status_code == 401:
-            # This answer is the 401 already; the next request is the one refused.
-            with contextlib.suppress(RateLimited):
+            try:
                 hit("auth_failure", client_of(request), write=False)
+            except RateLimited as exc:
+                return error_response(request, _auth_failures_spent(exc.extra["retry_after"]))
         return response
 
 

@@ -137,6 +137,21 @@ def test_32_concurrent_webhook_posts_from_one_address_pass_exactly_the_limit(
     assert statuses == Counter({400: LIMIT, 429: CONCURRENT - LIMIT})
 
 
+@pytest.mark.django_db(transaction=True)
+def test_32_concurrent_made_up_tokens_from_one_address_are_refused_past_the_limit(
+    live_server: Any, rates: SetRates
+) -> None:
+    rates(auth_failure=f"{LIMIT}/hour")
+
+    def headers(n: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer mkp_guess{n}"}
+
+    statuses = fire_at_once(live_server.url, "GET", "/api/v1/orders", headers, b"")
+
+    # All of them arrive before any failure is counted; the count decides which are answered.
+    assert statuses == Counter({401: LIMIT, 429: CONCURRENT - LIMIT})
+
+
 @pytest.mark.skipif(
     not django_settings.CACHES["default"]["BACKEND"].endswith("RedisCache"),
     reason="needs Redis (set MARKETPLACE_REDIS_URL): the local counters are per process",
