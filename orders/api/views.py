@@ -77,6 +77,7 @@ class CheckoutView(APIView):
             404: problem("No such SKU"),
             409: problem("The SKU is not for sale, or the same key is still being processed"),
             422: problem("The key was used with another body"),
+            502: problem("The payment provider refused to create the payment page"),
             503: problem("Maintenance, or the payment provider is unreachable"),
         },
     )

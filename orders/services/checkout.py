@@ -174,8 +174,9 @@ def checkout_create(
                 extra={"retry_after": 5},
             ) from exc
         raise PaymentProviderRejected(
-            "The payment provider refused to create the payment page; retrying will not help. "
-            "The refusal has been logged for the operators."
+            "The payment provider refused to create the payment page. The refusal has been "
+            "logged for the operators; try again later with the same Idempotency-Key, or "
+            "contact support."
         ) from exc
 
     with transaction.atomic(durable=True):

@@ -16,7 +16,6 @@ import time
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
-from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from marketplace.api.parsers import JsonBodyRefused, json_parse
 from orders.exceptions import WebhookBodyInvalid, WebhookSignatureInvalid
@@ -137,7 +136,9 @@ def _processing_enqueue(event_pk: int) -> None:
 
     try:
         tasks.webhook_event_process.delay(event_pk)
-    except BrokerUnavailable as exc:
+    # Whatever the broker answers (unreachable, out of memory, a read-only replica in a
+    # failover), the event is stored: the sweep sends it.
+    except Exception as exc:
         logger.warning(
             "webhook event %s stored; the broker is unavailable, the sweep will process it: %s",
             event_pk,

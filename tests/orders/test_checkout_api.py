@@ -483,3 +483,7 @@ def test_stripe_refusing_the_session_is_502_and_makes_no_order(
     assert response.json()["code"] == "payment-provider-rejected"
     assert Order.objects.count() == 0
     assert stripe_api.sessions == {}
+    # The OpenAPI document says so too.
+    document = buyer_client.get("/api/schema/?format=json").json()
+    documented = document["paths"]["/api/v1/checkout"]["post"]["responses"]["502"]
+    assert "application/problem+json" in documented["content"]
