@@ -311,11 +311,14 @@ def main() -> int:
         "runs": results,
         "ready_s_median": statistics.median(ready),
         "ready_s_max": max(ready),
-        "before_s": 1200 + 60,
+        # Not measured: what the settings before the heartbeat implied (the sweep re-sent an
+        # attempt 1,200 s after it began, and runs every 60 s).
+        "before_s_from_settings": 1200 + 60,
     }
     print(
         f"killed worker → delivery ready: median {summary['ready_s_median']:.1f} s, "
-        f"max {summary['ready_s_max']:.1f} s (before the heartbeat: about 1,200 to 1,260 s)"
+        f"max {summary['ready_s_max']:.1f} s (before the heartbeat, from its settings, not "
+        "measured: 1,200 to 1,260 s)"
     )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"delivery-recovery-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
