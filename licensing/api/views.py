@@ -78,6 +78,7 @@ class LicenseVerifyView(APIView):
 
 class OrderDeliveryView(APIView):
     throttle_scope = "download_link"
+    throttle_fail_closed = True  # it writes: refused while rate limits cannot be counted
 
     @extend_schema(
         summary="Download your package: a time-limited link and the means to decrypt it",

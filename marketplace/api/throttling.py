@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # rest_framework.views imports this module while it defines A
 # unreachable.
 READ_SCOPES = frozenset({"license_verify"})
 
+# A view whose GET writes (minting a download link opens a download session, and on S3 counts
+# and logs a download) sets `throttle_fail_closed = True`: its requests are refused, like
+# writes, while the counters are unreachable, though they stay out of the buyer's write budget.
+
 
 def _signed_in(request: Request) -> bool:
     return bool(request.user and request.user.is_authenticated)
@@ -59,7 +63,8 @@ class RequestRateThrottle(BaseThrottle):
     False."""
 
     def allow_request(self, request: Request, view: "APIView") -> bool:
-        ratelimit.hit_all(budgets_of(request, view), write=_is_write(request, view))
+        fails_closed = _is_write(request, view) or getattr(view, "throttle_fail_closed", False)
+        ratelimit.hit_all(budgets_of(request, view), write=fails_closed)
         return True
 
     def wait(self) -> float | None:

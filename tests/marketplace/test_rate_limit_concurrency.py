@@ -264,3 +264,13 @@ def test_with_redis_down_reads_and_the_license_check_go_on(
         client.post("/admin/login/", {"username": "a@example.com", "password": "x"}).status_code
         == 200
     )
+
+
+def test_with_redis_down_a_download_link_is_refused_though_it_is_a_get(
+    buyer_client: APIClient, redis_down: str
+) -> None:
+    # Minting a link writes (a download session; on S3 a counted, logged download): its limit
+    # fails closed like a write's.
+    response = buyer_client.get(f"/api/v1/orders/{uuid.uuid4()}/delivery")
+
+    assert_cache_unavailable(response, redis_down)
