@@ -4,9 +4,16 @@
 folders or buckets: it is logged, and shown only by /health/details to staff or to the
 holder of MARKETPLACE_HEALTH_TOKEN. `health_public` is what anyone may see: each check's name
 and whether it passed.
+
+Anyone may ask for /health, and a run opens a broker connection (up to 2 s when the broker
+does not answer) and asks S3 for the bucket: `recent_health_report` answers every request from
+one run for MARKETPLACE_HEALTH_CACHE_SECONDS, and requests that arrive during a run wait for it
+rather than each starting its own, so callers cannot multiply the platform's calls to its
+dependencies nor, during an outage, hold a thread each in a probe of their own.
 """
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -100,6 +107,29 @@ def health_report() -> dict[str, Any]:
         # signing proxy in it.
         "signingConfigured": settings.KEYSTORE_BACKEND != "local" or settings.SERVICE_ENV == "dev",
     }
+
+
+_lock = threading.Lock()
+_recent: tuple[float, dict[str, Any]] | None = None
+
+
+def recent_health_report() -> dict[str, Any]:
+    """health_report, run at most once per HEALTH_CACHE_SECONDS in this process."""
+    global _recent
+    # Held during the run: a request that arrives meanwhile waits for its report.
+    with _lock:
+        if _recent is not None and time.monotonic() - _recent[0] < settings.HEALTH_CACHE_SECONDS:
+            return _recent[1]
+        report = health_report()
+        _recent = (time.monotonic(), report)
+        return report
+
+
+def forget_report() -> None:
+    """The next /health runs the checks afresh."""
+    global _recent
+    with _lock:
+        _recent = None
 
 
 def health_public(report: dict[str, Any]) -> dict[str, Any]:

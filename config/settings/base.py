@@ -271,6 +271,9 @@ OUTAGE_RETRY_AFTER_SECONDS = env.int("MARKETPLACE_OUTAGE_RETRY_AFTER_SECONDS", d
 # A bearer token that reads /health/details (each check's error) without a staff session,
 # so that it can be read while the database is down; unset, only staff sessions can.
 HEALTH_TOKEN = env.str("MARKETPLACE_HEALTH_TOKEN", default="")
+# How long one run of the checks answers every GET /health of a process (/health/details runs
+# them afresh): a run opens a broker connection and asks S3, and anyone may call /health.
+HEALTH_CACHE_SECONDS = env.float("MARKETPLACE_HEALTH_CACHE_SECONDS", default=2.0)
 
 # --- Licensing and delivery --------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 WHITENOISE_USE_FINDERS = True
 # Every scrape renders afresh: a test reads /metrics right after moving a metric.
 METRICS_CACHE_SECONDS = 0.0
+# Every /health runs the checks: a test reads it right after breaking a dependency.
+HEALTH_CACHE_SECONDS = 0.0
 # No limit is reached unless a test sets it (tests/marketplace/test_throttling.py): the suite
 # sends many requests from one address and one buyer.
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {scope: "100000/min" for scope in THROTTLE_RATES}
