@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -173,11 +173,18 @@ def partial_upload_abort(upload: PartialUpload) -> None:
     )
 
 
-def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> None:
+def package_store(
+    name: str,
+    package: BinaryIO,
+    *,
+    metadata: dict[str, str],
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Stores the package under `name`. Packaging is deterministic, so storing the same name
     again (a retry) stores the same bytes: on S3 nothing is uploaded when the stored object
     already carries the same metadata (package hash included), otherwise a version is added;
-    a local file is replaced atomically, so a reader never sees half a package."""
+    a local file is replaced atomically, so a reader never sees half a package. On S3
+    `progress` is called (from the upload's threads) as bytes are sent."""
     storage = _storage()
     if hasattr(storage, "bucket"):
         key = storage._normalize_name(name)
@@ -193,6 +200,7 @@ def package_store(name: str, package: BinaryIO, *, metadata: dict[str, str]) -> 
             content_type="application/octet-stream",
             metadata=metadata,
             kms_key_id=settings.S3_KMS_KEY_ID,
+            progress=progress,
         )
         return
     path = Path(storage.path(name))

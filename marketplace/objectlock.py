@@ -6,6 +6,7 @@ have been created with object lock enabled (`object_lock_check` checks it).
 """
 
 import base64
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -43,6 +44,7 @@ def object_lock_put(
     kms_key_id: str = "",
     create_only: bool = False,
     sha256: bytes | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> bool:
     """Writes `body` under `key`, retained (COMPLIANCE) until `retain_until`; None writes it
     without retention, which only development allows (production refuses the settings that
@@ -52,7 +54,8 @@ def object_lock_put(
     two concurrent writers exactly one creates it); answers False, writing nothing, when it
     did exist. Such a write is one PutObject, for objects up to 5 GB, checked by S3 against
     `sha256` when given. Otherwise the body is streamed in parts (memory bounded whatever its
-    size) and a new version is added if the key exists.
+    size) and a new version is added if the key exists; `progress` is then called with each
+    number of bytes sent (from s3transfer's threads), as they are sent.
     """
     extra: dict[str, Any] = {"ContentType": content_type}
     if retain_until is not None:
@@ -64,7 +67,9 @@ def object_lock_put(
         extra["ServerSideEncryption"] = "aws:kms"
         extra["SSEKMSKeyId"] = kms_key_id
     if not create_only:
-        client.upload_fileobj(body, bucket, key, ExtraArgs=extra, Config=s3_transfer_config())
+        client.upload_fileobj(
+            body, bucket, key, ExtraArgs=extra, Config=s3_transfer_config(), Callback=progress
+        )
         return True
     if sha256 is not None:
         # Object-lock puts need an integrity check; S3 verifies the bytes against this one.

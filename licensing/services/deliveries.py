@@ -180,7 +180,8 @@ class Heartbeat:
 
 
 class _Beating:
-    """A file whose reads and writes beat a Heartbeat; everything else is the file's."""
+    """A file whose reads and writes beat a Heartbeat; everything else is the file's. (The
+    S3 upload also beats as it sends: package_store's progress.)"""
 
     def __init__(self, file: BinaryIO, heartbeat: Heartbeat) -> None:
         self._file, self._heartbeat = file, heartbeat
@@ -394,7 +395,14 @@ def _package_upload(delivery: Delivery, heartbeat: Heartbeat) -> StoredPackage:
             metadata["manifest-signature-sha256"] = hashlib.sha256(
                 order.sku.manifest_signature.encode()
             ).hexdigest()
-        package_store(name, package, metadata=metadata)  # type: ignore[arg-type]
+        package_store(
+            name,
+            package,  # type: ignore[arg-type]
+            metadata=metadata,
+            # s3transfer reads the package a part (8 MiB) at a time, several parts ahead: on a
+            # slow link a live upload would stop beating between reads, so bytes sent beat too.
+            progress=lambda _sent: heartbeat.beat(),
+        )
     return StoredPackage(
         delivery=delivery, attempt=heartbeat.attempt, name=name, info=info, signer=signer
     )
