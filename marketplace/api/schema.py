@@ -150,6 +150,11 @@ class MarketplaceAutoSchema(AutoSchema):
         responses = super()._get_response_bodies(direction)
         for status, description in self._shared_errors(responses).items():
             responses.setdefault(status, self._get_response_for_code(problem(description), status))
+        if self._has_body() and "400" in responses:
+            # The JSON parser's own 400, whatever the view's 400 says of its input.
+            responses["400"]["description"] += (
+                "; or a body nested deeper than the API accepts (`json-too-deep`, with `max_depth`)"
+            )
         if any(p["in"] in ("query", "path") for p in self._get_parameters()):
             # gunicorn answers this itself, before the platform sees the request.
             responses.setdefault(
@@ -177,10 +182,13 @@ class MarketplaceAutoSchema(AutoSchema):
                 del response["headers"]
         return dict(sorted(responses.items()))
 
+    def _has_body(self) -> bool:
+        return self.method in ("POST", "PUT", "PATCH") and bool(self.get_request_serializer())
+
     def _shared_errors(self, responses: dict[str, Any]) -> dict[str, str]:
         view = self.view
         errors: dict[str, str] = {}
-        has_body = self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer()
+        has_body = self._has_body()
         takes_input = has_body or any(
             p["in"] in ("query", "header") for p in self._get_parameters()
         )
@@ -194,7 +202,7 @@ class MarketplaceAutoSchema(AutoSchema):
         if "{" in self.path:
             errors["404"] = "Nothing at this path, or nothing of yours"
         if has_body:
-            errors["413"] = "The body is larger, or nested deeper, than the API accepts"
+            errors["413"] = "The body is larger than the API accepts (`max_bytes`)"
             errors["415"] = "The body is not `application/json`"
         if view.get_throttles() or _path_limited(self.path, self.method):
             errors["429"] = "Too many requests from you: wait for Retry-After seconds"

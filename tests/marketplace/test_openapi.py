@@ -208,3 +208,20 @@ def test_ids_and_times_have_their_formats(document):
     for path in ("/api/v1/orders/{order_id}", "/api/v1/proofs/{proof_id}"):
         (parameter,) = document["paths"][path]["get"]["parameters"]
         assert parameter["schema"]["format"] == "uuid"
+
+
+@pytest.mark.django_db
+def test_a_body_too_deep_is_said_to_be_a_400_and_too_large_a_413(buyer_client, document):
+    responses = document["paths"]["/api/v1/checkout"]["post"]["responses"]
+    deep = buyer_client.post(
+        "/api/v1/checkout",
+        "[" * 200 + "]" * 200,
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="deep-1",
+    )
+
+    assert deep.status_code == 400
+    assert deep.json()["code"] == "json-too-deep"
+    assert "deeper" in responses["400"]["description"]
+    assert "json-too-deep" in responses["400"]["description"]
+    assert "deeper" not in responses["413"]["description"]
