@@ -325,11 +325,15 @@ class PathLimit:
     # True: the path and everything under it (`/health`, `/health/live`).
     subtree: bool = False
 
-    def matches(self, request: HttpRequest) -> bool:
-        path = request.path_info
+    def counts(self, path: str, method: str) -> bool:
+        """Whether a request of `method` to `path` counts against this limit (also what the
+        OpenAPI document's 429s say, marketplace.api.schema)."""
         if path != self.path and not (self.subtree and path.startswith(self.path + "/")):
             return False
-        return self.methods is None or request.method in self.methods
+        return self.methods is None or method in self.methods
+
+    def matches(self, request: HttpRequest) -> bool:
+        return self.counts(request.path_info, request.method or "")
 
 
 # Paths of the HTTP contract (docs/api.md) that DRF's throttles do not see, each limited per

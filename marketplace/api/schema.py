@@ -112,11 +112,7 @@ def _filter_bounds(flt: filters.Filter) -> dict[str, Any]:
 
 def _path_limited(path: str, method: str) -> bool:
     """Whether the rate-limit middleware counts this path (marketplace.ratelimit)."""
-    return any(
-        (path == limit.path or (limit.subtree and path.startswith(limit.path + "/")))
-        and (limit.methods is None or method in limit.methods)
-        for limit in PATH_LIMITS
-    )
+    return any(limit.counts(path, method) for limit in PATH_LIMITS)
 
 
 class MarketplaceAutoSchema(AutoSchema):
