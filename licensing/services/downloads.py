@@ -138,17 +138,26 @@ def _at_limit(delivery: Delivery) -> bool:
 
 def _session_to_reuse(delivery: Delivery, *, kind: str) -> DownloadSession | None:
     """The delivery's newest session of this kind with at least half a link lifetime left:
-    asking again answers it instead of starting (on S3: counting) another. A link not used
-    yet is not handed out again once the limit is reached (its first use would be refused)."""
-    keep_until = timezone.now() + timedelta(seconds=settings.DOWNLOAD_LINK_SECONDS / 2)
-    session = (
-        DownloadSession.objects.filter(delivery=delivery, kind=kind, expires_at__gt=keep_until)
-        .order_by("-expires_at")
+    asking again answers it instead of starting (on S3: counting) another. Once the limit is
+    reached, the newest counted session still open, however little time it has left (it can
+    be resumed until it expires), and never a link not used yet (its first use would be
+    refused); 410 when there is none."""
+    now = timezone.now()
+    sessions = DownloadSession.objects.filter(delivery=delivery, kind=kind).order_by("-expires_at")
+    keep_until = now + timedelta(seconds=settings.DOWNLOAD_LINK_SECONDS / 2)
+    session = sessions.filter(expires_at__gt=keep_until).first()
+    if session is not None and session.counted_at is not None:
+        return session
+    if not _at_limit(delivery):
+        return session
+    counted = (
+        sessions.filter(expires_at__gt=now, counted_at__isnull=False)
+        .order_by("-expires_at", "-counted_at")
         .first()
     )
-    if session is not None and session.counted_at is None and _at_limit(delivery):
+    if counted is None:
         raise _limit_reached()
-    return session
+    return counted
 
 
 def _session_start(

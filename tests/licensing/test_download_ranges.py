@@ -311,12 +311,25 @@ def test_a_counted_link_still_resumes_at_the_limit(buyer, buyer_client, client, 
     assert (rest.status_code, body_of(rest)) == (206, package[1000:])
     assert downloads(delivered.delivery) == 1
 
-    # Once it is past half its lifetime the API hands out no other: the limit is reached.
-    next_link = timezone.now() + timedelta(seconds=settings.DOWNLOAD_LINK_SECONDS // 2 - 5)
-    DownloadSession.objects.update(expires_at=next_link)
+    # Past half its lifetime, the limit reached, the API still hands out that counted link
+    # (no new one): it can be resumed until it expires.
+    nearly = timezone.now().replace(microsecond=0) + timedelta(seconds=30)
+    DownloadSession.objects.update(expires_at=nearly)
+    again = buyer_client.get(f"/api/v1/orders/{delivered.order.pk}/delivery")
+    assert again.status_code == 200, again.content
+    assert urlsplit(again.json()["download_url"]).path == link
+    assert (again.json()["expires_at"], again.json()["downloads_left"]) == (
+        nearly.isoformat().replace("+00:00", "Z"),
+        0,
+    )
+    assert client.get(link, HTTP_RANGE="bytes=0-9").status_code == 206
+    assert (DownloadSession.objects.count(), downloads(delivered.delivery)) == (1, 1)
+
+    # Once it has expired, the limit is what is left.
+    DownloadSession.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     refused = buyer_client.get(f"/api/v1/orders/{delivered.order.pk}/delivery")
     assert (refused.status_code, refused.json()["reason"]) == (410, "limit")
-    assert client.get(link, HTTP_RANGE="bytes=0-9").status_code == 206
+    assert DownloadSession.objects.count() == 1
 
 
 def test_the_delivery_page_shows_its_links_and_what_they_served(buyer, buyer_client, client):

@@ -370,11 +370,21 @@ def test_each_link_is_counted_once_and_logged_until_the_limit(
     over = download(client, fourth)
     assert over.status_code == 410
     assert over.json()["reason"] == "limit"
-    # The unused link is not handed out again, nor is a new one.
+    # Neither the unused link nor a new one is handed out: the newest counted link still open
+    # is, however little time it has left, for it to be resumed.
+    resumable = buyer_client.get(delivery_url(delivered.order))
+    assert resumable.status_code == 200, resumable.content
+    assert (resumable.json()["download_url"], resumable.json()["downloads_left"]) == (third, 0)
+    # Once every counted link has expired, nothing is.
+    opened = dict(DownloadSession.objects.values_list("pk", "expires_at"))
+    DownloadSession.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     refused = buyer_client.get(delivery_url(delivered.order))
     assert (refused.status_code, refused.json()["reason"]) == (410, "limit")
+    for pk, expires_at in opened.items():  # open again, to see them superseded below
+        DownloadSession.objects.filter(pk=pk).update(expires_at=expires_at)
     assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 3
     assert DownloadLog.objects.count() == 3
+    assert DownloadSession.objects.filter(delivery=delivered.delivery).count() == 4
 
     # Support regenerates it: a new package, a new count, and the old link is dead.
     new = delivery_regenerate(delivery_id=delivered.delivery.pk, reason="limit", actor=TEST_ACTOR)
@@ -495,7 +505,14 @@ def test_on_s3_the_same_link_handed_out_twice_counts_once(
     assert next_link(buyer_client, delivered.order).startswith(s3_storage.endpoint)
     assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 2
     assert DownloadLog.objects.count() == 2
+    # At the limit, the newest counted link still open is handed out again (a URL for its last
+    # seconds), at no cost; once it has expired, nothing is.
     DownloadSession.objects.update(expires_at=timezone.now() + timedelta(seconds=5))
+    resumable = buyer_client.get(delivery_url(delivered.order))
+    assert resumable.status_code == 200, resumable.content
+    assert resumable.json()["downloads_left"] == 0
+    assert DownloadSession.objects.count() == 2
+    DownloadSession.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     over = buyer_client.get(delivery_url(delivered.order))
     assert (over.status_code, over.json()["reason"]) == (410, "limit")
     assert Delivery.objects.get(pk=delivered.delivery.pk).downloads == 2
