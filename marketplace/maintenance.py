@@ -6,24 +6,20 @@ creating deliveries, packaging and the fulfilment sweep do nothing: the sweep co
 what was skipped once the mode is off.
 """
 
-from typing import Any
-
 from django.conf import settings
 
-from marketplace.exceptions import ApplicationError
+from marketplace.exceptions import ServiceUnavailable
 
 
-class MaintenanceMode(ApplicationError):
+class MaintenanceMode(ServiceUnavailable):
     """Answered with `Retry-After: MARKETPLACE_MAINTENANCE_RETRY_AFTER_SECONDS` (and the same
     `retry_after` in the body)."""
 
     code = "maintenance"
     title = "The platform is in maintenance"
-    status = 503
 
-    def __init__(self, detail: str, **kwargs: Any) -> None:
-        super().__init__(detail, **kwargs)
-        self.extra.setdefault("retry_after", settings.MAINTENANCE_RETRY_AFTER_SECONDS)
+    def default_retry_after(self) -> int:
+        return settings.MAINTENANCE_RETRY_AFTER_SECONDS
 
 
 def maintenance_on() -> bool:

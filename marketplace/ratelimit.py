@@ -41,7 +41,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from redis.commands.core import Script
 
-from marketplace.exceptions import ApplicationError
+from marketplace.exceptions import ApplicationError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,12 @@ class StaffLoginLocked(RateLimited):
     title = "Signing in is locked"
 
 
-class CacheUnavailable(ApplicationError):
+class CacheUnavailable(ServiceUnavailable):
     code = "cache-unavailable"
     title = "The cache is unavailable"
-    status = 503
+
+    def default_retry_after(self) -> int:
+        return STORE_DOWN_RETRY_AFTER
 
 
 @dataclass(frozen=True)
@@ -284,8 +286,7 @@ def hit_all(budgets: Sequence[tuple[str, str]], *, write: bool) -> None:
         if write:
             raise CacheUnavailable(
                 "Rate limits cannot be checked while the cache is unavailable, so changes are "
-                "refused; reads go on. Try again shortly.",
-                extra={"retry_after": STORE_DOWN_RETRY_AFTER},
+                "refused; reads go on. Try again shortly."
             ) from None
         return
     if refused is not None:

@@ -67,13 +67,9 @@ def problem_body(
 
 
 def error_headers(exc: ApplicationError) -> dict[str, str]:
-    """A domain error that names when to come back (`retry_after`) says it in Retry-After; a
-    503 that does not name it gets the outage default, so no 503 goes without one."""
-    if "retry_after" in exc.extra:
-        return {"Retry-After": str(exc.extra["retry_after"])}
-    if exc.status == 503:
-        return {"Retry-After": str(settings.OUTAGE_RETRY_AFTER_SECONDS)}
-    return {}
+    """A domain error that names when to come back (exc.retry_after, which every 503 does)
+    says it in Retry-After, and _error_body the same number in `retry_after`."""
+    return {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
 
 
 # --- Outages of the platform's own dependencies ------------------------------------------------
@@ -134,6 +130,7 @@ def outage_body(dependency: str, *, instance: str | None) -> tuple[dict[str, Any
 
 
 def _error_body(exc: ApplicationError, instance: str | None) -> dict[str, Any]:
+    extra = exc.extra if exc.retry_after is None else {**exc.extra, "retry_after": exc.retry_after}
     return problem_body(
         status=exc.status,
         code=exc.code,
@@ -141,7 +138,7 @@ def _error_body(exc: ApplicationError, instance: str | None) -> dict[str, Any]:
         detail=exc.detail,
         instance=instance,
         errors=exc.errors,
-        extra=exc.extra,
+        extra=extra,
     )
 
 
