@@ -32,6 +32,7 @@ from licensing.services.downloads import (
     buyer_delivery_key_delete,
     download_link_check,
     download_session_open,
+    download_session_probe,
     download_session_served,
 )
 from marketplace.api.problems import error_response, problem_response
@@ -245,6 +246,11 @@ def package_download(request: HttpRequest, token: str) -> HttpResponse:
         ),
     }
     if request.method == "HEAD":
+        # The same status as GET: a package that cannot be read is a 503 here too.
+        try:
+            download_session_probe(session=session)
+        except ApplicationError as exc:
+            return error_response(request, exc)
         # A Range has no meaning for HEAD (RFC 9110 §14.2): the whole package's headers.
         return HttpResponse(headers={**headers, "Content-Length": str(size)})
     try:

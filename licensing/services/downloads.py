@@ -310,6 +310,21 @@ def download_link_check(*, token: str) -> DownloadSession:
     return session
 
 
+def _package_open(session: DownloadSession) -> BinaryIO:
+    try:
+        return package_open(session.delivery.storage_name)
+    except OSError as exc:
+        raise PackageUnavailable(
+            "The package cannot be read right now; try again shortly."
+        ) from exc
+
+
+def download_session_probe(*, session: DownloadSession) -> None:
+    """What HEAD needs to answer as GET would: the package is opened (a local file: one
+    `open`) and closed at once, counting and writing nothing; 503 when it cannot be read."""
+    _package_open(session).close()
+
+
 def download_session_open(*, session: DownloadSession, ip: str | None, user_agent: str) -> BinaryIO:
     """The package of a link download_link_check let through, opened to serve bytes of it.
     The first such use counts the link as one download and logs it; later ones (resumed or
@@ -317,12 +332,7 @@ def download_session_open(*, session: DownloadSession, ip: str | None, user_agen
     the package cannot be read (nothing counted). The caller closes it and reports what it
     served (download_session_served)."""
     # Opened before the download is counted: a package that cannot be read costs no download.
-    try:
-        handle = package_open(session.delivery.storage_name)
-    except OSError as exc:
-        raise PackageUnavailable(
-            "The package cannot be read right now; try again shortly."
-        ) from exc
+    handle = _package_open(session)
     if session.counted_at is not None:
         return handle
     try:

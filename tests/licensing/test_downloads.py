@@ -536,6 +536,23 @@ def test_a_package_that_cannot_be_read_costs_no_download(buyer, buyer_client, cl
     assert not DownloadLog.objects.filter(delivery=delivered.delivery).exists()
 
 
+def test_head_of_a_package_that_cannot_be_read_is_the_same_503(buyer, buyer_client, client):
+    from licensing.storage import _storage
+
+    delivered = order_delivered(buyer)
+    link = buyer_client.get(delivery_url(delivered.order)).json()["download_url"]
+    _storage().delete(delivered.delivery.storage_name)
+
+    head = client.head(urlsplit(link).path)
+
+    assert head.status_code == client.get(urlsplit(link).path).status_code == 503
+    assert head["Content-Type"] == "application/problem+json"
+    assert head["Retry-After"]
+    delivered.delivery.refresh_from_db()
+    assert delivered.delivery.downloads == 0
+    assert not DownloadLog.objects.filter(delivery=delivered.delivery).exists()
+
+
 def test_kms_down_when_the_link_is_asked_for_is_a_503_outage_that_costs_nothing(
     kms_key, buyer, buyer_client, settings
 ):
