@@ -48,3 +48,14 @@ class KeyServiceUnavailable(ApplicationError):
     def __init__(self, detail: str, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
         self.extra.setdefault("retry_after", settings.OUTAGE_RETRY_AFTER_SECONDS)
+
+
+class DeliveryKeyUnusable(ApplicationError):
+    """The delivery's data key cannot be unwrapped although the key service answered (KMS
+    refuses it, or the key-store master key is not the one that wrapped it): the platform's
+    fault, not the buyer's, and no retry cures it. Logged with the cause; the answer names
+    neither key nor service."""
+
+    code = "delivery-key-unusable"
+    title = "The means to decrypt this package cannot be produced"
+    status = 500

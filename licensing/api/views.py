@@ -89,6 +89,10 @@ class OrderDeliveryView(APIView):
             404: problem("You have no such order"),
             409: problem("The package is not ready yet"),
             410: problem("Refunded, or the download limit is reached"),
+            500: problem(
+                "delivery-key-unusable: the data key cannot be unwrapped (the platform's "
+                "fault; support can regenerate the package)"
+            ),
         },
     )
     def get(self, request: Request, order_id: Any) -> Response:

@@ -26,12 +26,13 @@ from django.utils import timezone
 
 from audit.services import audit_append
 from licensing.exceptions import (
+    DeliveryKeyUnusable,
     DeliveryNotReady,
     DownloadGone,
     KeyServiceUnavailable,
     PackageUnavailable,
 )
-from licensing.keys import DataKeyUnavailable, data_key_unwrap
+from licensing.keys import DataKeyError, DataKeyUnavailable, data_key_unwrap
 from licensing.models import (
     BuyerDeliveryKey,
     Delivery,
@@ -224,6 +225,12 @@ def delivery_access(
         logger.warning("delivery %s: the data key cannot be unwrapped now: %s", delivery.pk, exc)
         raise KeyServiceUnavailable(
             "The means to decrypt your package cannot be fetched right now; try again shortly."
+        ) from None
+    except DataKeyError as exc:
+        logger.error("delivery %s: the data key cannot be unwrapped: %s", delivery.pk, exc)
+        raise DeliveryKeyUnusable(
+            "The means to decrypt your package cannot be produced; this is the platform's "
+            "fault and trying again will not help. Ask support: they can regenerate it."
         ) from None
     kind = DownloadKind.LINK if packages_presigned() else DownloadKind.DOWNLOAD
     with transaction.atomic(durable=True):

@@ -572,3 +572,32 @@ def test_kms_down_when_the_link_is_asked_for_is_a_503_outage_that_costs_nothing(
     delivered.delivery.refresh_from_db()
     assert delivered.delivery.downloads == 0
     assert not DownloadSession.objects.filter(delivery=delivered.delivery).exists()
+
+
+def test_a_data_key_that_cannot_be_unwrapped_is_a_500_problem_that_costs_nothing(
+    buyer, buyer_client, settings, caplog
+):
+    """The key-store master key was changed (or KMS refuses the key): no retry cures it."""
+    import base64
+    import os
+
+    delivered = order_delivered(buyer)
+    assert delivered.delivery.key_wrapping == "local"
+    settings.KEYSTORE_MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+
+    with caplog.at_level(logging.ERROR, logger="licensing.services.downloads"):
+        response = buyer_client.get(delivery_url(delivered.order))
+
+    assert response.status_code == 500, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert (body["status"], body["code"]) == (500, "delivery-key-unusable")
+    assert "Retry-After" not in response
+    assert "master key" not in response.content.decode()
+    assert any(
+        str(delivered.delivery.pk) in r.getMessage() and r.levelno == logging.ERROR
+        for r in caplog.records
+    )
+    delivered.delivery.refresh_from_db()
+    assert delivered.delivery.downloads == 0
+    assert not DownloadSession.objects.filter(delivery=delivered.delivery).exists()
