@@ -30,6 +30,7 @@ from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from marketplace.api.authentication import MalformedBearer, bearer_token
 from marketplace.api.problems import problem_body, problem_response
 
 REALM = 'Bearer realm="metrics"'
@@ -99,12 +100,15 @@ def scrape_refusal(
             "Without MARKETPLACE_METRICS_TOKEN the metrics are served only to this machine, "
             "in development.",
         )
-    scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    try:
+        presented = bearer_token(authorization)
+    except MalformedBearer:
+        presented = None
+    if presented is None:
         return Refusal(
             401, "Send the metrics token: Authorization: Bearer <token>.", www_authenticate=REALM
         )
-    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+    if not hmac.compare_digest(presented.encode(), token.encode()):
         return Refusal(
             401,
             "The metrics token is not the one configured.",

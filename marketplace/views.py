@@ -9,13 +9,18 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.authentication import (
+    BaseAuthentication,
+    SessionAuthentication,
+    get_authorization_header,
+)
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.api.authentication import MalformedBearer, bearer_token
 from marketplace.api.problems import problem_response
 from marketplace.api.schema import HEALTH_SCHEMA, JWKS_SCHEMA
 from marketplace.health import health_public, health_report, recent_health_report
@@ -57,11 +62,14 @@ class HealthTokenAuthentication(BaseAuthentication):
     details can be read while the database is down (a staff session cannot be)."""
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, object] | None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
+        try:
+            token = bearer_token(get_authorization_header(request))
+        except MalformedBearer as exc:
+            raise AuthenticationFailed(str(exc)) from None
+        if token is None:
             return None
         expected = settings.HEALTH_TOKEN
-        if expected and hmac.compare_digest(token.strip().encode(), expected.encode()):
+        if expected and hmac.compare_digest(token.encode(), expected.encode()):
             return AnonymousUser(), HEALTH_TOKEN_HOLDER
         raise AuthenticationFailed("This bearer token does not read the health details.")
 

@@ -8,19 +8,38 @@ from rest_framework.request import Request
 from marketplace.models import ApiToken, User
 
 
+class MalformedBearer(ValueError):
+    """An Authorization header of the Bearer scheme that does not hold one ASCII token."""
+
+
+def bearer_token(header: str | bytes | None) -> str | None:
+    """The token of `Authorization: Bearer <token>` (the scheme in any case), or None when the
+    header is absent or of another scheme. Raises MalformedBearer when it is of the Bearer
+    scheme but holds no token, more than one, or one that is not ASCII. Every reader of a
+    bearer token (the API's, /health/details', /metrics') parses it here."""
+    if isinstance(header, str):
+        header = header.encode("latin-1", "replace")
+    parts = (header or b"").split()
+    if not parts or parts[0].lower() != b"bearer":
+        return None
+    if len(parts) != 2:
+        raise MalformedBearer("Malformed Authorization header: send 'Bearer <token>'.")
+    try:
+        return parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedBearer("The bearer token must be ASCII.") from None
+
+
 class BearerTokenAuthentication(BaseAuthentication):
     """`Authorization: Bearer mkp_...`, an API token made by `issue_api_token`."""
 
     def authenticate(self, request: Request) -> tuple[User, ApiToken] | None:
-        parts = get_authorization_header(request).split()
-        if not parts or parts[0].lower() != b"bearer":
-            return None
-        if len(parts) != 2:
-            raise AuthenticationFailed("Malformed Authorization header: send 'Bearer <token>'.")
         try:
-            token = parts[1].decode("ascii")
-        except UnicodeDecodeError:
-            raise AuthenticationFailed("The bearer token must be ASCII.") from None
+            token = bearer_token(get_authorization_header(request))
+        except MalformedBearer as exc:
+            raise AuthenticationFailed(str(exc)) from None
+        if token is None:
+            return None
 
         api_token = (
             ApiToken.objects.select_related("user").filter(digest=ApiToken.digest_of(token)).first()
