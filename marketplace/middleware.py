@@ -17,12 +17,31 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from marketplace.api.problems import (
     OUTAGE_TITLES,
     PROBLEM_CONTENT_TYPE,
+    error_headers,
+    error_response,
     outage_body,
     outage_log,
     outage_of,
 )
+from marketplace.exceptions import ApplicationError
 
 ADMIN_PREFIX = "/admin/"
+
+
+def admin_page(status: int, title: str, detail: str, headers: dict[str, str]) -> HttpResponse:
+    """A plain HTML page for the admin, whose forms are HTML: no template, no context
+    processors, so it can be built while the database or the cache is down."""
+    title, detail = escape(title), escape(detail)
+    page = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{detail}</p>"
+    return HttpResponse(page, status=status, headers=headers)
+
+
+def error_answer(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
+    """A domain error answered outside the API's views: a plain page under /admin/ (a refused
+    staff sign-in), problem details elsewhere; the status and Retry-After are the same."""
+    if request.path.startswith(ADMIN_PREFIX):
+        return admin_page(exc.status, exc.title, exc.detail, error_headers(exc))
+    return error_response(request, exc)
 
 
 def outage_answer(request: HttpRequest, exc: BaseException | None) -> HttpResponse | None:
@@ -36,9 +55,7 @@ def outage_answer(request: HttpRequest, exc: BaseException | None) -> HttpRespon
     outage_log(dependency, method=request.method or "", path=request.path, exc=exc)
     body, headers = outage_body(dependency, instance=request.path)
     if request.path.startswith(ADMIN_PREFIX):
-        title, detail = escape(OUTAGE_TITLES[dependency]), escape(body["detail"])
-        page = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{detail}</p>"
-        return HttpResponse(page, status=503, headers=headers)
+        return admin_page(503, OUTAGE_TITLES[dependency], body["detail"], headers)
     return JsonResponse(body, status=503, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from redis.commands.core import Script
 
 from marketplace.exceptions import ApplicationError, ServiceUnavailable
@@ -368,13 +368,15 @@ class RateLimitMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         from marketplace.api.problems import error_response
+        from marketplace.middleware import error_answer
 
         for limit in PATH_LIMITS:
             if limit.matches(request):
                 try:
                     hit(limit.scope, client_of(request), write=False)
                 except RateLimited as exc:
-                    return error_response(request, exc)
+                    # Staff sign-in's refusal is a page, as the admin's form is.
+                    return error_answer(request, exc)
                 break
         credentials = request.path_info.startswith("/api/") and (
             "HTTP_AUTHORIZATION" in request.META
@@ -406,9 +408,10 @@ def _auth_failures_spent(retry_after: int) -> RateLimited:
 
 def staff_lockout_response(
     request: HttpRequest, original_response: Any = None, credentials: Any = None
-) -> JsonResponse:
-    """django-axes' answer to a sign-in refused during a lockout (AXES_LOCKOUT_CALLABLE)."""
-    from marketplace.api.problems import error_response
+) -> HttpResponse:
+    """django-axes' answer to a sign-in refused during a lockout (AXES_LOCKOUT_CALLABLE): a
+    plain page under /admin/, problem details elsewhere."""
+    from marketplace.middleware import error_answer
 
     cool_off = settings.AXES_COOLOFF_TIME
     seconds = int(cool_off.total_seconds()) if isinstance(cool_off, timedelta) else 0
@@ -418,4 +421,4 @@ def staff_lockout_response(
         f"{minutes} minutes.",
         extra={"retry_after": seconds},
     )
-    return error_response(request, exc)
+    return error_answer(request, exc)

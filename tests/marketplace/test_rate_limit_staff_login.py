@@ -50,10 +50,13 @@ def test_repeated_failures_lock_the_account_out_from_that_address(
     right_password = sign_in(attacker, content_ops.email, STAFF_PASSWORD, ATTACKER)
 
     for response in (locked, right_password):
+        # A page, as the admin's form is, with the status and the wait of the problem.
         assert response.status_code == 429
-        assert response["Content-Type"] == "application/problem+json"
+        assert response["Content-Type"].startswith("text/html")
         assert response["Retry-After"] == "900"
-        assert response.json()["code"] == "login-locked"
+        page = response.content.decode()
+        assert "<h1>Signing in is locked</h1>" in page
+        assert "try again in 15 minutes" in page
     assert "_auth_user_id" not in attacker.session
     attempt = AccessAttempt.objects.get()
     assert (attempt.username, attempt.ip_address) == (content_ops.email, ATTACKER)

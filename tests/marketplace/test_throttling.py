@@ -300,14 +300,17 @@ def test_staff_sign_in_attempts_are_limited_per_address_whatever_the_account(
 ) -> None:
     rates(staff_login="3/min")
 
-    statuses = [
-        client.post(
-            "/admin/login/", {"username": f"staff{n}@example.com", "password": "guess"}
-        ).status_code
+    responses = [
+        client.post("/admin/login/", {"username": f"staff{n}@example.com", "password": "guess"})
         for n in range(4)
     ]
 
-    assert statuses == [200, 200, 200, 429]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    # A page, as the admin's form is, with the wait in Retry-After.
+    refused = responses[-1]
+    assert refused["Content-Type"].startswith("text/html")
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert "<h1>Too many requests</h1>" in refused.content.decode()
     # The form itself is not counted.
     assert client.get("/admin/login/").status_code == 200
 
