@@ -17,11 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from botocore.exceptions import ClientError
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils import timezone
 
-from marketplace.objectlock import object_lock_put, s3_head
+from marketplace.objectlock import object_lock_put, s3_error_code, s3_head
 
 
 def delivery_name(*, order_id: str, delivery_id: str) -> str:
@@ -166,11 +167,19 @@ def partial_uploads() -> list[PartialUpload]:
     return found
 
 
-def partial_upload_abort(upload: PartialUpload) -> None:
+def partial_upload_abort(upload: PartialUpload) -> bool:
+    """Aborts the upload; False when S3 no longer has it (completed or aborted since it was
+    listed). Raises botocore's ClientError for any other refusal."""
     storage = _storage()
-    storage.bucket.meta.client.abort_multipart_upload(
-        Bucket=storage.bucket.name, Key=upload.key, UploadId=upload.upload_id
-    )
+    try:
+        storage.bucket.meta.client.abort_multipart_upload(
+            Bucket=storage.bucket.name, Key=upload.key, UploadId=upload.upload_id
+        )
+    except ClientError as exc:
+        if s3_error_code(exc) == "NoSuchUpload":
+            return False
+        raise
+    return True
 
 
 def package_store(

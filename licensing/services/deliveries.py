@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection, transaction
@@ -618,8 +619,15 @@ def delivery_spool_sweep() -> dict[str, int]:
         # ours to compare with): kept until the delivery is ready or the attempt dies.
         if upload.delivery_id in live:
             continue
-        partial_upload_abort(upload)
-        aborted += 1
+        try:
+            # False: completed or aborted since it was listed (its attempt finished meanwhile).
+            aborted += partial_upload_abort(upload)
+        except (BotoCoreError, ClientError) as exc:
+            # One upload S3 will not abort now must not keep the sweep from the others; the
+            # next sweep tries it again.
+            logger.warning(
+                "spool sweep: upload %s of %s not aborted: %s", upload.upload_id, upload.key, exc
+            )
     if removed or aborted:
         logger.info("spool sweep: %d partial files removed, %d uploads aborted", removed, aborted)
     return {"files": removed, "uploads": aborted}

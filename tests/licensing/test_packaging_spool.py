@@ -214,3 +214,51 @@ def test_on_s3_the_spool_sweep_aborts_multipart_uploads_no_live_attempt_holds(
     Delivery.objects.filter(pk=live.pk).update(status=DeliveryStatus.READY, heartbeat_at=None)
     assert delivery_spool_sweep() == {"files": 0, "uploads": 2}
     assert uploads_left() == set()
+
+
+@pytest.mark.s3
+@pytest.mark.django_db
+def test_on_s3_an_upload_gone_since_it_was_listed_does_not_stop_the_sweep(
+    s3_storage: S3Bucket,
+    client: Any,
+    buyer: Any,
+    other_buyer: Any,
+    sku: Sku,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from django.core.files.storage import storages
+
+    settings.DELIVERY_STALE_SECONDS = 60
+    dead = [pending_delivery(client, who, sku) for who in (buyer, other_buyer)]
+    Delivery.objects.filter(pk__in=[d.pk for d in dead]).update(
+        attempts=1,
+        attempted_at=timezone.now() - timedelta(minutes=10),
+        heartbeat_at=timezone.now() - timedelta(minutes=5),
+    )
+    for delivery in dead:
+        s3_storage.client.create_multipart_upload(
+            Bucket=s3_storage.name, Key=f"deliveries/{delivery.order_id}/{delivery.pk}.mkpkg"
+        )
+    gone: list[str] = []
+
+    def meanwhile(params: dict[str, Any], **_: Any) -> None:
+        # Between the sweep's listing and its first abort, the upload ends elsewhere (its
+        # attempt finished, or another sweep aborted it): S3 answers NoSuchUpload.
+        if not gone:
+            gone.append(params["UploadId"])
+            s3_storage.client.abort_multipart_upload(
+                Bucket=s3_storage.name, Key=params["Key"], UploadId=params["UploadId"]
+            )
+
+    events = storages["default"].bucket.meta.client.meta.events
+    events.register("before-parameter-build.s3.AbortMultipartUpload", meanwhile)
+    try:
+        assert delivery_spool_sweep() == {"files": 0, "uploads": 1}
+    finally:
+        events.unregister("before-parameter-build.s3.AbortMultipartUpload", meanwhile)
+
+    assert len(gone) == 1
+    # S3's NoSuchUpload is expected, not a failure worth a warning.
+    assert not [r for r in caplog.records if "not aborted" in r.getMessage()]
+    assert not s3_storage.client.list_multipart_uploads(Bucket=s3_storage.name).get("Uploads")
