@@ -22,7 +22,6 @@ from licensing.services.downloads import (
     DownloadGone,
     buyer_delivery_key_set,
     delivery_access,
-    download_link_open,
 )
 from licensing.services.fulfilment import (
     LICENSING_WORKER,
@@ -60,7 +59,6 @@ __all__ = [
     "delivery_package",
     "delivery_regenerate",
     "delivery_spool_sweep",
-    "download_link_open",
     "failed_attempt",
     "fulfilment_due",
     "license_issue",

@@ -369,15 +369,6 @@ def download_session_served(*, session_id: Any, bytes_served: int) -> None:
     )
 
 
-def download_link_open(
-    *, token: str, ip: str | None, user_agent: str
-) -> tuple[DownloadSession, BinaryIO]:
-    """download_link_check, then download_session_open: the link's session and its package,
-    opened and (the first time) counted. The caller closes it."""
-    session = download_link_check(token=token)
-    return session, download_session_open(session=session, ip=ip, user_agent=user_agent)
-
-
 def buyer_delivery_key_set(*, buyer: Any, public_key: Any) -> BuyerDeliveryKey:
     """Registers (or replaces) the buyer's X25519 public key, audited: from now on their data
     keys are served only sealed to it. The key already registered, sent again, changes

@@ -2,6 +2,8 @@
 download log and proofs; Revoke and Reissue (Security), Regenerate (Security and Support),
 each a service call that is audited, and refused with nothing written to anyone else."""
 
+from urllib.parse import urlsplit
+
 import pytest
 from django.contrib.messages import get_messages
 from django.db import connection
@@ -10,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent
 from licensing.models import Delivery, DeliveryStatus, DownloadLog, License, LicenseStatus, Proof
-from licensing.services import delivery_access, download_link_open
+from licensing.services import delivery_access
 from marketplace.models import User
 from marketplace.roles import FINANCE, SECURITY, SUPPORT
 from tests.catalog.factories import make_publisher
@@ -113,10 +115,12 @@ def test_the_delivery_page_shows_the_download_log(support, delivered, client):
         ip="203.0.113.9",
         user_agent="api-agent",
     )
-    _, package = download_link_open(
-        token=access.download_url.rsplit("/", 1)[1], ip="198.51.100.7", user_agent="Wget/1.21"
+    # Fetched as the buyer's downloader would: the link, no credentials.
+    served = client.get(
+        urlsplit(access.download_url).path, REMOTE_ADDR="198.51.100.7", HTTP_USER_AGENT="Wget/1.21"
     )
-    package.close()
+    assert served.status_code == 200
+    b"".join(served.streaming_content)
 
     page = support.get(f"{DELIVERIES}{delivered.delivery.pk}/change/")
     assert page.status_code == 200
