@@ -285,7 +285,8 @@ DELIVERY_RETENTION_DAYS = env.int("MARKETPLACE_DELIVERY_RETENTION_DAYS", default
 DELIVERY_CHUNK_BYTES = env.int("MARKETPLACE_DELIVERY_CHUNK_BYTES", default=1024 * 1024)
 DELIVERY_MAX_ATTEMPTS = env.int("MARKETPLACE_DELIVERY_MAX_ATTEMPTS", default=5)
 # The fulfilment sweep re-sends a pending delivery never started after this long (its task was
-# lost), or whose last attempt began this long ago (its retry was lost). An attempt that is
+# lost), or whose last attempt failed (letting go of the heartbeat) and began
+# DELIVERY_ABANDONED_SECONDS ago with no retry since (its retry was lost). An attempt that is
 # still packaging is not disturbed by a re-send: it holds the delivery while its heartbeat is
 # fresh, and a second task finding it so does nothing.
 DELIVERY_NEVER_STARTED_SECONDS = env.int("MARKETPLACE_DELIVERY_NEVER_STARTED_SECONDS", default=60)
@@ -297,6 +298,14 @@ DELIVERY_ABANDONED_SECONDS = env.int("MARKETPLACE_DELIVERY_ABANDONED_SECONDS", d
 # removed by the spool sweep.
 DELIVERY_HEARTBEAT_SECONDS = env.float("MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS", default=10.0)
 DELIVERY_STALE_SECONDS = env.float("MARKETPLACE_DELIVERY_STALE_SECONDS", default=60.0)
+if DELIVERY_HEARTBEAT_SECONDS >= DELIVERY_STALE_SECONDS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    # Every live attempt would look dead between two beats and be taken over.
+    raise ImproperlyConfigured(
+        f"MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS ({DELIVERY_HEARTBEAT_SECONDS:g}) must be "
+        f"less than MARKETPLACE_DELIVERY_STALE_SECONDS ({DELIVERY_STALE_SECONDS:g})"
+    )
 DOWNLOAD_LINK_SECONDS = env.int("MARKETPLACE_DOWNLOAD_LINK_SECONDS", default=900)
 DOWNLOAD_LIMIT = env.int("MARKETPLACE_DOWNLOAD_LIMIT", default=10)
 
@@ -365,14 +374,14 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
         "options": {"expires": 25},
     },
-    # Released orders without a license or delivery, pending deliveries no worker finished:
-    # a lost hand-over, a crash, or the end of a maintenance window.
     # Refunded or disputed orders whose licenses or packages a lost hand-over left active.
     "licensing-revocation-sweep": {
         "task": "licensing.tasks.revocation_sweep",
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Released orders without a license or delivery, pending deliveries no worker finished:
+    # a lost hand-over, a crash, or the end of a maintenance window.
     "licensing-fulfilment-sweep": {
         "task": "licensing.tasks.fulfilment_sweep",
         "schedule": 60.0,
