@@ -1,10 +1,6 @@
 """Licensing's domain errors, each with its code, title and HTTP status."""
 
-from typing import Any
-
-from django.conf import settings
-
-from marketplace.exceptions import ApplicationError, Conflict
+from marketplace.exceptions import ApplicationError, Conflict, ServiceUnavailable
 
 
 class LicenseNotIssued(Conflict):
@@ -23,31 +19,21 @@ class DownloadGone(ApplicationError):
     status = 410
 
 
-class PackageUnavailable(ApplicationError):
+class PackageUnavailable(ServiceUnavailable):
     """Storage could not open the package: answered with `Retry-After:
     MARKETPLACE_OUTAGE_RETRY_AFTER_SECONDS` (and `retry_after` in the body), never with the
     storage's own error, which names its bucket or folder."""
 
     code = "package-unavailable"
     title = "The package cannot be read right now"
-    status = 503
-
-    def __init__(self, detail: str, **kwargs: Any) -> None:
-        super().__init__(detail, **kwargs)
-        self.extra.setdefault("retry_after", settings.OUTAGE_RETRY_AFTER_SECONDS)
 
 
-class KeyServiceUnavailable(ApplicationError):
+class KeyServiceUnavailable(ServiceUnavailable):
     """KMS could not unwrap the delivery's data key: answered like an outage, never with
     KMS's own error, which names its endpoint and key."""
 
     code = "key-service-unavailable"
     title = "The key service cannot be reached right now"
-    status = 503
-
-    def __init__(self, detail: str, **kwargs: Any) -> None:
-        super().__init__(detail, **kwargs)
-        self.extra.setdefault("retry_after", settings.OUTAGE_RETRY_AFTER_SECONDS)
 
 
 class DeliveryKeyUnusable(ApplicationError):
