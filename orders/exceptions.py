@@ -1,6 +1,12 @@
 """Orders' domain errors, each with a code and an HTTP status (marketplace.exceptions)."""
 
-from marketplace.exceptions import ApplicationError, Conflict, InvalidInput, NotFound
+from marketplace.exceptions import (
+    ApplicationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
 
 
 class IdempotencyKeyReused(ApplicationError):
@@ -19,10 +25,9 @@ class SkuNotForSale(Conflict):
     title = "The SKU is not for sale"
 
 
-class PaymentProviderUnavailable(ApplicationError):
+class PaymentProviderUnavailable(ServiceUnavailable):
     code = "payment-provider-unavailable"
     title = "The payment provider could not be reached"
-    status = 503
 
 
 class PaymentProviderRejected(ApplicationError):

@@ -171,7 +171,7 @@ def checkout_create(
             raise PaymentProviderUnavailable(
                 "The payment provider cannot be reached right now; retry with the same "
                 "Idempotency-Key.",
-                extra={"retry_after": 5},
+                retry_after=5,
             ) from exc
         raise PaymentProviderRejected(
             "The payment provider refused to create the payment page. The refusal has been "
