@@ -17,25 +17,9 @@ from licensing.services import (
     delivery_regenerate,
 )
 from tests.licensing.factories import order_delivered
-from tests.support.pg import backends_blocked_by
+from tests.support.pg import backends_blocked_by, in_thread
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def _in_thread(work) -> tuple[threading.Thread, list]:
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(work())
-        except Exception as exc:  # the test reads it
-            outcome.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
 
 
 def _committing_when_told(change) -> tuple[threading.Thread, threading.Event, list[int]]:
@@ -87,7 +71,7 @@ def test_a_change_committed_while_the_link_waits_for_the_lock_is_seen(buyer, cha
 
     # The delivery is read (still ready: the change is not committed), then the order's lock
     # is waited for.
-    asker, outcome = _in_thread(
+    asker, outcome = in_thread(
         lambda: delivery_access(
             order_id=delivered.order.pk, buyer=buyer, ip="192.0.2.1", user_agent="test"
         )

@@ -2,36 +2,18 @@
 (orders.locks), so they queue behind whoever holds the order instead of holding a row that
 the order's holder will ask for next."""
 
-import threading
 import time
 
 import psycopg
 import pytest
-from django.db import connection
 from psycopg import sql
 
 from licensing.models import Delivery, License
 from licensing.services import LICENSING_WORKER, delivery_regenerate, license_revoke
 from tests.licensing.factories import order_delivered
-from tests.support.pg import backends_blocked_by, order_row_locked, pg_connect
+from tests.support.pg import backends_blocked_by, in_thread, order_row_locked, pg_connect
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def _in_thread(work) -> tuple[threading.Thread, list]:
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(work())
-        except Exception as exc:  # the test reads it
-            outcome.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
 
 
 def _wait_blocked_by(pid: int) -> None:
@@ -77,7 +59,7 @@ def test_the_order_is_locked_before_its_rows(buyer, table, row, work):
     delivered = order_delivered(buyer)
 
     with order_row_locked(delivered.order.pk) as pid:
-        thread, outcome = _in_thread(lambda: work(delivered))
+        thread, outcome = in_thread(lambda: work(delivered))
         _wait_blocked_by(pid)
         # Waiting for the order, the service holds nothing of the order's own rows.
         assert _row_is_free(table, row(delivered))

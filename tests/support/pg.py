@@ -1,7 +1,8 @@
 """Second connections to the test database, for tests that hold a row lock while a worker
 process tries to take it, and watch who waits on whom."""
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,3 +48,21 @@ def backends_alive(pids: list[int]) -> list[int]:
             "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Runs `work` in a thread with a database connection of its own (closed when it ends);
+    the list gets what it returned or raised, for the test to read after join()."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except Exception as exc:  # the test reads it
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
