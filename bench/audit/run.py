@@ -1,16 +1,21 @@
-"""Benchmark of the audit log on PostgreSQL: appends, verification against a floor, and the
-export of a million events.
+"""Benchmark of the audit log on PostgreSQL: audited writes against django-auditlog and
+django-simple-history at 1, 4 and 8 processes with the sealing lag, then verification against a
+floor and the export of a million events.
 
-    .venv/bin/python bench/audit/run.py                 # from the repository root, ~3 min
-    .venv/bin/python bench/audit/run.py --events 200000 # a quicker, smaller run
+    .venv/bin/python bench/audit/run.py                 # from the repository root, ~8 min
+    .venv/bin/python bench/audit/run.py --appends-only  # the comparison alone, ~4 min
+    .venv/bin/python bench/audit/run.py --export-only --events 200000 # export/verify, smaller
 
-What it does, in order, on a fresh PostgreSQL database `marketplace_bench_audit`:
-1. **Seed**: writes the million events (hashes computed by `audit.chain`) straight into the
-   table with COPY, spread over one UTC day two days ago, so what follows runs on a table with
-   history.
-2. **Appends**: 1 writer process, then 8 at once, each appending events through
-   `audit.services.audit_append`, one transaction per event, for a fixed time; prints events/s.
-   Step 4 verifies the whole chain, so a fast but broken append would not pass.
+What it does, in order:
+1. **Audited writes** (bench/audit/compare.py, which says how): ours, django-auditlog and
+   django-simple-history, each on a fresh database of its own (mkp_aud_ours, mkp_aud_auditlog,
+   mkp_aud_history), at 1, 4 and 8 writer processes, one audited write (a partner row inserted
+   or updated, with its audit record) per transaction, in interleaved rounds; writes/s, the
+   ratios ours ÷ each peer, each target's scaling, and ours' sealing lag (p50/p95/max). The
+   whole chain then verifies with exactly as many events as were committed, or the run fails.
+   The peers are installed into bench/audit/.venv by this runner.
+2. **Seed** (on a fresh database `mkp_aud_export`): writes the million events (hashes computed
+   by `audit.chain`) straight into the table with COPY, spread over one UTC day two days ago.
 3. **Export**: `manage.py export_audit_batch` over that day, in its own process; prints the
    wall time and the process's peak resident memory (ru_maxrss).
 4. **Verify**: the export file checked by `audit.chain.verify_export` (what
@@ -19,8 +24,8 @@ What it does, in order, on a fresh PostgreSQL database `marketplace_bench_audit`
    (the database check, which re-encodes each row) against the floor over the same record
    bytes. Rounds alternate ours/floor/floor/ours; the ratio is ours ÷ floor, best round of each.
 
-Targets (issue 3): verify ≥ 0.5 of the floor; the export under 60 s and under 200 MB.
-Exit 1 on a failed check, 3 with --strict when a target is missed.
+Targets: sealing lag p95 ≤ 1 s (issue 12); verify ≥ 0.5 of the floor, the export under 60 s and
+under 200 MB (issue 3). Exit 1 on a failed check, 3 with --strict when a target is missed.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-DATABASE = "marketplace_bench_audit"
+DATABASE = "mkp_aud_export"
 SERVER = "postgres://postgres@127.0.0.1:5432"
 
 sys.path.insert(0, str(REPO))
@@ -66,48 +71,6 @@ def fresh_database() -> None:
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=environment(), check=True
     )
-
-
-# --- 1. Appends --------------------------------------------------------------------------------
-
-APPENDER = """
-import os, sys, time, django
-django.setup()
-from django.db import transaction
-from audit.services import audit_append
-from marketplace.actors import Actor
-name, seconds, start_at = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-time.sleep(max(0.0, start_at - time.time()))
-deadline, count = start_at + seconds, 0
-while time.time() < deadline:
-    with transaction.atomic():
-        audit_append(actor=Actor.service(name), action="bench.appended",
-                     subject=("order", count), data={"amount": 4900, "currency": "EUR"})
-    count += 1
-print(count)
-"""
-
-
-def appends(writers: int, seconds: float) -> dict[str, float]:
-    start_at = time.time() + 4  # every process has loaded Django by then
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", APPENDER, f"w{n}", str(seconds), str(start_at)],
-            cwd=REPO,
-            env=environment(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(writers)
-    ]
-    counts = []
-    for process in processes:
-        out, _ = process.communicate(timeout=seconds + 120)
-        if process.returncode != 0:
-            sys.exit(f"a writer failed (exit {process.returncode})")
-        counts.append(int(out.strip()))
-    total = sum(counts)
-    return {"writers": writers, "events": total, "events_per_second": total / seconds}
 
 
 # --- 2. Seed -----------------------------------------------------------------------------------
@@ -301,11 +264,53 @@ def alternate(ours, floor, rounds: int) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--append-seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--append-seconds", type=float, default=8.0, help="length of one round of writes"
+    )
+    parser.add_argument(
+        "--append-rounds", type=int, default=2, help="rounds of each target per process count"
+    )
+    parser.add_argument("--processes", default="1,4,8", help="writer process counts")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each verify")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--appends-only", action="store_true", help="skip the export and verify")
+    only.add_argument("--export-only", action="store_true", help="skip the audited writes")
     parser.add_argument("--strict", action="store_true")
     options = parser.parse_args()
 
+    figures: dict = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    missed = False
+    if not options.export_only:
+        from bench.audit.compare import LAG_TARGET_P95, compare
+
+        processes = [int(n) for n in options.processes.split(",")]
+        print("audited writes: ours, django-auditlog, django-simple-history …", flush=True)
+        figures["writes"] = compare(
+            processes=processes, seconds=options.append_seconds, rounds=options.append_rounds
+        )
+        missed = any(
+            row.get("seal_lag", {}).get("p95", 0) > LAG_TARGET_P95
+            for row in figures["writes"]["summary"].values()
+        )
+    if not options.appends_only:
+        figures["export"] = export_and_verify(options)
+        exported = figures["export"]["export"]
+        missed = missed or (
+            figures["export"]["verify_export_ratio"] < 0.5
+            or exported["seconds"] >= 60
+            or exported["peak_mib"] * 2**20 >= 200e6
+        )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    result_file = RESULTS_DIR / f"audit-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    result_file.write_text(json.dumps(figures, indent=2))
+    print(f"\nfigures written to {result_file.relative_to(REPO)}")
+    return 3 if options.strict and missed else 0
+
+
+def export_and_verify(options: argparse.Namespace) -> dict:
     os.environ.update(environment())
     print(f"fresh database {DATABASE} …", flush=True)
     fresh_database()
@@ -319,21 +324,13 @@ def main() -> int:
     seed(options.events, day)
     seeded = time.perf_counter() - started
 
-    # Appends go on top of the seeded chain, as they would on a platform with history.
-    print("appends: 1 writer …", flush=True)
-    one = appends(1, options.append_seconds)
-    print("appends: 8 writers …", flush=True)
-    eight = appends(8, options.append_seconds)
-
     from audit.models import AuditEvent
 
-    # The whole chain: the seeded day and the appends made just now.
     start = day
-    end = datetime.now(UTC) + timedelta(seconds=1)
+    end = day + timedelta(days=1)
     workdir = Path(tempfile.mkdtemp(prefix="marketplace-bench-audit-"))
     out = workdir / "audit.jsonl.gz"
     print("exporting …", flush=True)
-    time.sleep(1.5)  # the export refuses a period that has not ended yet
     exported = export(start, end, out)
 
     from marketplace.keystore import public_keys_from_store
@@ -350,11 +347,7 @@ def main() -> int:
     total = AuditEvent.objects.count()
 
     figures = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "events": total,
-        "append_1_writer": one,
-        "append_8_writers": eight,
         "seed_seconds": seeded,
         "export": exported,
         "verify_export_events_per_second": file_ours,
@@ -366,8 +359,6 @@ def main() -> int:
     }
     print()
     print(f"events in the chain                 {total:>12,}")
-    print(f"append, 1 writer                    {one['events_per_second']:>12,.0f} events/s")
-    print(f"append, 8 writers                   {eight['events_per_second']:>12,.0f} events/s")
     print(
         f"export of {total:,} events           {exported['seconds']:>12.1f} s, "
         f"peak {exported['peak_mib']:.0f} MiB, file {exported['file_mib']:.0f} MiB"
@@ -381,16 +372,7 @@ def main() -> int:
         f"verify database (audit_verify)      {db_ours:>12,.0f} events/s; floor "
         f"{db_floor:,.0f}; ratio {db_ours / db_floor:.2f}"
     )
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    result_file = RESULTS_DIR / f"audit-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    result_file.write_text(json.dumps(figures, indent=2))
-    print(f"\nfigures written to {result_file.relative_to(REPO)}")
-    missed = (
-        file_ours / file_floor < 0.5
-        or exported["seconds"] >= 60
-        or exported["peak_mib"] * 2**20 >= 200e6
-    )
-    return 3 if options.strict and missed else 0
+    return figures
 
 
 if __name__ == "__main__":

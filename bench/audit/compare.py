@@ -1,0 +1,452 @@
+"""Audited writes per second, ours against django-auditlog and django-simple-history, at 1, 4
+and 8 writer processes, and the sealing lag of ours. Run by bench/audit/run.py.
+
+Each target has a fresh PostgreSQL database of its own (mkp_aud_ours, mkp_aud_auditlog,
+mkp_aud_history) on the same server. A round starts N writer processes (bench/audit/writer.py)
+that begin at the same instant and make audited writes for a fixed time, one per transaction:
+a partner row inserted or updated, with its audit record. Rounds are interleaved, ours,
+auditlog, history, then the other way round, for each process count, so that a trend on the
+machine weighs on all three alike.
+
+Ours runs in the repository's .venv with the platform's settings (config.settings.local on
+PostgreSQL). When the platform has a sealer (the `audit_seal` management command), every ours
+round runs it beside the writers (`manage.py audit_seal --loop`, started with them and stopped
+once the round's events are sealed), and a thread of this process watches the chain grow (every
+20 ms, the events sealed since the last look, in sequence order); the sealing lag of an event is
+when it was first seen sealed minus when its writer's commit returned. Without a sealer (events
+are sealed by the append itself) the same watch measures the time to visibility, a few ms.
+After the rounds, everything still pending is sealed and `audit.verify.chain_verify` must pass
+over the whole chain with exactly as many events as the writers committed: a fast but broken
+append does not pass. The peers' record counts are checked the same way.
+
+The peers run in bench/audit/.venv, created here with the same Python and the pins of
+bench/audit/requirements-peers.txt, in the project bench/audit/peers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SERVER = "postgres://postgres@127.0.0.1:5432"
+TARGETS = ("ours", "auditlog", "history")
+DATABASES = {"ours": "mkp_aud_ours", "auditlog": "mkp_aud_auditlog", "history": "mkp_aud_history"}
+PEER_VENV = HERE / ".venv"
+PEER_REQUIREMENTS = HERE / "requirements-peers.txt"
+WRITER = HERE / "writer.py"
+WATCH_INTERVAL = 0.02
+SEAL_WAIT_SECONDS = 60.0
+LAG_TARGET_P95 = 1.0
+
+
+# --- Environments --------------------------------------------------------------------------
+
+
+def peer_python() -> Path:
+    """bench/audit/.venv's python, the venv created or brought up to the pins first."""
+    python = PEER_VENV / "bin" / "python"
+    stamp = PEER_VENV / "installed-requirements.txt"
+    wanted = PEER_REQUIREMENTS.read_text()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    if not python.exists():
+        print(f"creating {PEER_VENV.relative_to(REPO)} …", flush=True)
+        subprocess.run([base, "-m", "venv", str(PEER_VENV)], check=True)
+    print("installing the peers (requirements-peers.txt) …", flush=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-r", str(PEER_REQUIREMENTS)], check=True
+    )
+    version = subprocess.run(
+        [str(python), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        sys.exit(f"{PEER_VENV} runs Python {version}, not {sys.version_info[:2]}: remove it")
+    stamp.write_text(wanted)
+    return python
+
+
+def clean_environment() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MARKETPLACE_", "DJANGO_", "BENCH_")) and k != "PYTHONPATH"
+    }
+
+
+def environment(target: str) -> dict[str, str]:
+    if target == "ours":
+        return {
+            **clean_environment(),
+            "DJANGO_SETTINGS_MODULE": "config.settings.local",
+            "MARKETPLACE_DATABASE_URL": f"{SERVER}/{DATABASES['ours']}",
+            "MARKETPLACE_DATA_DIR": str(Path(tempfile.gettempdir()) / "mkp-aud-ours"),
+        }
+    return {
+        **clean_environment(),
+        "DJANGO_SETTINGS_MODULE": "bench.audit.peers.settings",
+        "BENCH_PEERS_DATABASE": DATABASES[target],
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def python_of(target: str, peer: Path) -> str:
+    return sys.executable if target == "ours" else str(peer)
+
+
+def fresh_databases(peer: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as connection:
+        for name in DATABASES.values():
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            connection.execute(f'CREATE DATABASE "{name}"')
+    for target in TARGETS:
+        if target == "ours":
+            command = [sys.executable, "manage.py", "migrate", "-v0"]
+        else:
+            command = [str(peer), "-m", "django", "migrate", "-v0"]
+        subprocess.run(command, cwd=REPO, env=environment(target), check=True)
+
+
+def has_sealer() -> bool:
+    return (REPO / "audit" / "management" / "commands" / "audit_seal.py").exists()
+
+
+# --- Watching the chain grow -----------------------------------------------------------------
+
+
+class SealWatch(threading.Thread):
+    """Notes when each event is first seen sealed. Sealing gives gapless sequence numbers and
+    commits them in order, so asking for the events past the last sequence seen misses none."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        import psycopg
+
+        self.connection = psycopg.connect(f"{SERVER}/{DATABASES['ours']}", autocommit=True)
+        columns = {
+            row[0]
+            for row in self.connection.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
+                ("audit_event",),
+            )
+        }
+        # The event's own key: `id` once events are written unsealed, else the sequence.
+        self.key = "id" if "id" in columns else "sequence"
+        self.after = self.connection.execute(
+            "SELECT coalesce(max(sequence), 0) FROM audit_event"
+        ).fetchone()[0]
+        self.seen: dict[int, float] = {}
+        self.polls = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        # self.key is one of two column names, never input.
+        query = (
+            f"SELECT {self.key}, sequence FROM audit_event WHERE sequence > %s ORDER BY sequence"  # noqa: S608
+        )
+        while not self.done.is_set():
+            rows = self.connection.execute(query, (self.after,)).fetchall()
+            now = time.time()
+            for key, _ in rows:
+                self.seen[key] = now
+            if rows:
+                self.after = rows[-1][1]
+            self.polls += 1
+            time.sleep(WATCH_INTERVAL)
+        self.connection.close()
+
+    def wait_for(self, keys: set[int], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if keys.issubset(self.seen.keys()):
+                return True
+            time.sleep(0.05)
+        return keys.issubset(self.seen.keys())
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all cores since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[3] + values[4], sum(values)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- One round -----------------------------------------------------------------------------
+
+
+def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -> dict:
+    env = environment(target)
+    workdir = Path(tempfile.mkdtemp(prefix="mkp-aud-round-"))
+    sealer = watch = None
+    if target == "ours":
+        watch = SealWatch()
+        watch.start()
+        if has_sealer():
+            sealer = subprocess.Popen(
+                [sys.executable, "manage.py", "audit_seal", "--loop"], cwd=REPO, env=env
+            )
+    processes = [
+        subprocess.Popen(
+            [
+                python_of(target, peer),
+                str(WRITER),
+                "write",
+                target,
+                f"{tag}w{n}",
+                str(seconds),
+                str(workdir / f"w{n}.json"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(writers)
+    ]
+    try:
+        for process in processes:
+            if process.stdout.readline().strip() != "ready":
+                sys.exit(f"a {target} writer did not start (exit {process.wait()})")
+        time.sleep(0.5 if sealer is None else 1.5)  # the sealer has loaded Django by then
+        start_at = time.time() + 0.2
+        for process in processes:
+            process.stdin.write(f"{start_at}\n")
+            process.stdin.flush()
+        time.sleep(max(0.0, start_at - time.time()))
+        idle_before, total_before = machine_times()
+        for process in processes:
+            if process.wait(timeout=seconds + 120) != 0:
+                sys.exit(f"a {target} writer failed (exit {process.returncode})")
+        idle_after, total_after = machine_times()
+        results = [json.loads((workdir / f"w{n}.json").read_text()) for n in range(writers)]
+        writes = sum(result["writes"] for result in results)
+        figures = {
+            "target": target,
+            "writers": writers,
+            "writes": writes,
+            "writes_per_second": writes / seconds,
+            "writer_cpu_ms_per_write": 1000
+            * sum(result["cpu_seconds"] for result in results)
+            / max(writes, 1),
+            "machine_busy": 1 - (idle_after - idle_before) / max(1, total_after - total_before),
+        }
+        if watch is not None:
+            committed = {key: at for result in results for key, at in result["commits"]}
+            all_seen = watch.wait_for(set(committed), SEAL_WAIT_SECONDS)
+            # A look that saw the event before its writer read the clock counts as no lag.
+            lags = [
+                max(0.0, watch.seen[key] - at) for key, at in committed.items() if key in watch.seen
+            ]
+            figures["sealer"] = sealer is not None
+            figures["lags"] = lags
+            figures["unsealed_after_wait"] = len(committed) - len(lags)
+            figures["all_sealed"] = all_seen
+            figures["watch_polls"] = watch.polls
+            if sealer is not None and sealer.poll() is None:
+                figures["sealer_cpu_seconds"] = cpu_seconds(sealer.pid)
+            if sealer is not None and sealer.poll() is not None:
+                sys.exit(f"the sealer stopped during the round (exit {sealer.returncode})")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        if sealer is not None:
+            stop(sealer)
+        if watch is not None:
+            watch.done.set()
+            watch.join()
+    return figures
+
+
+def check(target: str, expected: int, peer: Path) -> dict:
+    result = subprocess.run(
+        [python_of(target, peer), str(WRITER), "check", target, str(expected)],
+        cwd=REPO,
+        env=environment(target),
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        sys.exit(f"the {target} check failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- The comparison --------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def compare(*, processes: list[int], seconds: float, rounds: int) -> dict:
+    peer = peer_python()
+    print(f"fresh databases {', '.join(DATABASES.values())} …", flush=True)
+    fresh_databases(peer)
+    sealer = has_sealer()
+    print(
+        "ours runs "
+        + ("a sealer (manage.py audit_seal --loop) beside its writers" if sealer else "no sealer")
+        + " (events are sealed as they are appended)" * (not sealer),
+        flush=True,
+    )
+    done: list[dict] = []
+    for writers in processes:
+        for index in range(rounds):
+            order = TARGETS if index % 2 == 0 else tuple(reversed(TARGETS))
+            for target in order:
+                tag = f"r{len(done)}"
+                figures = run_round(target, writers, seconds, tag, peer)
+                done.append(figures)
+                line = (
+                    f"  {writers} x {target:<9} round {index + 1}: "
+                    f"{figures['writes_per_second']:>7,.0f} writes/s, "
+                    f"writer CPU {figures['writer_cpu_ms_per_write']:.2f} ms/write, "
+                    f"machine {figures['machine_busy']:.0%} busy"
+                )
+                if figures.get("lags"):
+                    line += (
+                        f"; seal lag p50 {percentile(figures['lags'], 0.5) * 1000:,.0f} ms, "
+                        f"p95 {percentile(figures['lags'], 0.95) * 1000:,.0f} ms"
+                    )
+                print(line, flush=True)
+
+    print("checking every target's records (ours: seal what is pending, verify the chain) …")
+    checks = {}
+    for target in TARGETS:
+        expected = sum(f["writes"] for f in done if f["target"] == target)
+        checks[target] = check(target, expected, peer) | {"expected": expected}
+        if not checks[target]["ok"]:
+            sys.exit(f"{target}: the records do not add up: {checks[target]}")
+
+    summary: dict[str, dict] = {}
+    for writers in processes:
+        row: dict = {}
+        for target in TARGETS:
+            mine = [f for f in done if f["target"] == target and f["writers"] == writers]
+            rates = [f["writes_per_second"] for f in mine]
+            row[target] = {
+                "mean": statistics.mean(rates),
+                "rounds": rates,
+                "writer_cpu_ms_per_write": statistics.mean(
+                    f["writer_cpu_ms_per_write"] for f in mine
+                ),
+                "machine_busy": statistics.mean(f["machine_busy"] for f in mine),
+            }
+        row["ours_over_auditlog"] = row["ours"]["mean"] / row["auditlog"]["mean"]
+        row["ours_over_history"] = row["ours"]["mean"] / row["history"]["mean"]
+        lags = [
+            lag
+            for f in done
+            if f["target"] == "ours" and f["writers"] == writers
+            for lag in f.get("lags", [])
+        ]
+        if lags:
+            row["seal_lag"] = {
+                "p50": percentile(lags, 0.5),
+                "p95": percentile(lags, 0.95),
+                "max": max(lags),
+                "events": len(lags),
+            }
+        cpu = [
+            f["sealer_cpu_seconds"]
+            for f in done
+            if f["target"] == "ours" and f["writers"] == writers and "sealer_cpu_seconds" in f
+        ]
+        if cpu:
+            events = sum(
+                f["writes"] for f in done if f["target"] == "ours" and f["writers"] == writers
+            )
+            row["sealer_cpu_ms_per_event"] = 1000 * sum(cpu) / events
+        summary[str(writers)] = row
+    for f in done:
+        f.pop("lags", None)
+    result = {
+        "seconds_per_round": seconds,
+        "rounds": rounds,
+        "sealer": sealer,
+        "summary": summary,
+        "checks": checks,
+        "round_figures": done,
+    }
+    report(result, processes)
+    return result
+
+
+def report(result: dict, processes: list[int]) -> None:
+    summary = result["summary"]
+    print()
+    print(
+        f"audited writes/s (mean of {result['rounds']} interleaved rounds of "
+        f"{result['seconds_per_round']:g} s; one write per transaction)"
+    )
+    print(
+        f"{'processes':>9} {'ours':>8} {'auditlog':>9} {'history':>8}"
+        f" {'ours/auditlog':>14} {'ours/history':>13}"
+    )
+    for writers in processes:
+        row = summary[str(writers)]
+        print(
+            f"{writers:>9} {row['ours']['mean']:>8,.0f} {row['auditlog']['mean']:>9,.0f} "
+            f"{row['history']['mean']:>8,.0f} {row['ours_over_auditlog']:>14.2f} "
+            f"{row['ours_over_history']:>13.2f}"
+        )
+    print("writer CPU ms per write (Python, the writers only; PostgreSQL's not counted):")
+    for writers in processes:
+        row = summary[str(writers)]
+        print(
+            f"{writers:>9} "
+            + " ".join(f"{row[t]['writer_cpu_ms_per_write']:>8.2f}" for t in TARGETS)
+            + "   machine busy "
+            + " ".join(f"{row[t]['machine_busy']:.0%}" for t in TARGETS)
+        )
+    first, last = str(processes[0]), str(processes[-1])
+    for target in TARGETS:
+        ratio = summary[last][target]["mean"] / summary[first][target]["mean"]
+        print(f"scaling {target:<9} ({last} processes ÷ {first}): {ratio:.2f}")
+    what = "sealing lag" if result["sealer"] else "commit → seen sealed (no sealer)"
+    print(f"ours, {what} (target p95 ≤ {LAG_TARGET_P95:g} s):")
+    for writers in processes:
+        row = summary[str(writers)]
+        lag = row.get("seal_lag")
+        if lag:
+            extra = ""
+            if "sealer_cpu_ms_per_event" in row:
+                extra = f"; sealer CPU {row['sealer_cpu_ms_per_event']:.3f} ms/event"
+            print(
+                f"  {writers} processes: p50 {lag['p50'] * 1000:,.0f} ms, "
+                f"p95 {lag['p95'] * 1000:,.0f} ms, max {lag['max'] * 1000:,.0f} ms "
+                f"over {lag['events']:,} events{extra}"
+            )
+    ours = result["checks"]["ours"]
+    print(f"ours' chain after the rounds: {ours['summary']}; {ours['unsealed']} unsealed")
