@@ -133,7 +133,8 @@ class Failure:
     problem is not about one event, e.g. an unreadable digest)."""
 
     code: str  # hash_mismatch, chain_broken, gap, reordering, truncated, malformed,
-    # bad_signature, unknown_key, file_hash, digest_chain, digest_mismatch, beyond_head
+    # bad_signature, unknown_key, file_hash, digest_chain, digest_mismatch, beyond_head,
+    # checkpoint_chain, checkpoint_missing, witness_mismatch, witness_truncated
     reason: str
     sequence: int | None = None
 
@@ -357,17 +358,48 @@ def _sync(check: ChainCheck, count: int, expected: int, expected_prev: bytes) ->
 
 
 def checkpoint_message(
-    *, sequence: int, chain_hash: str, signed_at: datetime, key_id: str
+    *,
+    sequence: int,
+    chain_hash: str,
+    signed_at: datetime,
+    key_id: str,
+    previous: str | None = None,
 ) -> bytes:
-    return canonical_json(
-        {
-            "hash": chain_hash,
-            "key_id": key_id,
-            "sequence": sequence,
-            "signed_at": format_time(signed_at),
-            "type": CHECKPOINT_TYPE,
-        }
-    )
+    """What a checkpoint's signature covers. `previous` (the link to the checkpoint before,
+    checkpoint_link) is part of it for every checkpoint but those signed before checkpoints
+    were chained, which have none."""
+    message: dict[str, Any] = {
+        "hash": chain_hash,
+        "key_id": key_id,
+        "sequence": sequence,
+        "signed_at": format_time(signed_at),
+        "type": CHECKPOINT_TYPE,
+    }
+    if previous is not None:
+        message["previous"] = previous
+    return canonical_json(message)
+
+
+def checkpoint_link(signature: str) -> str:
+    """The `previous` of the checkpoint after one with this signature: the SHA-256 of the
+    signature's base64url text. An Ed25519 signature is a function of the message and the key,
+    so it stands for the whole checkpoint, and the database can check the link itself."""
+    return hashlib.sha256(signature.encode("ascii")).hexdigest()
+
+
+def checkpoint_document(checkpoint: Any) -> dict[str, Any]:
+    """A checkpoint as its witness copy holds it: the signed fields and the signature."""
+    document = {
+        "type": CHECKPOINT_TYPE,
+        "sequence": checkpoint.sequence,
+        "hash": checkpoint.hash,
+        "signed_at": format_time(checkpoint.signed_at),
+        "key_id": checkpoint.key_id,
+        "signature": checkpoint.signature,
+    }
+    if checkpoint.previous is not None:
+        document["previous"] = checkpoint.previous
+    return document
 
 
 def digest_message(digest: dict[str, Any]) -> bytes:

@@ -9,7 +9,10 @@ Kernel backend keeps no copy, so without MARKETPLACE_KERNEL_URL nothing here doe
 and the cursor stays where it is; a Kernel configured later answers 409 with where its copy
 ends, and the push starts again from there.
 
-Waking a push. After each commit that appended events, `kernel_push_soon` enqueues the push
+Only sealed events are pushed (audit.sealer); the sealer wakes a push after each batch it
+seals, and a push seals what is pending before it reads.
+
+Waking a push. After each commit that sealed events, `kernel_push_soon` enqueues the push
 task unless one is already due: the cache key SCHEDULED_KEY says so, taken with `cache.add`.
 The task removes the key *before* it reads the events, so an event committed after that read
 wakes another push: no wake-up is lost. A beat entry every minute is the safety net for a task
@@ -48,6 +51,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from audit.chain import export_line, record_of
 from audit.models import AuditEvent, ChainHead, KernelCursor
+from audit.sealer import seal_all
 from marketplace.backoff import Backoff
 from marketplace.kernel import AuditAck, Kernel, KernelRejected, KernelUnavailable, get_kernel
 
@@ -186,6 +190,8 @@ def kernel_push(
     Not for use inside a transaction: each batch commits on its own (durable, on PostgreSQL)."""
     if not settings.KERNEL_URL:
         return KernelPush(acknowledged_sequence=kernel_cursor_state().acknowledged_sequence)
+    # Only sealed events go out; sealing what is pending first spares a wait for the sealer.
+    seal_all(wait_seconds=0)
     kernel = get_kernel()
     deadline = None if time_budget is None else time.monotonic() + time_budget
     acknowledged = 0

@@ -1,9 +1,11 @@
-"""The audit log: an append-only, hash-chained table of events, the signed checkpoints of its
-head, and the register of daily exports.
+"""The audit log: an append-only, hash-chained table of events, the chained and signed
+checkpoints of its head, and the register of daily exports.
 
-Events, checkpoints and exports refuse update and delete here, and on PostgreSQL a trigger
-(migration 0002) refuses UPDATE, DELETE and TRUNCATE on their tables, so raw SQL fails too.
-The chain's encoding lives in audit.chain; appends go through audit.services.audit_append.
+Events, checkpoints and exports refuse update and delete here. On PostgreSQL, triggers
+(migrations 0002 and 0004) refuse UPDATE, DELETE and TRUNCATE on their tables, with one
+exception: sealing an event, which the trigger lets through only as the next link of the chain
+and which moves the chain head itself (docs/audit.md, "Sealing"). The chain's encoding lives in
+audit.chain; appends go through audit.services.audit_append, sealing through audit.sealer.
 """
 
 from typing import Any, NoReturn
@@ -50,10 +52,21 @@ class AppendOnlyModel(models.Model):
         _refuse(f"deleting {self._meta.verbose_name} {self.pk}")
 
 
-class AuditEvent(AppendOnlyModel):
-    """One event. `sequence` is gapless from 1; `hash` covers the record and `prev_hash`."""
+class AuditEventQuerySet(AppendOnlyQuerySet):
+    def sealed(self) -> "AuditEventQuerySet":
+        return self.filter(sequence__isnull=False)
 
-    sequence = models.PositiveBigIntegerField(primary_key=True, editable=False)
+    def unsealed(self) -> "AuditEventQuerySet":
+        return self.filter(sequence__isnull=True)
+
+
+class AuditEvent(AppendOnlyModel):
+    """One event. `id` is the order of insertion (with gaps: rolled-back inserts use numbers
+    too). Sealing gives the event its place in the chain: `sequence`, gapless from 1, and
+    `hash`, which covers the record and `prev_hash`. Until then the three are null."""
+
+    id = models.BigAutoField(primary_key=True, editable=False)
+    sequence = models.PositiveBigIntegerField(null=True, unique=True, editable=False)
     occurred_at = models.DateTimeField(editable=False)
     actor_type = models.CharField(max_length=16, choices=ActorType.choices, editable=False)
     actor_id = models.CharField(
@@ -63,14 +76,31 @@ class AuditEvent(AppendOnlyModel):
     subject_type = models.CharField(max_length=32, editable=False)
     subject_id = models.CharField(max_length=64, editable=False)
     data = models.JSONField(default=dict, editable=False)
-    prev_hash = models.CharField(max_length=64, editable=False)
-    hash = models.CharField(max_length=64, editable=False)
+    # Null, not "", until sealed: the check constraint below ties the three together.
+    prev_hash = models.CharField(max_length=64, null=True, editable=False)  # noqa: DJ001
+    hash = models.CharField(max_length=64, null=True, editable=False)  # noqa: DJ001
+
+    objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         db_table = "audit_event"
         verbose_name = "audit event"
-        ordering = ["-sequence"]
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(sequence__isnull=True, prev_hash__isnull=True, hash__isnull=True)
+                    | models.Q(sequence__isnull=False, prev_hash__isnull=False, hash__isnull=False)
+                ),
+                name="audit_event_sealed_whole",
+                violation_error_message="an event is sealed with its sequence and both hashes",
+            ),
+        ]
         indexes = [
+            # What the sealer reads: the unsealed events, in the order they were inserted.
+            models.Index(
+                fields=["id"], name="audit_event_unsealed", condition=models.Q(sequence=None)
+            ),
             models.Index(fields=["occurred_at"], name="audit_event_time"),
             models.Index(fields=["action", "sequence"], name="audit_event_action"),
             models.Index(fields=["subject_type", "subject_id"], name="audit_event_subject"),
@@ -78,12 +108,18 @@ class AuditEvent(AppendOnlyModel):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.sequence} {self.action} {self.subject_type}:{self.subject_id}"
+        place = f"#{self.sequence}" if self.sequence is not None else f"unsealed ({self.id})"
+        return f"{place} {self.action} {self.subject_type}:{self.subject_id}"
+
+    @property
+    def sealed(self) -> bool:
+        return self.sequence is not None
 
 
 class ChainHead(models.Model):
-    """The last appended event, one row. Appends lock it, which is what keeps the sequence
-    gapless and the chain linear when many processes write at once."""
+    """The last sealed event, one row. Only sealing moves it: on PostgreSQL the seal trigger
+    does, in the statement that seals (the platform's role cannot write the row); on SQLite the
+    append that seals inline does, under the database's write lock."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     sequence = models.PositiveBigIntegerField(default=0)
@@ -100,10 +136,21 @@ class ChainHead(models.Model):
 
 class Checkpoint(AppendOnlyModel):
     """A signature over the chain head: whoever holds the public key can tell that events up
-    to `sequence` have not been rewritten since `signed_at`."""
+    to `sequence` have not been rewritten since `signed_at`. Checkpoints form a chain of their
+    own: each signs `previous`, the SHA-256 of the checkpoint before it (audit.chain.
+    checkpoint_digest), so one removed from the middle breaks the next one's link. A copy of each
+    is stored in the audit bucket, the witness of the last ones (docs/audit.md)."""
 
     sequence = models.PositiveBigIntegerField(unique=True, editable=False)
     hash = models.CharField(max_length=64, editable=False)
+    # Null for checkpoints signed before chaining; unique, so the chain cannot fork.
+    previous = models.CharField(  # noqa: DJ001
+        max_length=64,
+        unique=True,
+        null=True,
+        editable=False,
+        help_text="SHA-256 of the previous checkpoint; null for those signed before chaining.",
+    )
     signed_at = models.DateTimeField(editable=False)
     key_id = models.CharField(max_length=64, editable=False)
     signature = models.CharField(max_length=128, editable=False, help_text="Ed25519, base64url.")

@@ -5,7 +5,7 @@ import logging
 
 from celery import Task, shared_task
 
-from audit import checkpoints, exports, fanout
+from audit import checkpoints, exports, fanout, sealer
 from marketplace.backoff import Backoff
 
 logger = logging.getLogger(__name__)
@@ -13,6 +13,15 @@ logger = logging.getLogger(__name__)
 # Before an export that met a transient storage error is tried again: a minute, doubling,
 # at most an hour.
 EXPORT_BACKOFF = Backoff(base=60, cap=3600)
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def audit_seal() -> int:
+    """Seals committed audit events (audit.sealer): woken after the commits that append them,
+    and by beat every few seconds as the safety net. Safe to run twice: one sealer holds the
+    seal lock at a time, and a batch seals only events that are still unsealed."""
+    sealer.seal_wakeup_taken()
+    return sealer.seal_for()
 
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=60, time_limit=90, max_retries=None)

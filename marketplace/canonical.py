@@ -27,6 +27,11 @@ def _check(value: Any, path: str) -> None:
     raise ValueError(f"{path} has a value of type {type(value).__name__}, which JSON cannot hold")
 
 
+def canonical_check(value: Any) -> None:
+    """Raises ValueError naming the first value that has no canonical form."""
+    _check(value, "$")
+
+
 def canonical_json(value: Any) -> bytes:
     _check(value, "$")
     return json.dumps(

@@ -18,6 +18,12 @@ The audit-append API (docs/audit.md, "Kernel fan-out"):
     other 4xx                         a rejection (KernelRejected); sending it unchanged will
                                       not help, so it is recorded for an operator.
     5xx, timeout, unreadable answer   KernelUnavailable.
+
+    GET {KERNEL_URL}/v1/audit/head
+    200 {"acknowledged_through": N, "hash": "..."}   the last event the Kernel holds and its
+                                      hash (null when it holds none): what audit_verify compares
+                                      the database with, the Kernel being a witness of the chain
+                                      that the database's owner cannot rewrite.
 """
 
 import base64
@@ -51,6 +57,14 @@ class AuditAck:
 
     acknowledged_through: int
     in_step: bool = True
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """The last audit event the Kernel holds: its sequence (0: none) and hash."""
+
+    acknowledged_through: int
+    hash: str | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ class Kernel(Protocol):
     ) -> ManifestVerdict: ...
 
     def audit_append(self, *, lines: Sequence[bytes], last_sequence: int) -> AuditAck: ...
+
+    def audit_head(self) -> AuditHead | None: ...
 
 
 class LocalKernel:
@@ -132,6 +148,10 @@ class LocalKernel:
     def audit_append(self, *, lines: Sequence[bytes], last_sequence: int) -> AuditAck:
         """Keeps no copy: the local database is the only one, so everything is acknowledged."""
         return AuditAck(acknowledged_through=last_sequence)
+
+    def audit_head(self) -> AuditHead | None:
+        """No copy, so no witness."""
+        return None
 
 
 class HttpKernel:
@@ -253,6 +273,35 @@ class HttpKernel:
         raise KernelUnavailable(
             f"the Kernel at {self.base_url} answered HTTP {status} to an audit append"
         )
+
+    def audit_head(self) -> AuditHead | None:
+        """Raises KernelUnavailable when the Kernel cannot say."""
+        url = f"{self.base_url}/v1/audit/head"
+        try:
+            response = requests.get(
+                url,
+                cert=self.cert,
+                verify=self.verify,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+            answer = response.json() if response.status_code == 200 else None
+        except (requests.RequestException, OSError, ValueError) as exc:
+            raise KernelUnavailable(f"the Kernel at {self.base_url} is unreachable: {exc}") from exc
+        through = answer.get("acknowledged_through") if isinstance(answer, dict) else None
+        head_hash = answer.get("hash") if isinstance(answer, dict) else None
+        if (
+            not isinstance(through, int)
+            or isinstance(through, bool)
+            or through < 0
+            or not (head_hash is None or isinstance(head_hash, str))
+            or (through > 0 and head_hash is None)
+        ):
+            raise KernelUnavailable(
+                f"the Kernel at {self.base_url} answered HTTP {response.status_code} to the "
+                "audit head request without a usable acknowledged_through and hash"
+            )
+        return AuditHead(acknowledged_through=through, hash=head_hash)
 
 
 def get_kernel() -> Kernel:

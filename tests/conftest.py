@@ -1,3 +1,4 @@
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -5,13 +6,15 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.core.cache import cache
-from django.db import connection
+from django.db import IntegrityError, ProgrammingError, connection, connections, transaction
 from rest_framework.test import APIClient
 
 from accounts.services import api_token_issue
+from marketplace.dbroles import app_role_grant
 from marketplace.models import User
 from marketplace.roles import CONTENT_OPS, FINANCE, roles_sync
 from tests.catalog.factories import TEST_ACTOR, Publisher, make_publisher
+from tests.support import pg as pg_support
 
 pytest_plugins = [
     "tests.support.browser",
@@ -44,7 +47,9 @@ def _fresh_cache() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _own_file_storage(settings: Any, tmp_path: Path) -> None:
-    """Each test gets an empty folder for stored files (unless it switches to S3)."""
+    """Each test gets an empty folder for stored files (unless it switches to S3), and one for
+    audit exports and checkpoint copies: another test's are no witness of this one's chain."""
+    settings.AUDIT_EXPORT_DIR = tmp_path / "audit"
     default = settings.STORAGES["default"]
     if default["BACKEND"].endswith("FileSystemStorage"):
         location = tmp_path / "files"
@@ -55,15 +60,54 @@ def _own_file_storage(settings: Any, tmp_path: Path) -> None:
         }
 
 
-_APPEND_ONLY_TABLES = ("audit_event", "audit_checkpoint", "audit_export")
+# The suite runs as the platform's own database role on PostgreSQL, as production does
+# (docs/deploy.md#database-roles): the test database is created and migrated by the configured
+# role, its owner, and the tests connect as this one. Empty runs the suite as the owner.
+APP_ROLE = os.environ.get("MARKETPLACE_TEST_DATABASE_APP_ROLE", "marketplace_test_app")
+_APPEND_ONLY_TABLES = ("audit_event", "audit_checkpoint", "audit_export", "audit_chain_head")
 _audit_triggers_disabled = False
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    db = connections["default"]
+    if db.vendor != "postgresql" or not APP_ROLE:
+        yield
+        return
+    owner = {"USER": db.settings_dict["USER"], "PASSWORD": db.settings_dict["PASSWORD"]}
+    with django_db_blocker.unblock():
+        with db.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE])
+            if cursor.fetchone() is None:
+                try:
+                    with transaction.atomic():
+                        cursor.execute(f'CREATE ROLE "{APP_ROLE}" LOGIN')
+                except (IntegrityError, ProgrammingError):
+                    pass  # another test process created it meanwhile
+            app_role_grant(APP_ROLE)
+            # Test-only: emptying the database between transactional tests is a TRUNCATE of
+            # every table (with the audit triggers off for it, by the owner: see below).
+            tables = ", ".join(_APPEND_ONLY_TABLES)
+            cursor.execute(f'GRANT TRUNCATE ON {tables} TO "{APP_ROLE}"')
+        db.close()
+        db.settings_dict["USER"], db.settings_dict["PASSWORD"] = APP_ROLE, ""
+    pg_support.OWNER.update(owner)
+    yield
+    with django_db_blocker.unblock():
+        db.close()
+        db.settings_dict.update(owner)
 
 
 def _audit_triggers(state: str) -> None:
     global _audit_triggers_disabled
-    with connection.cursor() as cursor:
-        for table in _APPEND_ONLY_TABLES:
-            cursor.execute(f"ALTER TABLE {table} {state} TRIGGER USER")
+    if pg_support.OWNER:
+        with pg_support.pg_connect(owner=True) as owner:
+            for table in _APPEND_ONLY_TABLES:
+                owner.execute(f"ALTER TABLE {table} {state} TRIGGER USER")
+    else:
+        with connection.cursor() as cursor:
+            for table in _APPEND_ONLY_TABLES:
+                cursor.execute(f"ALTER TABLE {table} {state} TRIGGER USER")
     _audit_triggers_disabled = state == "DISABLE"
 
 
@@ -86,11 +130,15 @@ def _audit_tables_append_only(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     transactional = not connection.in_atomic_block
     if _audit_triggers_disabled:
-        # In a non-transactional test this runs inside the test's transaction and is rolled
-        # back with it, so the triggers are on for the test and off again afterwards.
-        _audit_triggers("ENABLE")
-        if not transactional:
-            globals()["_audit_triggers_disabled"] = True
+        if pg_support.OWNER:
+            # By the owner, on its own connection, before this test touches the tables.
+            _audit_triggers("ENABLE")
+        else:
+            # In a non-transactional test this runs inside the test's transaction and is
+            # rolled back with it, so the triggers are on for the test and off afterwards.
+            _audit_triggers("ENABLE")
+            if not transactional:
+                globals()["_audit_triggers_disabled"] = True
     yield
     if transactional:
         _audit_triggers("DISABLE")

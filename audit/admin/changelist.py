@@ -104,15 +104,17 @@ def events_url(**params: str) -> str:
 
 
 class ChainPaginator(Paginator):
-    """Counts the whole table without COUNT(*): the sequence is gapless from 1, so the last
-    sequence is the number of events. A filtered list is counted as usual, through the index
-    its filter uses."""
+    """Counts the whole table without COUNT(*): the sequence is gapless from 1, so the chain
+    head's sequence is the number of sealed events, and the unsealed ones are few and counted
+    through their own index. A filtered list is counted as usual, through the index its filter
+    uses."""
 
     @cached_property
     def count(self) -> int:
         query = self.object_list.query
         if not query.where and not query.distinct:
-            return AuditEvent.objects.aggregate(last=Max("sequence"))["last"] or 0
+            sealed = AuditEvent.objects.aggregate(last=Max("sequence"))["last"] or 0
+            return sealed + AuditEvent.objects.unsealed().count()
         return super().count
 
 

@@ -44,7 +44,7 @@ from marketplace.keystore import KeyStoreError
 class AuditEventAdmin(ReadOnlyAdmin):
     # Append-only records: no bulk action applies to them.
     actions = None
-    list_display = ["sequence", "when", "actor", "action", "subject"]
+    list_display = ["place", "when", "actor", "action", "subject"]
     list_filter = [
         ActionFilter,
         "actor_type",
@@ -57,21 +57,21 @@ class AuditEventAdmin(ReadOnlyAdmin):
     # the admin to show the box.
     search_fields = ["=subject_id"]
     search_help_text = "An exact subject id, actor id or email, or an event's #sequence."
-    # Time follows the sequence; any other order would sort the whole table.
-    sortable_by = ["sequence"]
+    # Newest inserted first (the primary key); any other order would sort the whole table.
+    sortable_by: list[str] = []
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = ChainPaginator
     list_per_page = 50
     fieldsets = [
-        (None, {"fields": ["sequence", "occurred", "action"]}),
+        (None, {"fields": ["place", "occurred", "action"]}),
         ("Actor", {"fields": ["actor_type", "actor_id", "actor_user"]}),
         ("Subject", {"fields": ["subject_type", "subject_id"]}),
         ("Data", {"fields": ["data_pretty"]}),
         ("Chain", {"fields": ["prev_hash", "hash"]}),
     ]
     readonly_fields = [
-        "sequence",
+        "place",
         "occurred",
         "action",
         "actor_type",
@@ -112,6 +112,11 @@ class AuditEventAdmin(ReadOnlyAdmin):
         if not term:
             return queryset, False
         return queryset.filter(search_q(term)), False
+
+    @admin.display(description="Sequence")
+    def place(self, event: AuditEvent) -> str:
+        # An event waits a moment for the sealer (audit.sealer) to give it its place.
+        return str(event.sequence) if event.sequence is not None else "unsealed"
 
     @admin.display(description="Time (UTC)")
     def when(self, event: AuditEvent) -> str:
@@ -230,8 +235,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
         failure = report.failure
         failure_url = ""
         bad_sequence = failure.sequence if failure is not None else None
-        if bad_sequence is not None and AuditEvent.objects.filter(pk=bad_sequence).exists():
-            failure_url = reverse("admin:audit_auditevent_change", args=[bad_sequence])
+        bad = AuditEvent.objects.filter(sequence=bad_sequence).values_list("pk", flat=True)
+        if bad_sequence is not None and (bad_pk := bad.first()) is not None:
+            failure_url = reverse("admin:audit_auditevent_change", args=[bad_pk])
+        last = AuditEvent.objects.filter(sequence=report.last_sequence).values_list("pk", flat=True)
         context = {
             **self.admin_site.each_context(request),
             "title": "Verify the audit chain",
@@ -239,6 +246,11 @@ class AuditEventAdmin(ReadOnlyAdmin):
             "report": report,
             "failure": failure,
             "failure_url": failure_url,
+            "last_url": (
+                reverse("admin:audit_auditevent_change", args=[last_pk])
+                if report.last_sequence and (last_pk := last.first()) is not None
+                else ""
+            ),
             "elapsed": elapsed,
             "checked_at": timezone.now(),
             "can_sign_checkpoint": self.has_checkpoint_permission(request),

@@ -23,7 +23,7 @@ class CheckpointAdmin(ReadOnlyAdmin):
     def sequence_link(self, checkpoint: Checkpoint) -> SafeString:
         return format_html(
             '<a href="{}">#{}</a>',
-            reverse("admin:audit_auditevent_change", args=[checkpoint.sequence]),
+            f"{reverse('admin:audit_auditevent_changelist')}?q=%23{checkpoint.sequence}",
             checkpoint.sequence,
         )
 

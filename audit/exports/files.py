@@ -24,7 +24,10 @@ from audit.chain import (
     stored_record,
 )
 from audit.models import AuditEvent, AuditExport, ChainHead
+from audit.sealer import seal_all, seals_later
+from audit.services import audit_append
 from audit.signing_keys import signing_key_active
+from marketplace.actors import Actor
 from marketplace.keystore import signer_for
 from marketplace.models import SigningKeyPurpose
 
@@ -34,6 +37,7 @@ GZIP_LEVEL = 6
 KEY_PREFIX = "audit"
 DIGEST_SUFFIX = ".digest.json"
 READ_BYTES = 1024 * 1024
+SYSTEM_AUDIT_ACTOR = Actor.system("audit")
 
 
 class ExportError(Exception):
@@ -78,12 +82,8 @@ def period_resolve(*, start: datetime, end: datetime) -> Period:
             f"the period ends at {format_time(end)}, which is in the future: events may still "
             "be appended to it; export a period that is over"
         )
-    # Appends lock the head until they commit, and date their event after taking the lock.
-    # Taking the lock once therefore waits for any append still in flight, and every later one
-    # is dated after now >= end: what is committed before `end` no longer changes.
-    with transaction.atomic():
-        ChainHead.objects.select_for_update().filter(id=1).first()
-    before = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash")
+    _close_before(end)
+    before = AuditEvent.objects.sealed().order_by("-sequence").values_list("sequence", "hash")
     previous = before.filter(occurred_at__lt=start).first() or (0, GENESIS_HASH)
     last = before.filter(occurred_at__lt=end).values_list("sequence", flat=True).first() or 0
     return Period(
@@ -93,6 +93,41 @@ def period_resolve(*, start: datetime, end: datetime) -> Period:
         previous_hash=previous[1],
         last_sequence=max(last, previous[0]),
     )
+
+
+def _close_before(end: datetime) -> None:
+    """Makes sure no event dated before `end` can still join the chain.
+
+    SQLite: appends seal under the head lock and date their event after taking it, so taking
+    the lock once waits for any append in flight, and every later one is dated after now >= end.
+
+    PostgreSQL: sealing dates an event no earlier than the head, so once the head is dated at or
+    after `end`, every event sealed later is too. Everything committed is sealed first; if the
+    head is still dated before `end` (a quiet platform), an `audit.period_closed` event, dated
+    now, is appended and sealed to move it there. An event still in flight then is sealed after
+    it, dated after `end`: it belongs to the next period."""
+    if not seals_later():
+        with transaction.atomic():
+            ChainHead.objects.select_for_update().filter(id=1).first()
+        return
+    seal_all()
+    head_time = ChainHead.objects.filter(id=1).values_list("occurred_at", flat=True).first()
+    if head_time is not None and head_time >= end:
+        return
+    with transaction.atomic():
+        audit_append(
+            actor=SYSTEM_AUDIT_ACTOR,
+            action="audit.period_closed",
+            subject=("audit_period", format_time(end)),
+            data={"before": format_time(end)},
+        )
+    seal_all()
+    head_time = ChainHead.objects.filter(id=1).values_list("occurred_at", flat=True).first()
+    if head_time is None or head_time < end:
+        raise ExportError(
+            "the audit events before the period's end could not all be sealed (another "
+            "sealer holds the seal lock): try again shortly"
+        )
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:

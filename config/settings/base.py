@@ -101,6 +101,9 @@ TEMPLATES = [
 # --- Database ----------------------------------------------------------------------------------
 
 DATABASE_URL = env.str("MARKETPLACE_DATABASE_URL", default="")
+# The role the platform runs as, given its privileges by `migrate` run as the owner
+# (marketplace.dbroles; docs/deploy.md#database-roles).
+DATABASE_APP_ROLE = env.str("MARKETPLACE_DATABASE_APP_ROLE", default="")
 if DATABASE_URL:
     DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 else:
@@ -156,6 +159,9 @@ else:
     }
 
 CATALOG_CACHE_SECONDS = env.int("MARKETPLACE_CATALOG_CACHE_SECONDS", default=300)
+# The PostgreSQL text search configuration of the catalog search (catalog.search); `migrate`
+# rebuilds the search column when it changes.
+CATALOG_SEARCH_CONFIG = env.str("MARKETPLACE_CATALOG_SEARCH_CONFIG", default="simple")
 
 # --- Storage -----------------------------------------------------------------------------------
 
@@ -315,17 +321,27 @@ AUDIT_BUCKET = env.str("MARKETPLACE_AUDIT_BUCKET", default="")
 AUDIT_S3_ENDPOINT_URL = env.str("MARKETPLACE_AUDIT_S3_ENDPOINT_URL", default="") or S3_ENDPOINT_URL
 AUDIT_RETENTION_DAYS = env.int("MARKETPLACE_AUDIT_RETENTION_DAYS", default=2557)
 AUDIT_EXPORT_DIR = Path(env.str("MARKETPLACE_AUDIT_EXPORT_DIR", default=str(DATA_DIR / "audit")))
-AUDIT_CHECKPOINT_MINUTES = env.int("MARKETPLACE_AUDIT_CHECKPOINT_MINUTES", default=5)
+# Checkpoints are the witness of the chain's tail (docs/audit.md): their period bounds the window
+# of sealed events no witness has seen.
+AUDIT_CHECKPOINT_SECONDS = env.float("MARKETPLACE_AUDIT_CHECKPOINT_SECONDS", default=20.0)
+# The beat safety net for sealing; commits wake the sealer at once (audit.sealer).
+AUDIT_SEAL_SECONDS = env.float("MARKETPLACE_AUDIT_SEAL_SECONDS", default=2.0)
 SIGNING_ENDPOINT = env.str("MARKETPLACE_SIGNING_ENDPOINT", default="")
 
 # --- Beat schedule -----------------------------------------------------------------------------
 
 CELERY_BEAT_SCHEDULE = {
-    # Signs the audit chain's head (audit.services.checkpoint_create).
+    # Seals what lost wake-ups left unsealed (audit.sealer).
+    "audit-seal": {
+        "task": "audit.tasks.audit_seal",
+        "schedule": AUDIT_SEAL_SECONDS,
+        "options": {"expires": max(AUDIT_SEAL_SECONDS - 0.5, 1.0)},
+    },
+    # Signs the audit chain's head and stores the checkpoint's witness copy (audit.checkpoints).
     "audit-checkpoint": {
         "task": "audit.tasks.checkpoint_create",
-        "schedule": 60.0 * AUDIT_CHECKPOINT_MINUTES,
-        "options": {"expires": 55},
+        "schedule": AUDIT_CHECKPOINT_SECONDS,
+        "options": {"expires": max(AUDIT_CHECKPOINT_SECONDS - 1.0, 1.0)},
     },
     # Exports each UTC day not exported yet (normally yesterday) with its signed digest.
     "audit-export-nightly": {

@@ -48,7 +48,8 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get(
     "MARKETPLACE_CELERY_QUEUE", f"test-{_worker}-{uuid.uuid4().hex[:8]}"
 )
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
-AUDIT_EXPORT_DIR = DATA_DIR / "audit"
+# Tests give each test its own folder (tests/conftest.py); a worker process they start is told.
+AUDIT_EXPORT_DIR = Path(os.environ.get("MARKETPLACE_TEST_AUDIT_DIR") or DATA_DIR / "audit")
 
 ALLOWED_HOSTS = [*ALLOWED_HOSTS, "testserver"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

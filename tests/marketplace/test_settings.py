@@ -294,7 +294,7 @@ def test_production_asked_for_in_a_env_file_is_refused_like_the_environment(tmp_
 def test_the_celery_app_reads_its_settings_from_the_env_file_too(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text(
-        "MARKETPLACE_AUDIT_CHECKPOINT_MINUTES=7\nMARKETPLACE_CELERY_QUEUE=from-the-file\n"
+        "MARKETPLACE_AUDIT_CHECKPOINT_SECONDS=7\nMARKETPLACE_CELERY_QUEUE=from-the-file\n"
     )
     script = (
         "from config.celery import app; app.loader.import_default_modules(); "
@@ -319,7 +319,7 @@ def test_the_celery_app_reads_its_settings_from_the_env_file_too(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["420.0", "from-the-file"]
+    assert result.stdout.split() == ["7.0", "from-the-file"]
 
 
 def test_the_environment_wins_over_the_env_file(tmp_path):

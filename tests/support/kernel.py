@@ -48,6 +48,7 @@ from tests.support.pki import KernelPki, kernel_pki_create
 
 VERIFY_PATH = "/v1/manifests/verify"
 AUDIT_PATH = "/v1/audit/events"
+AUDIT_HEAD_PATH = "/v1/audit/head"
 GENESIS_HASH = "0" * 64
 # Long enough for a loaded CI machine, short enough that a stuck client cannot hang the session.
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
@@ -276,6 +277,12 @@ class KernelServer:
             if reply is None and request.path == AUDIT_PATH:
                 # Under the lock: appends from concurrent connections apply one at a time.
                 reply = self._audit_append(request)
+            if reply is None and request.path == AUDIT_HEAD_PATH and request.method == "GET":
+                last = self._audit[-1] if self._audit else None
+                reply = json_reply(
+                    200,
+                    {"acknowledged_through": len(self._audit), "hash": last and last["hash"]},
+                )
         if reply is None:
             reply = _verify(request, keys)
         return reply, release

@@ -1,5 +1,6 @@
-"""Second connections to the test database, for tests that hold a row lock while a worker
-process tries to take it, and watch who waits on whom."""
+"""Second connections to the test database: for tests that hold a row lock while a worker
+process tries to take it and watch who waits on whom, and, as the tables' owner, for tests that
+play the database's owner (tests/conftest.py runs the suite as the platform's own role)."""
 
 import threading
 from collections.abc import Callable, Iterator
@@ -9,15 +10,28 @@ from typing import Any
 import psycopg
 from django.db import connection
 
+# The role that created and migrated the test database (tests/conftest.py sets it).
+OWNER: dict[str, str] = {}
 
-def pg_connect() -> psycopg.Connection:
+
+def pg_connect(*, owner: bool = False) -> psycopg.Connection:
+    """A connection as the platform's role, or with `owner` as the tables' owner."""
     db = connection.settings_dict
+    user, password = (
+        (OWNER["USER"], OWNER["PASSWORD"])
+        if owner and OWNER
+        else (
+            db["USER"],
+            db["PASSWORD"],
+        )
+    )
     return psycopg.connect(
         dbname=db["NAME"],
-        user=db["USER"],
-        password=db["PASSWORD"] or None,
+        user=user,
+        password=password or None,
         host=db["HOST"],
         port=db["PORT"] or 5432,
+        autocommit=owner,
     )
 
 

@@ -87,6 +87,7 @@ def worker_start(settings: Any, *, name: str = "", purge: bool = True) -> Worker
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "MARKETPLACE_DATABASE_URL": _database_url(),
         "MARKETPLACE_TEST_DATA_DIR": str(settings.DATA_DIR),
+        "MARKETPLACE_TEST_AUDIT_DIR": str(settings.AUDIT_EXPORT_DIR),
         "MARKETPLACE_TEST_CACHE_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
         "MARKETPLACE_CELERY_QUEUE": queue,
         # The Kernel the test points at (tests/support/kernel.py), or none.
