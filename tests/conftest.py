@@ -87,8 +87,7 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
             app_role_grant(APP_ROLE)
             # Test-only: emptying the database between transactional tests is a TRUNCATE of
             # every table (with the audit triggers off for it, by the owner: see below).
-            tables = ", ".join(_APPEND_ONLY_TABLES)
-            cursor.execute(f'GRANT TRUNCATE ON {tables} TO "{APP_ROLE}"')
+            cursor.execute(f'GRANT TRUNCATE ON ALL TABLES IN SCHEMA public TO "{APP_ROLE}"')
         db.close()
         db.settings_dict["USER"], db.settings_dict["PASSWORD"] = APP_ROLE, ""
     pg_support.OWNER.update(owner)
