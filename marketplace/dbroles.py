@@ -34,28 +34,34 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def app_role_grant_statements(role: str, schema: str) -> list[str]:
+    """The statements that give `role` its privileges in `schema`, idempotent."""
+    who, where = _quoted(role), _quoted(schema)
+    statements = [
+        f"GRANT USAGE ON SCHEMA {where} TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {where} TO {who}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {where} TO {who}",
+    ]
+    for rule in RESTRICTED.values():
+        table = _quoted(rule.table)
+        statements.append(f"REVOKE ALL ON {table} FROM {who}")
+        if rule.privileges:
+            statements.append(f"GRANT {', '.join(rule.privileges)} ON {table} TO {who}")
+        if rule.update_columns:
+            columns = ", ".join(_quoted(column) for column in rule.update_columns)
+            statements.append(f"GRANT UPDATE ({columns}) ON {table} TO {who}")
+    return statements
+
+
 def app_role_grant(role: str, *, using: str = "default") -> None:
-    """Grants `role` its privileges in the current schema, idempotently."""
+    """Grants `role` its privileges in the connection's current schema."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
-    who = _quoted(role)
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_schema()")
-        schema = _quoted(cursor.fetchone()[0])
-        cursor.execute(f"GRANT USAGE ON SCHEMA {schema} TO {who}")
-        cursor.execute(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {who}"
-        )
-        cursor.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {who}")
-        for rule in RESTRICTED.values():
-            table = _quoted(rule.table)
-            cursor.execute(f"REVOKE ALL ON {table} FROM {who}")
-            if rule.privileges:
-                cursor.execute(f"GRANT {', '.join(rule.privileges)} ON {table} TO {who}")
-            if rule.update_columns:
-                columns = ", ".join(_quoted(column) for column in rule.update_columns)
-                cursor.execute(f"GRANT UPDATE ({columns}) ON {table} TO {who}")
+        for statement in app_role_grant_statements(role, cursor.fetchone()[0]):
+            cursor.execute(statement)
 
 
 def app_role_grant_after_migrate(using: str = "default", **kwargs: object) -> None:
