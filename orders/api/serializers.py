@@ -1,3 +1,4 @@
+import functools
 from typing import Any
 
 from django.db import models
@@ -75,6 +76,20 @@ class OrderSerializer(serializers.ModelSerializer):
             proofs = handover.latest_proofs([order.pk])
         proof = proofs.get(order.pk)
         return str(proof) if proof else None
+
+
+@functools.cache
+def _created_order_serializer() -> "OrderSerializer":
+    # Built once per process, as a ListSerializer builds its child once for a whole page: a
+    # ModelSerializer builds its fields from the model on first use, which per order costs
+    # more than rendering it. to_representation keeps no state between calls.
+    return OrderSerializer(context={"proofs": {}})
+
+
+def order_created_representation(order: Order) -> dict[str, Any]:
+    """A new order as the API shows it (as OrderSerializer(order).data). It has no delivery
+    proof yet, so none is looked up."""
+    return _created_order_serializer().to_representation(order)
 
 
 class CheckoutResponseSerializer(serializers.Serializer):

@@ -18,6 +18,7 @@ from orders.api.serializers import (
     CheckoutInputSerializer,
     CheckoutResponseSerializer,
     OrderSerializer,
+    order_created_representation,
 )
 from orders.metrics import checkout_latency
 from orders.models import Order, OrderStatus
@@ -92,7 +93,7 @@ class CheckoutView(APIView):
                 buyer=request.user,
                 sku_slug=data.validated_data["sku"],
                 idempotency_key=key,
-                render=lambda order: OrderSerializer(order).data,
+                render=order_created_representation,
             )
             outcome = "replayed" if answer.replayed else "created"
         except ApplicationError as exc:

@@ -1,12 +1,18 @@
 """Checkout: one order and one Checkout Session per buyer and Idempotency-Key.
 
 The key is claimed first, with an insert that the (buyer, key) constraint lets only one request
-win. The winner calls the payment provider outside any transaction (with the order id, chosen
-at the claim, as the provider's own idempotency key) and then writes the order, its audit event
-and the stored answer in one short transaction. Concurrent requests with the same key get 409
-while the winner works and the stored answer afterwards; a request that finds a claim whose
-holder died (its lock ran out) takes it over and, thanks to the provider's idempotency, ends
-with the same Checkout Session.
+win; the insert commits on its own before anything else happens, so a concurrent request with
+the same key sees the claim. The winner calls the payment provider outside any transaction
+(with the order id, chosen at the claim, as the provider's own idempotency key) and then writes
+the order, its audit event and the stored answer in one short transaction. Concurrent requests
+with the same key get 409 while the winner works and the stored answer afterwards; a request
+that finds a claim whose holder died (its lock ran out) takes it over and, thanks to the
+provider's idempotency, ends with the same Checkout Session.
+
+Round trips of a new order: the claim's insert; the SKU with its splits (one query); the
+provider; then BEGIN, the order's insert, the answer stored on the claim, the audit event and
+COMMIT. The order id is the claim's, so of a takeover racing its original the second to insert
+the order is refused by the primary key and answers what the first stored.
 """
 
 import hashlib
@@ -23,7 +29,7 @@ from django.utils import timezone
 
 from audit.services import audit_append
 from catalog.exceptions import SkuNotFound
-from catalog.models import Sku, SkuStatus
+from catalog.models import SkuStatus
 from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.maintenance import MaintenanceMode, maintenance_on
@@ -36,6 +42,8 @@ from orders.exceptions import (
 )
 from orders.gateways import CheckoutRequest, GatewayRejected, GatewayUnavailable, get_gateway
 from orders.models import IdempotencyKey, Order
+from orders.selectors import SkuOnOffer, sku_on_offer
+from orders.services.transactions import committed_alone
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +64,10 @@ def _lock_deadline() -> Any:
 
 
 def _claim(*, buyer: Any, key: str, fingerprint: str) -> IdempotencyKey | CheckoutAnswer:
-    """The buyer's claim on `key`, or the answer already given to it."""
+    """The buyer's claim on `key`, committed, or the answer already given to it."""
     for _ in range(3):
         try:
-            with transaction.atomic():
+            with committed_alone():
                 return IdempotencyKey.objects.create(
                     buyer=buyer,
                     key=key,
@@ -102,13 +110,8 @@ def _claim(*, buyer: Any, key: str, fingerprint: str) -> IdempotencyKey | Checko
     )
 
 
-def _sku_for_sale(slug: str) -> Sku:
-    sku = (
-        Sku.objects.select_related("partner")
-        .prefetch_related("splits__partner")
-        .filter(slug=slug)
-        .first()
-    )
+def _sku_for_sale(slug: str) -> SkuOnOffer:
+    sku = sku_on_offer(slug=slug)
     if sku is None:
         raise SkuNotFound(f"There is no SKU {slug!r}.", extra={"sku": slug})
     if sku.status != SkuStatus.ACTIVE:
@@ -128,10 +131,14 @@ def checkout_create(
 ) -> CheckoutAnswer:
     """Creates the buyer's order for `sku_slug` and its Checkout Session, once per key.
 
-    `render` turns the new order into the answer's `order` object; the answer is stored with
-    the key so that a retry gets the same bytes back. Nothing is written when the SKU is not
-    for sale. If the provider cannot be reached the claim is kept (with its order id) but
-    unlocked, so a retry with the same key picks it up.
+    `render` turns the new order into the answer's `order` object (a new order has no proof
+    yet, so it need not look one up); the answer is stored with the key so that a retry gets
+    the same bytes back. Nothing is written when the SKU is not for sale. If the provider
+    cannot be reached the claim is kept (with its order id) but unlocked, so a retry with the
+    same key picks it up.
+
+    Precondition: called outside any transaction (the claim must be visible to concurrent
+    requests before the provider is called).
     """
     if maintenance_on():
         raise MaintenanceMode("Checkout is paused for maintenance; try again shortly.")
@@ -179,53 +186,54 @@ def checkout_create(
             "contact support."
         ) from exc
 
-    with transaction.atomic(durable=True):
-        claim = IdempotencyKey.objects.select_for_update().get(pk=claim.pk)
-        if claim.is_complete:  # a takeover finished first
-            return CheckoutAnswer(claim.response_status, claim.response_body, True)
-        splits = sorted(
-            ({"partner": s.partner.slug, "basis_points": s.basis_points} for s in sku.splits.all()),
-            key=lambda split: split["partner"],
-        )
-        order = Order.objects.create(
-            id=claim.order_id,
-            buyer=buyer,
-            sku=sku,
-            sku_slug=sku.slug,
-            sku_title=sku.title,
-            sku_version=sku.version,
-            seller_slug=sku.partner.slug,
-            amount=sku.price_amount,
-            currency=sku.currency,
-            splits=splits,
-            artifact_id=sku.artifact_id,
-            license_duration_days=sku.license_duration_days,
-            license_seats=sku.license_seats,
-            license_entitlements=list(sku.license_entitlements or []),
-            gateway=gateway.name,
-            checkout_session_id=session.id,
-            checkout_url=session.url,
-        )
-        body = {"order": render(order), "checkout_url": session.url}
-        claim.response_status = 201
-        claim.response_body = body
-        claim.save(update_fields=["response_status", "response_body"])
-        # Last: the chain-head lock it takes is held until the commit, and every writer in the
-        # platform queues on it.
-        audit_append(
-            actor=Actor.of_user(buyer),
-            action="order.created",
-            subject=order,
-            data={
-                "sku": sku.slug,
-                "version": sku.version,
-                "amount": order.amount,
-                "currency": order.currency,
-                "splits": splits,
-                "gateway": gateway.name,
-                "checkout_session": session.id,
-            },
-        )
+    order = Order(
+        id=claim.order_id,
+        buyer=buyer,
+        sku_id=sku.id,
+        sku_slug=sku.slug,
+        sku_title=sku.title,
+        sku_version=sku.version,
+        seller_slug=sku.seller_slug,
+        amount=sku.price_amount,
+        currency=sku.currency,
+        splits=sku.splits,
+        artifact_id=sku.artifact_id,
+        license_duration_days=sku.license_duration_days,
+        license_seats=sku.license_seats,
+        license_entitlements=sku.license_entitlements,
+        gateway=gateway.name,
+        checkout_session_id=session.id,
+        checkout_url=session.url,
+    )
+    try:
+        with transaction.atomic(durable=True):
+            # A plain INSERT, no lookup first (the id has a default, so Django does not try an
+            # UPDATE): the id is the claim's, so if a takeover finished first it is an
+            # IntegrityError, answered below.
+            order.save(force_insert=True)
+            body = {"order": render(order), "checkout_url": session.url}
+            IdempotencyKey.objects.filter(pk=claim.pk).update(
+                response_status=201, response_body=body
+            )
+            audit_append(
+                actor=Actor.of_user(buyer),
+                action="order.created",
+                subject=order,
+                data={
+                    "sku": sku.slug,
+                    "version": sku.version,
+                    "amount": order.amount,
+                    "currency": order.currency,
+                    "splits": sku.splits,
+                    "gateway": gateway.name,
+                    "checkout_session": session.id,
+                },
+            )
+    except IntegrityError:
+        stored = IdempotencyKey.objects.filter(pk=claim.pk).first()
+        if stored is None or not stored.is_complete:
+            raise
+        return CheckoutAnswer(stored.response_status, stored.response_body, True)
     return CheckoutAnswer(201, body, False)
 
 

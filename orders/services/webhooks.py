@@ -21,6 +21,7 @@ from marketplace.api.parsers import JsonBodyRefused, json_parse
 from orders.exceptions import WebhookBodyInvalid, WebhookSignatureInvalid
 from orders.metrics import webhook_failures
 from orders.models import WebhookEvent, WebhookStatus
+from orders.services.transactions import committed_alone
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +113,22 @@ def webhook_receive(*, payload: bytes, signature: str | None) -> tuple[WebhookEv
         raise _body_refused(payload, str(exc)) from None
 
     try:
-        with transaction.atomic():
+        # Committed before the answer: the 200 says the event is stored.
+        with committed_alone():
             stored = WebhookEvent.objects.create(
                 event_id=event_id,
                 type=event_type,
                 livemode=bool(event.get("livemode")),
                 payload=event,
             )
-            transaction.on_commit(lambda: _processing_enqueue(stored.pk))
     except IntegrityError:
         return WebhookEvent.objects.get(event_id=event_id), False
     except DataError as exc:
         # JSON that PostgreSQL's jsonb cannot hold (a \u0000 in a string).
         raise _body_refused(payload, f"not storable: {exc}".splitlines()[0]) from None
+    # At once when the insert has committed on its own; after the commit of the caller's
+    # transaction otherwise.
+    transaction.on_commit(lambda: _processing_enqueue(stored.pk))
     return stored, True
 
 
