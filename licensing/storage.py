@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils import timezone
 
+from licensing.envelope import WRITE_SIZE
 from marketplace.objectlock import object_lock_put, s3_error_code, s3_head
 
 
@@ -227,7 +228,8 @@ def package_store(
     )
     try:
         with os.fdopen(handle, "wb") as out:
-            shutil.copyfileobj(package, out, 1024 * 1024)
+            # In envelope.WRITE_SIZE pieces: 1 MiB writes cost the kernel far more here.
+            shutil.copyfileobj(package, out, WRITE_SIZE)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
