@@ -11,7 +11,9 @@ from marketplace.jwk import PublicKey, public_keys_from_jwks
 
 class Command(BaseCommand):
     help = (
-        "Checks the audit chain in the database and every checkpoint signature; with --export, "
+        "Checks the audit chain in the database, the checkpoints' chain and signatures, and the "
+        "database against its witnesses (the audit bucket's checkpoint copies and newest export "
+        "digest, the Kernel's copy), and prints the window no witness has seen; with --export, "
         "checks export files against their digests instead (offline with --jwks). Exits 1 and "
         "names the first bad sequence number and why."
     )
@@ -34,13 +36,26 @@ class Command(BaseCommand):
             metavar="FILE",
             help="Take the public keys from this JWK Set file instead of the key store.",
         )
+        parser.add_argument(
+            "--no-witnesses",
+            action="store_true",
+            help="Check the database alone, without comparing it with the checkpoint copies "
+            "and export digests in the audit bucket and the Kernel's copy.",
+        )
 
-    def handle(self, *args: Any, export: list[Path], jwks: Path | None, **options: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        export: list[Path],
+        jwks: Path | None,
+        no_witnesses: bool,
+        **options: Any,
+    ) -> None:
         keys = self._keys_from_file(jwks) if jwks is not None else None
         if export:
             self._verify_exports(export, keys)
         else:
-            self._verify_database(keys)
+            self._verify_database(keys, no_witnesses)
 
     def _keys_from_file(self, path: Path) -> dict[str, PublicKey]:
         try:
@@ -53,13 +68,19 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"{path} is not a usable JWK Set: {exc}.") from None
 
-    def _verify_database(self, keys: dict[str, PublicKey] | None) -> None:
+    def _verify_database(self, keys: dict[str, PublicKey] | None, no_witnesses: bool) -> None:
         from audit.verify import chain_verify
 
-        report = chain_verify(keys=keys)
+        report = chain_verify(keys=keys, witnesses=[] if no_witnesses else None)
+        for note in report.notes:
+            self.stderr.write(f"Note: {note}")
         if not report.ok:
             raise CommandError(f"The audit chain does not verify: {report.summary()}")
         self.stdout.write(report.summary())
+        for witness in report.witnesses:
+            self.stdout.write(f"OK: {witness.name} (event {witness.sequence}) matches")
+        if not no_witnesses:
+            self.stdout.write(f"Unwitnessed: {report.window()}")
 
     def _verify_exports(self, paths: list[Path], keys: dict[str, PublicKey] | None) -> None:
         if keys is None:
