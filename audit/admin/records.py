@@ -16,7 +16,7 @@ class CheckpointAdmin(ReadOnlyAdmin):
     list_display = ["sequence_link", "short_hash", "signed_at", "key_id"]
     list_filter = ["key_id"]
     show_facets = admin.ShowFacets.NEVER
-    fields = ["sequence_link", "hash", "signed_at", "key_id", "signature"]
+    fields = ["sequence_link", "hash", "previous", "signed_at", "key_id", "signature"]
     readonly_fields = fields
 
     @admin.display(description="Event", ordering="sequence")
