@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from catalog.search import SearchDocumentField, SkuSearchDocument
 from marketplace.money import validate_currency
 
 BASIS_POINTS_TOTAL = 10_000
@@ -307,6 +308,14 @@ class Sku(ConstraintErrorsAtFields, models.Model):
     activated_at = models.DateTimeField(null=True, blank=True, editable=False)
     status_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # What `q` searches (catalog.search): kept by the database from the title, summary and
+    # slug, never written by the application.
+    search_document = models.GeneratedField(
+        expression=SkuSearchDocument(),
+        output_field=SearchDocumentField(),
+        db_persist=True,
+    )
+
     objects = SkuQuerySet.as_manager()
 
     class Meta:
@@ -376,6 +385,19 @@ class Sku(ConstraintErrorsAtFields, models.Model):
             models.Index(fields=["status", "-created_at"], name="sku_status_created"),
             models.Index(fields=["status", "price_amount"], name="sku_status_price"),
             models.Index(fields=["status", "title"], name="sku_status_title"),
+            # A category's or a partner's SKUs on sale in the list's default order: a small
+            # category reads its own rows, not the whole list's index. The search's GIN index
+            # is made by SQL (catalog.search.SEARCH_INDEX): it exists on PostgreSQL only.
+            models.Index(
+                fields=["category", "-created_at", "-id"],
+                name="sku_active_category_created",
+                condition=Q(status=SkuStatus.ACTIVE),
+            ),
+            models.Index(
+                fields=["partner", "-created_at", "-id"],
+                name="sku_active_partner_created",
+                condition=Q(status=SkuStatus.ACTIVE),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,9 +1,11 @@
 """Reads of the catalog. Each does its own select_related, so a page's query count does not
 depend on its length."""
 
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Subquery, Sum
 
 from catalog.manifests import manifest_disagreements
 from catalog.models import (
@@ -14,12 +16,12 @@ from catalog.models import (
     Sku,
     SkuStatus,
 )
+from catalog.search import sku_search
 
-# What a list of SKUs shows (catalog.api.serializers.SkuSerializer) and orders by (the cursor
-# reads the ordering columns of a page's last row). Loading only these skips the manifest and
-# license JSON, the descriptions and most timestamps of every row: the ORM half of building a
-# 50-row page costs about 40 % less.
-SKU_LIST_FIELDS = (
+# What a list of SKUs shows (catalog.api.serializers.sku_list_items) and orders by (the cursor
+# reads the ordering column of a page's last row), as `values()` names: a page is one query,
+# read into dicts of these columns only, never into model instances.
+SKU_LIST_COLUMNS = (
     "slug",
     "title",
     "summary",
@@ -38,8 +40,61 @@ SKU_LIST_FIELDS = (
 )
 
 
-def sku_list_public() -> QuerySet[Sku]:
-    return Sku.objects.active().select_related("partner", "category").only(*SKU_LIST_FIELDS)
+@dataclass(frozen=True)
+class SkuListQuery:
+    """The SKU list's validated filters (catalog.api.filters.SkuFilter.list_query)."""
+
+    category: str | None = None  # slug; its subcategories are included
+    partner: str | None = None  # slug of an active partner
+    words: tuple[str, ...] = ()  # of `q` (catalog.search)
+    min_price: int | None = None
+    max_price: int | None = None
+    currency: str | None = None
+    rank: bool = False  # annotate `rank`, the relevance of `words`
+
+
+def category_subtree_ids(slug: str) -> list[int]:
+    """The ids of the category with `slug` and of every category below it, in one query;
+    empty when no category has that slug."""
+    path = Category.objects.filter(slug=slug).values("path")[:1]
+    return list(
+        Category.objects.filter(path__startswith=Subquery(path)).values_list("pk", flat=True)
+    )
+
+
+def partner_active_id(slug: str) -> int | None:
+    return Partner.objects.active().filter(slug=slug).values_list("pk", flat=True).first()
+
+
+def sku_list_public(
+    query: SkuListQuery = SkuListQuery(),
+    *,
+    category_ids: Collection[int] | None = None,
+    partner_id: int | None = None,
+) -> QuerySet[Sku, dict[str, Any]]:
+    """The SKUs on sale that `query` selects, as dicts of SKU_LIST_COLUMNS (and `rank` when
+    asked), not yet ordered. `category_ids` and `partner_id` are `query`'s category subtree and
+    partner as the caller resolved them (category_subtree_ids, partner_active_id).
+
+    A category filter is `category_id IN (...)`, which the index on (category, -created_at,
+    -id) of the SKUs on sale answers; a join on the category's path could not use it."""
+    queryset = Sku.objects.active()
+    if category_ids is not None:
+        queryset = queryset.filter(category_id__in=category_ids)
+    if partner_id is not None:
+        queryset = queryset.filter(partner_id=partner_id)
+    if query.min_price is not None:
+        queryset = queryset.filter(price_amount__gte=query.min_price)
+    if query.max_price is not None:
+        queryset = queryset.filter(price_amount__lte=query.max_price)
+    if query.currency:
+        queryset = queryset.filter(currency=query.currency)
+    columns: tuple[str, ...] = SKU_LIST_COLUMNS
+    if query.words:
+        queryset = sku_search(queryset, list(query.words), rank=query.rank)
+        if query.rank:
+            columns = (*columns, "rank")
+    return queryset.values(*columns)
 
 
 def sku_get_public(*, slug: str) -> Sku | None:

@@ -1,5 +1,9 @@
+from collections.abc import Iterable
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -29,6 +33,9 @@ class PartnerRefSerializer(serializers.ModelSerializer):
         fields = ["slug", "name"]
 
 
+# A SKU in a list. The list itself is rendered by sku_list_items, which must give exactly what
+# this gives (a test holds them equal): this class describes it in the OpenAPI document and is
+# the base of the detail's serializer. (A comment, not a docstring: the document would show it.)
 class SkuSerializer(serializers.ModelSerializer):
     price = PriceSerializer(source="*")
     category = CategoryRefSerializer()
@@ -58,6 +65,50 @@ class SkuSerializer(serializers.ModelSerializer):
     )
     def get_preview(self, sku: Sku) -> dict[str, Any]:
         return {"enabled": sku.preview_enabled, "ttl_seconds": sku.preview_ttl_seconds}
+
+
+# Prices repeat across pages; their display strings are pure functions of amount and currency.
+_price_display = lru_cache(maxsize=4096)(format_amount)
+
+
+def sku_list_items(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SkuSerializer's output for rows of catalog.selectors.SKU_LIST_COLUMNS, built as plain
+    dicts: a page of 50 costs a fiftieth of what DRF's nested fields cost per row (each field an
+    object called per row, the time zone looked up twice per row)."""
+    zone = timezone.get_current_timezone()
+
+    def moment(value: datetime) -> str:
+        # DRF's DateTimeField with DATETIME_FORMAT "iso-8601": in the current time zone, UTC
+        # written as Z.
+        text = value.astimezone(zone).isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return [
+        {
+            "slug": row["slug"],
+            "title": row["title"],
+            "summary": row["summary"],
+            "version": row["version"],
+            "price": {
+                "amount": row["price_amount"],
+                "currency": row["currency"],
+                "display": _price_display(row["price_amount"], row["currency"]),
+            },
+            "category": {
+                "slug": row["category__slug"],
+                "name": row["category__name"],
+                "path": row["category__path"],
+            },
+            "partner": {"slug": row["partner__slug"], "name": row["partner__name"]},
+            "preview": {
+                "enabled": row["preview_enabled"],
+                "ttl_seconds": row["preview_ttl_seconds"],
+            },
+            "created_at": moment(row["created_at"]),
+            "updated_at": moment(row["updated_at"]),
+        }
+        for row in rows
+    ]
 
 
 class LicenseTermsSerializer(serializers.Serializer):

@@ -2,11 +2,11 @@
 
 Answers are cached rendered (catalog.cache), keyed by the path and the validated query in one
 spelling, never by the raw URL: a parameter an endpoint does not take is a 400, and so is a
-value that does not parse, before anything is cached. A write anywhere in the catalog retires
-every cached answer.
+value that does not parse, before anything is cached. Each answer names the scopes it shows
+(all SKUs on sale, one SKU, a category, a partner); a write retires the scopes it changed.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -20,18 +20,22 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from catalog.api.filters import SkuFilter
+from catalog.api.filters import NO_SUCH_CHOICE, SkuFilter, SkuListParams
 from catalog.api.serializers import (
     CategoryListSerializer,
     CategorySerializer,
     PartnerSerializer,
     SkuDetailSerializer,
     SkuSerializer,
+    sku_list_items,
 )
-from catalog.cache import cache_get, cache_key, cache_set
+from catalog.cache import ALL_SKUS, cached, category_scope, partner_scope, sku_scope
 from catalog.exceptions import SkuNotFound
 from catalog.selectors import (
+    SkuListQuery,
     category_list_public,
+    category_subtree_ids,
+    partner_active_id,
     partner_list_public,
     sku_get_public,
     sku_list_public,
@@ -96,12 +100,17 @@ UNCACHED_PARAMS = frozenset({"q", "min_price", "max_price"})
 
 
 def cached_response(
-    request: Request, kind: str, params: dict[str, str], build: Callable[[], Any]
+    request: Request,
+    kind: str,
+    params: dict[str, str],
+    build: Callable[[], Any],
+    scopes: Collection[str] = (ALL_SKUS,),
 ) -> HttpResponse:
     """The JSON answer to a catalog read, from the cache when it holds it.
 
     `params` are the validated query in one spelling with defaults filled in: the key is the
-    path and those, so two spellings of one query share an entry and junk adds none.
+    path and those, so two spellings of one query share an entry and junk adds none. `scopes`
+    are what the answer shows (catalog.cache), whose writes retire it.
 
     The cache keeps the rendered bytes, not the data: a hit is one read, with no unpickling of
     the page's dicts and no encoding them again. JSON is the API's only renderer, so there is
@@ -110,14 +119,53 @@ def cached_response(
     """
     if UNCACHED_PARAMS.intersection(params):
         return HttpResponse(JSONRenderer().render(build()), content_type=JSONRenderer.media_type)
-    key = cache_key(
-        f"{kind}.json", base_url=request.build_absolute_uri(request.path), params=params
+    body = cached(
+        f"{kind}.json",
+        base_url=request.build_absolute_uri(request.path),
+        params=params,
+        scopes=scopes,
+        build=lambda: JSONRenderer().render(build()),
     )
-    body = cache_get(key)
-    if body is None:
-        body = JSONRenderer().render(build())
-        cache_set(key, body)
     return HttpResponse(body, content_type=JSONRenderer.media_type)
+
+
+def sku_list_page(
+    view: "SkuListView", request: Request, filters: SkuListQuery, links: str
+) -> dict[str, Any]:
+    """A page of the SKU list as SkuSerializer would give it, in one query (plus one per
+    category or partner filter, resolving its slug); an unknown slug is a 400 naming it."""
+    category_ids = partner_id = None
+    if filters.category is not None:
+        category_ids = category_subtree_ids(filters.category)
+        if not category_ids:
+            raise ValidationError({"category": [NO_SUCH_CHOICE]})
+    if filters.partner is not None:
+        partner_id = partner_active_id(filters.partner)
+        if partner_id is None:
+            raise ValidationError({"partner": [NO_SUCH_CHOICE]})
+    rows = sku_list_public(filters, category_ids=category_ids, partner_id=partner_id)
+    paginator = view.paginator
+    page = paginator.paginate_queryset(rows, request, view=view)
+    # Links from the validated query, not from the URL as sent: a cached page then links the
+    # same whichever spelling of its query was asked first.
+    paginator.base_url = links
+    # CursorPagination.get_paginated_response's members, without a Response in between.
+    return {
+        "next": paginator.get_next_link(),
+        "previous": paginator.get_previous_link(),
+        "results": sku_list_items(page or []),
+    }
+
+
+def sku_list_scopes(filters: SkuListQuery) -> list[str]:
+    """What a list shows: one category's subtree or one partner's SKUs when filtered so,
+    else any SKU on sale."""
+    scopes = []
+    if filters.category is not None:
+        scopes.append(category_scope(filters.category))
+    if filters.partner is not None:
+        scopes.append(partner_scope(filters.partner))
+    return scopes or [ALL_SKUS]
 
 
 class SkuListView(generics.ListAPIView):
@@ -138,16 +186,21 @@ class SkuListView(generics.ListAPIView):
         },
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
-        filterset = SkuFilter(request.query_params, queryset=self.get_queryset(), request=request)
-        params_refuse_unknown(request, [*filterset.filters, *PAGE_PARAMS])
+        filterset = SkuListParams(request.query_params)
+        params_refuse_unknown(request, [*filterset.names, *PAGE_PARAMS])
         if not filterset.is_valid():
             raise ValidationError(
                 {field: list(errors) for field, errors in filterset.errors.items()}
             )
         self.cursor_ordering = self.paginator.ordering = filterset.ordering_fields()
         query = list_query(request, self.paginator, filterset.canonical_params())
+        filters = filterset.list_query()
         return cached_response(
-            request, "skus", query.key, lambda: page_data(self, filterset.qs, query)
+            request,
+            "skus",
+            query.key,
+            lambda: sku_list_page(self, request, filters, query.links),
+            scopes=sku_list_scopes(filters),
         )
 
 
@@ -171,7 +224,7 @@ class SkuDetailView(APIView):
                 raise SkuNotFound(f"No SKU with slug {slug!r} is on sale.")
             return SkuDetailSerializer(sku).data
 
-        return cached_response(request, "sku", {}, build)
+        return cached_response(request, "sku", {}, build, scopes=[sku_scope(slug)])
 
 
 class PartnerListView(generics.ListAPIView):
