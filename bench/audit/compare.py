@@ -21,12 +21,18 @@ append does not pass. The peers' record counts are checked the same way.
 
 The peers run in bench/audit/.venv, created here with the same Python and the pins of
 bench/audit/requirements-peers.txt, in the project bench/audit/peers.
+
+With a baseline (`run.py --baseline REV`), a fourth target, `baseline`, is the platform as it
+was at that commit (`git archive REV`, in a temporary folder, on its own database
+mkp_aud_baseline), written to the same way and checked the same way, in the same interleaved
+rounds: ours ÷ baseline is then a before/after ratio measured side by side.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,11 +45,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SERVER = "postgres://postgres@127.0.0.1:5432"
-TARGETS = ("ours", "auditlog", "history")
-DATABASES = {"ours": "mkp_aud_ours", "auditlog": "mkp_aud_auditlog", "history": "mkp_aud_history"}
+PEERS = ("auditlog", "history")
+DATABASES = {
+    "ours": "mkp_aud_ours",
+    "baseline": "mkp_aud_baseline",
+    "auditlog": "mkp_aud_auditlog",
+    "history": "mkp_aud_history",
+}
 PEER_VENV = HERE / ".venv"
 PEER_REQUIREMENTS = HERE / "requirements-peers.txt"
 WRITER = HERE / "writer.py"
+# Ours' cache and broker, as in production: the wake-up after each commit is one cache.add
+# there. The database is this bench's alone; compare() refuses one that holds keys already.
+REDIS_DB = 15
+# The code each platform target runs: the repository, and the baseline's tree when there is one.
+TREES: dict[str, Path] = {"ours": REPO}
 WATCH_INTERVAL = 0.02
 SEAL_WAIT_SECONDS = 60.0
 LAG_TARGET_P95 = 1.0
@@ -88,12 +104,14 @@ def clean_environment() -> dict[str, str]:
 
 
 def environment(target: str) -> dict[str, str]:
-    if target == "ours":
+    if target in TREES:
         return {
             **clean_environment(),
             "DJANGO_SETTINGS_MODULE": "config.settings.local",
-            "MARKETPLACE_DATABASE_URL": f"{SERVER}/{DATABASES['ours']}",
-            "MARKETPLACE_DATA_DIR": str(Path(tempfile.gettempdir()) / "mkp-aud-ours"),
+            "MARKETPLACE_DATABASE_URL": f"{SERVER}/{DATABASES[target]}",
+            "MARKETPLACE_DATA_DIR": str(Path(tempfile.gettempdir()) / f"mkp-aud-{target}"),
+            "MARKETPLACE_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+            "BENCH_AUDIT_TREE": str(TREES[target]),
         }
     return {
         **clean_environment(),
@@ -104,26 +122,41 @@ def environment(target: str) -> dict[str, str]:
 
 
 def python_of(target: str, peer: Path) -> str:
-    return sys.executable if target == "ours" else str(peer)
+    return sys.executable if target in TREES else str(peer)
 
 
-def fresh_databases(peer: Path) -> None:
+def tree_of(target: str) -> Path:
+    return TREES.get(target, REPO)
+
+
+def baseline_tree(revision: str) -> Path:
+    """The repository at `revision`, unpacked into a temporary folder (git archive)."""
+    tree = Path(tempfile.mkdtemp(prefix="mkp-aud-baseline-"))
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def fresh_databases(targets: tuple[str, ...], peer: Path) -> None:
     import psycopg
 
     with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as connection:
-        for name in DATABASES.values():
+        for target in targets:
+            name = DATABASES[target]
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             connection.execute(f'CREATE DATABASE "{name}"')
-    for target in TARGETS:
-        if target == "ours":
+    for target in targets:
+        if target in TREES:
             command = [sys.executable, "manage.py", "migrate", "-v0"]
         else:
             command = [str(peer), "-m", "django", "migrate", "-v0"]
-        subprocess.run(command, cwd=REPO, env=environment(target), check=True)
+        subprocess.run(command, cwd=tree_of(target), env=environment(target), check=True)
 
 
-def has_sealer() -> bool:
-    return (REPO / "audit" / "management" / "commands" / "audit_seal.py").exists()
+def has_sealer(target: str) -> bool:
+    return (tree_of(target) / "audit" / "management" / "commands" / "audit_seal.py").exists()
 
 
 # --- Watching the chain grow -----------------------------------------------------------------
@@ -133,11 +166,11 @@ class SealWatch(threading.Thread):
     """Notes when each event is first seen sealed. Sealing gives gapless sequence numbers and
     commits them in order, so asking for the events past the last sequence seen misses none."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str) -> None:
         super().__init__(daemon=True)
         import psycopg
 
-        self.connection = psycopg.connect(f"{SERVER}/{DATABASES['ours']}", autocommit=True)
+        self.connection = psycopg.connect(f"{SERVER}/{database}", autocommit=True)
         columns = {
             row[0]
             for row in self.connection.execute(
@@ -207,12 +240,14 @@ def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -
     env = environment(target)
     workdir = Path(tempfile.mkdtemp(prefix="mkp-aud-round-"))
     sealer = watch = None
-    if target == "ours":
-        watch = SealWatch()
+    if target in TREES:
+        watch = SealWatch(DATABASES[target])
         watch.start()
-        if has_sealer():
+        if has_sealer(target):
             sealer = subprocess.Popen(
-                [sys.executable, "manage.py", "audit_seal", "--loop"], cwd=REPO, env=env
+                [sys.executable, "manage.py", "audit_seal", "--loop"],
+                cwd=tree_of(target),
+                env=env,
             )
     processes = [
         subprocess.Popen(
@@ -225,7 +260,7 @@ def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -
                 str(seconds),
                 str(workdir / f"w{n}.json"),
             ],
-            cwd=REPO,
+            cwd=tree_of(target),
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -244,6 +279,7 @@ def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -
             process.stdin.flush()
         time.sleep(max(0.0, start_at - time.time()))
         idle_before, total_before = machine_times()
+        sealer_cpu_before = cpu_seconds(sealer.pid) if sealer is not None else 0.0
         for process in processes:
             if process.wait(timeout=seconds + 120) != 0:
                 sys.exit(f"a {target} writer failed (exit {process.returncode})")
@@ -273,7 +309,7 @@ def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -
             figures["all_sealed"] = all_seen
             figures["watch_polls"] = watch.polls
             if sealer is not None and sealer.poll() is None:
-                figures["sealer_cpu_seconds"] = cpu_seconds(sealer.pid)
+                figures["sealer_cpu_seconds"] = cpu_seconds(sealer.pid) - sealer_cpu_before
             if sealer is not None and sealer.poll() is not None:
                 sys.exit(f"the sealer stopped during the round (exit {sealer.returncode})")
     finally:
@@ -291,7 +327,7 @@ def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -
 def check(target: str, expected: int, peer: Path) -> dict:
     result = subprocess.run(
         [python_of(target, peer), str(WRITER), "check", target, str(expected)],
-        cwd=REPO,
+        cwd=tree_of(target),
         env=environment(target),
         capture_output=True,
         text=True,
@@ -309,24 +345,73 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def compare(*, processes: list[int], seconds: float, rounds: int) -> dict:
+def compare(
+    *,
+    processes: list[int],
+    seconds: float,
+    rounds: int,
+    redis_db: int,
+    baseline: str | None = None,
+) -> dict:
+    """Runs the comparison and prints it. `baseline`: a git revision (or a folder holding a
+    copy of the repository) to measure beside ours.
+    The keys written to Redis database `redis_db` (wake-ups, and tasks nobody consumes since
+    the standing sealer does the work) are removed afterwards."""
+    import redis
+
+    global REDIS_DB  # read by environment(), for every process started
+    REDIS_DB = redis_db
+    client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+    if client.dbsize():
+        sys.exit(f"Redis database {redis_db} holds keys already; choose another with --redis-db")
+    targets: tuple[str, ...] = ("ours", *PEERS)
+    unpacked = None
+    if baseline:
+        print(f"baseline: the platform at {baseline} …", flush=True)
+        if Path(baseline).is_dir():  # a tree at hand (e.g. unpacked earlier)
+            TREES["baseline"] = Path(baseline).resolve()
+        else:
+            TREES["baseline"] = unpacked = baseline_tree(baseline)
+        targets = ("ours", "baseline", *PEERS)
+    try:
+        return _compare(
+            targets=targets, processes=processes, seconds=seconds, rounds=rounds, baseline=baseline
+        )
+    finally:
+        for key in client.scan_iter(count=1000):
+            client.delete(key)
+        TREES.pop("baseline", None)
+        if unpacked is not None:
+            shutil.rmtree(unpacked, ignore_errors=True)
+
+
+def _compare(
+    *,
+    targets: tuple[str, ...],
+    processes: list[int],
+    seconds: float,
+    rounds: int,
+    baseline: str | None,
+) -> dict:
     peer = peer_python()
-    print(f"fresh databases {', '.join(DATABASES.values())} …", flush=True)
-    fresh_databases(peer)
-    sealer = has_sealer()
-    print(
-        "ours runs "
-        + ("a sealer (manage.py audit_seal --loop) beside its writers" if sealer else "no sealer")
-        + " (events are sealed as they are appended)" * (not sealer),
-        flush=True,
-    )
+    print(f"fresh databases {', '.join(DATABASES[t] for t in targets)} …", flush=True)
+    fresh_databases(targets, peer)
+    for target in (t for t in targets if t in TREES):
+        print(
+            f"{target} runs "
+            + (
+                "a sealer (manage.py audit_seal --loop) beside its writers"
+                if has_sealer(target)
+                else "no sealer (events are sealed as they are appended)"
+            ),
+            flush=True,
+        )
     done: list[dict] = []
     for writers in processes:
         for index in range(rounds):
-            order = TARGETS if index % 2 == 0 else tuple(reversed(TARGETS))
+            order = targets if index % 2 == 0 else tuple(reversed(targets))
             for target in order:
-                tag = f"r{len(done)}"
-                figures = run_round(target, writers, seconds, tag, peer)
+                figures = run_round(target, writers, seconds, f"r{len(done)}", peer)
                 done.append(figures)
                 line = (
                     f"  {writers} x {target:<9} round {index + 1}: "
@@ -343,7 +428,7 @@ def compare(*, processes: list[int], seconds: float, rounds: int) -> dict:
 
     print("checking every target's records (ours: seal what is pending, verify the chain) …")
     checks = {}
-    for target in TARGETS:
+    for target in targets:
         expected = sum(f["writes"] for f in done if f["target"] == target)
         checks[target] = check(target, expected, peer) | {"expected": expected}
         if not checks[target]["ok"]:
@@ -352,7 +437,7 @@ def compare(*, processes: list[int], seconds: float, rounds: int) -> dict:
     summary: dict[str, dict] = {}
     for writers in processes:
         row: dict = {}
-        for target in TARGETS:
+        for target in targets:
             mine = [f for f in done if f["target"] == target and f["writers"] == writers]
             rates = [f["writes_per_second"] for f in mine]
             row[target] = {
@@ -363,38 +448,31 @@ def compare(*, processes: list[int], seconds: float, rounds: int) -> dict:
                 ),
                 "machine_busy": statistics.mean(f["machine_busy"] for f in mine),
             }
-        row["ours_over_auditlog"] = row["ours"]["mean"] / row["auditlog"]["mean"]
-        row["ours_over_history"] = row["ours"]["mean"] / row["history"]["mean"]
-        lags = [
-            lag
-            for f in done
-            if f["target"] == "ours" and f["writers"] == writers
-            for lag in f.get("lags", [])
-        ]
-        if lags:
-            row["seal_lag"] = {
-                "p50": percentile(lags, 0.5),
-                "p95": percentile(lags, 0.95),
-                "max": max(lags),
-                "events": len(lags),
-            }
-        cpu = [
-            f["sealer_cpu_seconds"]
-            for f in done
-            if f["target"] == "ours" and f["writers"] == writers and "sealer_cpu_seconds" in f
-        ]
-        if cpu:
-            events = sum(
-                f["writes"] for f in done if f["target"] == "ours" and f["writers"] == writers
-            )
-            row["sealer_cpu_ms_per_event"] = 1000 * sum(cpu) / events
+            if target not in TREES:
+                continue
+            lags = [lag for f in mine for lag in f.get("lags", [])]
+            if lags:
+                row[target]["seal_lag"] = {
+                    "p50": percentile(lags, 0.5),
+                    "p95": percentile(lags, 0.95),
+                    "max": max(lags),
+                    "events": len(lags),
+                }
+            cpu = [f["sealer_cpu_seconds"] for f in mine if "sealer_cpu_seconds" in f]
+            if cpu:
+                events = sum(f["writes"] for f in mine)
+                row[target]["sealer_cpu_ms_per_event"] = 1000 * sum(cpu) / events
+        for other in targets[1:]:
+            row[f"ours_over_{other}"] = row["ours"]["mean"] / row[other]["mean"]
         summary[str(writers)] = row
     for f in done:
         f.pop("lags", None)
     result = {
         "seconds_per_round": seconds,
         "rounds": rounds,
-        "sealer": sealer,
+        "targets": list(targets),
+        "baseline": baseline,
+        "sealer": {t: has_sealer(t) for t in targets if t in TREES},
         "summary": summary,
         "checks": checks,
         "round_figures": done,
@@ -404,49 +482,59 @@ def compare(*, processes: list[int], seconds: float, rounds: int) -> dict:
 
 
 def report(result: dict, processes: list[int]) -> None:
-    summary = result["summary"]
+    summary, targets = result["summary"], result["targets"]
+    others = targets[1:]
     print()
     print(
         f"audited writes/s (mean of {result['rounds']} interleaved rounds of "
         f"{result['seconds_per_round']:g} s; one write per transaction)"
     )
+    if result["baseline"]:
+        print(f"baseline: the platform at {result['baseline']}")
     print(
-        f"{'processes':>9} {'ours':>8} {'auditlog':>9} {'history':>8}"
-        f" {'ours/auditlog':>14} {'ours/history':>13}"
+        f"{'processes':>9} "
+        + " ".join(f"{t:>9}" for t in targets)
+        + " "
+        + " ".join(f"{'ours/' + t:>14}" for t in others)
     )
     for writers in processes:
         row = summary[str(writers)]
         print(
-            f"{writers:>9} {row['ours']['mean']:>8,.0f} {row['auditlog']['mean']:>9,.0f} "
-            f"{row['history']['mean']:>8,.0f} {row['ours_over_auditlog']:>14.2f} "
-            f"{row['ours_over_history']:>13.2f}"
+            f"{writers:>9} "
+            + " ".join(f"{row[t]['mean']:>9,.0f}" for t in targets)
+            + " "
+            + " ".join(f"{row[f'ours_over_{t}']:>14.2f}" for t in others)
         )
     print("writer CPU ms per write (Python, the writers only; PostgreSQL's not counted):")
     for writers in processes:
         row = summary[str(writers)]
         print(
             f"{writers:>9} "
-            + " ".join(f"{row[t]['writer_cpu_ms_per_write']:>8.2f}" for t in TARGETS)
+            + " ".join(f"{row[t]['writer_cpu_ms_per_write']:>9.2f}" for t in targets)
             + "   machine busy "
-            + " ".join(f"{row[t]['machine_busy']:.0%}" for t in TARGETS)
+            + " ".join(f"{row[t]['machine_busy']:.0%}" for t in targets)
         )
     first, last = str(processes[0]), str(processes[-1])
-    for target in TARGETS:
+    for target in targets:
         ratio = summary[last][target]["mean"] / summary[first][target]["mean"]
         print(f"scaling {target:<9} ({last} processes ÷ {first}): {ratio:.2f}")
-    what = "sealing lag" if result["sealer"] else "commit → seen sealed (no sealer)"
-    print(f"ours, {what} (target p95 ≤ {LAG_TARGET_P95:g} s):")
-    for writers in processes:
-        row = summary[str(writers)]
-        lag = row.get("seal_lag")
-        if lag:
-            extra = ""
-            if "sealer_cpu_ms_per_event" in row:
-                extra = f"; sealer CPU {row['sealer_cpu_ms_per_event']:.3f} ms/event"
-            print(
-                f"  {writers} processes: p50 {lag['p50'] * 1000:,.0f} ms, "
-                f"p95 {lag['p95'] * 1000:,.0f} ms, max {lag['max'] * 1000:,.0f} ms "
-                f"over {lag['events']:,} events{extra}"
-            )
-    ours = result["checks"]["ours"]
-    print(f"ours' chain after the rounds: {ours['summary']}; {ours['unsealed']} unsealed")
+    for target, sealer in result["sealer"].items():
+        what = "sealing lag" if sealer else "commit → seen sealed (no sealer)"
+        print(f"{target}, {what} (target p95 ≤ {LAG_TARGET_P95:g} s):")
+        for writers in processes:
+            row = summary[str(writers)][target]
+            lag = row.get("seal_lag")
+            if lag:
+                extra = ""
+                if "sealer_cpu_ms_per_event" in row:
+                    extra = f"; sealer CPU {row['sealer_cpu_ms_per_event']:.3f} ms/event"
+                print(
+                    f"  {writers} processes: p50 {lag['p50'] * 1000:,.0f} ms, "
+                    f"p95 {lag['p95'] * 1000:,.0f} ms, max {lag['max'] * 1000:,.0f} ms "
+                    f"over {lag['events']:,} events{extra}"
+                )
+    for target in result["sealer"]:
+        check = result["checks"][target]
+        print(
+            f"{target}'s chain after the rounds: {check['summary']}; {check['unsealed']} unsealed"
+        )

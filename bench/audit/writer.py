@@ -3,8 +3,9 @@
     writer.py write TARGET TAG SECONDS OUT   # audited writes, one per transaction
     writer.py check TARGET EXPECTED          # after the rounds: is every write recorded?
 
-TARGET is `ours` (the platform, in the repository's .venv, DJANGO_SETTINGS_MODULE set by the
-runner) or `auditlog` / `history` (the peers' project bench/audit/peers, in bench/audit/.venv).
+TARGET is `ours` or `baseline` (the platform, in the repository's .venv, its code from
+BENCH_AUDIT_TREE or this repository, DJANGO_SETTINGS_MODULE set by the runner) or `auditlog` /
+`history` (the peers' project bench/audit/peers, in bench/audit/.venv).
 
 `write` sets Django up, connects, prints `ready` and waits for the start time on its standard
 input, so that every writer of a round starts at the same instant whatever its start-up took.
@@ -23,12 +24,14 @@ has a sealer).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(REPO))
+# The platform's code: this repository's, or a baseline's tree (compare.py sets it).
+sys.path.insert(0, os.environ.get("BENCH_AUDIT_TREE", str(REPO)))
 
 
 def ours_writes(tag: str):
@@ -114,7 +117,8 @@ def write(target: str, tag: str, seconds: float, out: Path) -> None:
     django.setup()
     from django.db import connection
 
-    insert, update = ours_writes(tag) if target == "ours" else peer_writes(target, tag)
+    platform = target in ("ours", "baseline")
+    insert, update = ours_writes(tag) if platform else peer_writes(target, tag)
     connection.ensure_connection()
     print("ready", flush=True)
     start_at = float(sys.stdin.readline())
@@ -141,7 +145,7 @@ def check(target: str, expected: int) -> dict:
     import django
 
     django.setup()
-    if target != "ours":
+    if target not in ("ours", "baseline"):
         from auditlog.models import LogEntry
 
         from bench.audit.peers.models import HistoryPartner
