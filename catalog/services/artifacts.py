@@ -182,7 +182,7 @@ def sku_artifact_attach(
     )
     fields = ["artifact", "updated_at", *signed_manifest_recheck(sku, actor=actor)]
     sku.save(update_fields=fields)
-    catalog_changed()
+    catalog_changed(sku)
     return artifact
 
 
@@ -330,5 +330,5 @@ def artifact_integrity_record(*, artifact_id: int, sha256: str, size: int, actor
         )
         sku.save(update_fields=[*fields, "updated_at"])
     if on_sale:
-        catalog_changed()
+        catalog_changed(*on_sale)
     return False

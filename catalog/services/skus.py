@@ -154,7 +154,7 @@ def sku_save(*, sku: Sku, actor: Actor) -> Sku:
         audit_append(actor=actor, action="sku.created", subject=sku, data=recorded(after))
     elif change := changes(sku_fields(before), after):
         audit_append(actor=actor, action="sku.updated", subject=sku, data=change)
-    catalog_changed()
+    catalog_changed(before, sku)
     return sku
 
 
@@ -237,7 +237,7 @@ def sku_manifest_attach(
             "artifact_sha256": manifest["artifact"]["sha256"],
         },
     )
-    catalog_changed()
+    catalog_changed(sku)
 
     from catalog.tasks import sku_manifest_verify as sku_manifest_verify_task
 
@@ -341,7 +341,7 @@ def sku_manifest_verify(*, sku_id: int, actor: Actor) -> ManifestCheck | None:
                 at=now,
             )
         sku.save(update_fields=fields)
-        catalog_changed()
+        catalog_changed(sku)
     return check
 
 
@@ -390,7 +390,7 @@ def sku_activate(*, sku_id: int, actor: Actor) -> Sku:
                 "updated_at",
             ]
         )
-        catalog_changed()
+        catalog_changed(sku)
     return sku
 
 
@@ -404,7 +404,7 @@ def _sku_transition(
         )
     fields = sku_status_change(sku, target=target, reason=reason, actor=actor, at=timezone.now())
     sku.save(update_fields=[*fields, "updated_at"])
-    catalog_changed()
+    catalog_changed(sku)
     return sku
 
 
@@ -494,5 +494,5 @@ def sku_splits_set(
         subject=sku,
         data={"before": before, "after": after},
     )
-    catalog_changed()
+    catalog_changed(sku)
     return created
