@@ -234,11 +234,12 @@ def find_age(explicit: str | None) -> tuple[str, str]:
     if age and keygen:
         return age, keygen
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    print("installing Debian's age (apt-get install -y age) ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "age"]):
-        subprocess.run([*sudo, *command], env=env, check=False, stdout=subprocess.DEVNULL)
-    age, keygen = shutil.which("age"), shutil.which("age-keygen")
+    if shutil.which("apt-get") and (not sudo or shutil.which("sudo")):
+        print("installing Debian's age (apt-get install -y age) ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "age"]):
+            subprocess.run([*sudo, *command], env=env, check=False, stdout=subprocess.DEVNULL)
+        age, keygen = shutil.which("age"), shutil.which("age-keygen")
     if not (age and keygen):
         raise SystemExit(
             "bench/delivery needs the age tool: apt-get install -y age (or --age PATH)"
