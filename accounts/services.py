@@ -28,6 +28,11 @@ def buyer_get_or_create(*, email: str, actor: Actor) -> tuple[User, bool]:
     Records `buyer.created` when it creates one. The email stays out of the audit log (which
     can never be edited); the event names the buyer by uuid.
     """
+    return _buyer_get_or_create(email=email, actor=actor)
+
+
+def _buyer_get_or_create(*, email: str, actor: Actor) -> tuple[User, bool]:
+    """buyer_get_or_create in the caller's transaction (no savepoint of its own)."""
     email = email.strip()
     try:
         validate_email(email)
@@ -52,7 +57,7 @@ def api_token_issue(
     Returns the stored token and the token itself, which is not kept and cannot be shown again.
     Records `api_token.issued` with the token's hint, never the token.
     """
-    user, _ = buyer_get_or_create(email=email, actor=actor)
+    user, _ = _buyer_get_or_create(email=email, actor=actor)
     if not user.is_active:
         raise InvalidInput(f"The account {user.email} is deactivated; it cannot get a token.")
     token = ApiToken.generate()

@@ -13,6 +13,7 @@ from catalog.models import (
 )
 from catalog.services.changes import category_fields, changes, recorded
 from marketplace.actors import Actor
+from marketplace.validation import full_clean
 
 CATEGORY_MAX_DEPTH = 8
 
@@ -56,7 +57,7 @@ def category_save(*, category: Category, actor: Actor) -> Category:
     before = category_fields(stored) if stored else None
     old_path = stored.path if stored else None
     category.path = (category.parent.path if category.parent else "") + category.slug + "/"
-    category.full_clean()
+    full_clean(category)
     category.save()
 
     if old_path and old_path != category.path:

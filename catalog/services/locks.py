@@ -7,6 +7,6 @@ def sku_lock(sku_id: int) -> Sku:
     """Locks one SKU row for the rest of the transaction and returns its current state."""
     return (
         Sku.objects.select_for_update(of=("self",))
-        .select_related("partner", "artifact")
+        .select_related("partner", "category", "artifact")
         .get(pk=sku_id)
     )

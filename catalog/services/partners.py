@@ -25,6 +25,7 @@ from catalog.services.changes import changes, partner_fields, recorded
 from catalog.services.status import sku_status_change
 from marketplace.actors import Actor
 from marketplace.kernel import decode_signature
+from marketplace.validation import full_clean
 
 # --- Partners ----------------------------------------------------------------------------------
 
@@ -38,7 +39,7 @@ def partner_save(*, partner: Partner, actor: Actor) -> Partner:
         if partner.pk is not None
         else None
     )
-    partner.full_clean()
+    full_clean(partner)
     partner.save()
     after = partner_fields(partner)
     if before is None:
@@ -96,7 +97,7 @@ def partner_key_build(*, partner: Partner, key_id: str, public_key: str) -> Part
     # A partner not saved yet has no keys to clash with.
     exclude = {"partner"} if partner.pk is None else set()
     try:
-        key.full_clean(exclude=exclude)
+        full_clean(key, exclude=exclude)
     except ValidationError as exc:
         errors = {field: list(messages) for field, messages in exc.message_dict.items()}
         if "fingerprint" in errors:

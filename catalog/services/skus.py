@@ -39,6 +39,7 @@ from catalog.services.verdicts import (
 from marketplace.actors import Actor
 from marketplace.canonical import canonical_json
 from marketplace.kernel import KernelUnavailable, PublisherKey, decode_signature, get_kernel
+from marketplace.validation import full_clean
 
 # --- SKUs --------------------------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ def _sku_ready(sku: Sku, before: Sku | None) -> None:
         for field in _SERVICE_OWNED_FIELDS:
             setattr(sku, field, getattr(before, field))
     try:
-        sku.full_clean()
+        full_clean(sku)
     except ValidationError as exc:
         raise InvalidSku(
             "The SKU was not saved: " + " ".join(exc.messages), errors=exc.message_dict

@@ -102,7 +102,13 @@ def _process(event_pk: int, open_statuses: set[str], started: datetime) -> str:
         event.processed_at = timezone.now()
         event.next_attempt_at = None
         event.last_error = ""
-        event.save()
+        # Not the payload: it is as received, and rewriting it would cost more than the rest.
+        event.save(
+            update_fields=[
+                "status", "outcome", "attempts", "processed_at", "next_attempt_at",
+                "last_error", "order",
+            ]
+        )  # fmt: skip
         WebhookAttempt.objects.create(
             event=event, number=event.attempts, started_at=started, succeeded=True, detail=outcome
         )

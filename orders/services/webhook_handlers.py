@@ -12,6 +12,7 @@ arrives before the payment it refunds still books the sale first: every arrival 
 same events ends in the same order, the same lines and the same ledger.
 """
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class EventUnusable(Exception):
 
 
 # --- Order changes (caller holds the order's row lock) ------------------------------------------
+#
+# They change the order in memory; the handler's wrapper (_saved) writes what changed in one
+# UPDATE once the handler is done, however many of them it called.
 
 
 def _cause(event: WebhookEvent) -> dict[str, Any]:
@@ -67,7 +71,6 @@ def _transition(
     previous = order.status
     order.status = status
     order.status_changed_at = timezone.now()
-    order.save(update_fields=["status", "status_changed_at", "updated_at"])
     audit_append(
         actor=actor,
         action=f"order.{status}",
@@ -96,7 +99,6 @@ def _payment_capture(
     if payment_intent:
         order.payment_intent_id = payment_intent
     order.finance_pending = True
-    order.save(update_fields=["paid_at", "payment_intent_id", "finance_pending", "updated_at"])
 
     splits = [(split["partner"], split["basis_points"]) for split in order.splits]
     shares = royalty_shares(order.amount, splits, order.seller_slug)
@@ -127,26 +129,27 @@ def _posting_queue(
 ) -> None:
     from orders import tasks  # the task module imports this one
 
-    posting, created = FinancePosting.objects.get_or_create(
+    # Every posting of an order is made here, under the order's lock: no other transaction
+    # can insert this key meanwhile, so a plain lookup then insert needs no savepoint.
+    if FinancePosting.objects.filter(idempotency_key=key).exists():
+        return
+    posting = FinancePosting.objects.create(
         idempotency_key=key,
-        defaults={
-            "order": order,
+        order=order,
+        kind=kind,
+        amount=amount,
+        currency=order.currency,
+        payload={
+            "order_id": str(order.id),
             "kind": kind,
             "amount": amount,
             "currency": order.currency,
-            "payload": {
-                "order_id": str(order.id),
-                "kind": kind,
-                "amount": amount,
-                "currency": order.currency,
-                "occurred_at": timezone.now().isoformat(),
-                "sku": order.sku_slug,
-                "royalties": royalties,
-            },
+            "occurred_at": timezone.now().isoformat(),
+            "sku": order.sku_slug,
+            "royalties": royalties,
         },
     )
-    if created:
-        transaction.on_commit(lambda: tasks.finance_posting_send.delay(posting.pk), robust=True)
+    transaction.on_commit(lambda: tasks.finance_posting_send.delay(posting.pk), robust=True)
 
 
 def _refunds_record(order: Order, charge: dict[str, Any]) -> int:
@@ -167,7 +170,6 @@ def _refunds_record(order: Order, charge: dict[str, Any]) -> int:
     if total > order.amount_refunded:
         delta = total - order.amount_refunded
         order.amount_refunded = total
-        order.save(update_fields=["amount_refunded", "updated_at"])
         # Keyed by the running total, so however refund events interleave the ledger's refunds
         # add up to what the provider says was refunded.
         _posting_queue(
@@ -237,7 +239,6 @@ def session_completed(event: WebhookEvent, order: Order) -> str:
         return _session_paid(event, order)
     if session.get("payment_intent") and not order.payment_intent_id:
         order.payment_intent_id = str(session["payment_intent"])
-        order.save(update_fields=["payment_intent_id", "updated_at"])
         audit_append(
             actor=WEBHOOK_WORKER,
             action="order.payment_processing",
@@ -360,7 +361,6 @@ def charge_dispute_created(event: WebhookEvent, order: Order) -> str:
     if moved:
         order.delivery_hold = DeliveryHold.DISPUTED
         order.hold_reason = f"dispute {dispute.get('id')}: {dispute.get('reason') or ''}"[:300]
-        order.save(update_fields=["delivery_hold", "hold_reason", "updated_at"])
         transaction.on_commit(
             lambda: handover.order_revoked(str(order.id), "disputed"), robust=True
         )
@@ -382,14 +382,36 @@ class Handler:
     no_order: str
 
 
+def _saved(apply: Callable[[WebhookEvent, Order], str]) -> Callable[[WebhookEvent, Order], str]:
+    """`apply`, then one UPDATE of the order's fields it changed (none when it changed none)."""
+
+    @functools.wraps(apply)
+    def applied(event: WebhookEvent, order: Order) -> str:
+        fields = [field.attname for field in Order._meta.concrete_fields if not field.primary_key]
+        before = [getattr(order, name) for name in fields]
+        outcome = apply(event, order)
+        changed = [
+            name
+            for name, value in zip(fields, before, strict=True)
+            if getattr(order, name) != value
+        ]
+        if changed:
+            order.save(update_fields=[*changed, "updated_at"])
+        return outcome
+
+    return applied
+
+
 def _on_session(apply: Callable[[WebhookEvent, Order], str]) -> Handler:
-    return Handler(session_order_id, apply, no_order="no such order on this platform")
+    return Handler(session_order_id, _saved(apply), no_order="no such order on this platform")
 
 
 def _on_payment(apply: Callable[[WebhookEvent, Order], str]) -> Handler:
     # A payment naming an order this platform does not have is another platform's on a shared
     # Stripe account: ignored, as session events for unknown orders are.
-    return Handler(payment_order_id, apply, no_order="the payment names no order on this platform")
+    return Handler(
+        payment_order_id, _saved(apply), no_order="the payment names no order on this platform"
+    )
 
 
 HANDLERS: dict[str, Handler] = {
