@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -217,6 +218,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def database_backends(database: str) -> list[int]:
+    """The pids of the PostgreSQL backends connected to `database` (same machine)."""
+    import psycopg
+
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+    return [row[0] for row in rows if Path(f"/proc/{row[0]}").exists()]
+
+
 def machine_times() -> tuple[int, int]:
     """(idle, total) jiffies of all cores since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -273,28 +291,48 @@ def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -
             if process.stdout.readline().strip() != "ready":
                 sys.exit(f"a {target} writer did not start (exit {process.wait()})")
         time.sleep(0.5 if sealer is None else 1.5)  # the sealer has loaded Django by then
+        # What the round costs: the writers' CPU (they report it), their database backends',
+        # the sealer's and its backend's, this process's (the watch); the rest of the
+        # machine's busy time went to others (and to PostgreSQL's own background processes).
+        mine = [*database_backends(DATABASES[target])]
+        if sealer is not None:
+            mine.append(sealer.pid)
         start_at = time.time() + 0.2
         for process in processes:
             process.stdin.write(f"{start_at}\n")
             process.stdin.flush()
         time.sleep(max(0.0, start_at - time.time()))
         idle_before, total_before = machine_times()
-        sealer_cpu_before = cpu_seconds(sealer.pid) if sealer is not None else 0.0
+        cpu_before = {pid: cpu_seconds(pid) for pid in mine}
+        self_before = own_cpu_seconds()
         for process in processes:
-            if process.wait(timeout=seconds + 120) != 0:
-                sys.exit(f"a {target} writer failed (exit {process.returncode})")
+            if process.stdout.readline().strip() != "done":
+                sys.exit(f"a {target} writer failed (exit {process.wait()})")
         idle_after, total_after = machine_times()
+        cpu_used = {pid: cpu_seconds(pid) - before for pid, before in cpu_before.items()}
+        self_used = own_cpu_seconds() - self_before
+        for process in processes:
+            process.stdin.write("exit\n")
+            process.stdin.flush()
+        for process in processes:
+            if process.wait(timeout=30) != 0:
+                sys.exit(f"a {target} writer failed (exit {process.returncode})")
         results = [json.loads((workdir / f"w{n}.json").read_text()) for n in range(writers)]
         writes = sum(result["writes"] for result in results)
+        writer_cpu = sum(result["cpu_seconds"] for result in results)
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (total_after - total_before - (idle_after - idle_before)) / hz
+        span = (total_after - total_before) / hz  # all cores
+        ours_cpu = writer_cpu + sum(cpu_used.values()) + self_used
         figures = {
             "target": target,
             "writers": writers,
             "writes": writes,
             "writes_per_second": writes / seconds,
-            "writer_cpu_ms_per_write": 1000
-            * sum(result["cpu_seconds"] for result in results)
-            / max(writes, 1),
-            "machine_busy": 1 - (idle_after - idle_before) / max(1, total_after - total_before),
+            "writer_cpu_ms_per_write": 1000 * writer_cpu / max(writes, 1),
+            "round_cpu_ms_per_write": 1000 * ours_cpu / max(writes, 1),
+            "machine_busy": busy / max(span, 1e-9),
+            "others_share": max(0.0, busy - ours_cpu) / max(span, 1e-9),
         }
         if watch is not None:
             committed = {key: at for result in results for key, at in result["commits"]}
@@ -309,7 +347,7 @@ def run_round(target: str, writers: int, seconds: float, tag: str, peer: Path) -
             figures["all_sealed"] = all_seen
             figures["watch_polls"] = watch.polls
             if sealer is not None and sealer.poll() is None:
-                figures["sealer_cpu_seconds"] = cpu_seconds(sealer.pid) - sealer_cpu_before
+                figures["sealer_cpu_seconds"] = cpu_seconds(sealer.pid) - cpu_before[sealer.pid]
             if sealer is not None and sealer.poll() is not None:
                 sys.exit(f"the sealer stopped during the round (exit {sealer.returncode})")
     finally:
@@ -416,8 +454,10 @@ def _compare(
                 line = (
                     f"  {writers} x {target:<9} round {index + 1}: "
                     f"{figures['writes_per_second']:>7,.0f} writes/s, "
-                    f"writer CPU {figures['writer_cpu_ms_per_write']:.2f} ms/write, "
-                    f"machine {figures['machine_busy']:.0%} busy"
+                    f"CPU {figures['round_cpu_ms_per_write']:.2f} ms/write "
+                    f"(writers {figures['writer_cpu_ms_per_write']:.2f}), "
+                    f"machine {figures['machine_busy']:.0%} busy, "
+                    f"others {figures['others_share']:.0%}"
                 )
                 if figures.get("lags"):
                     line += (
@@ -446,7 +486,11 @@ def _compare(
                 "writer_cpu_ms_per_write": statistics.mean(
                     f["writer_cpu_ms_per_write"] for f in mine
                 ),
+                "round_cpu_ms_per_write": statistics.mean(
+                    f["round_cpu_ms_per_write"] for f in mine
+                ),
                 "machine_busy": statistics.mean(f["machine_busy"] for f in mine),
+                "others_share": statistics.mean(f["others_share"] for f in mine),
             }
             if target not in TREES:
                 continue
@@ -505,14 +549,21 @@ def report(result: dict, processes: list[int]) -> None:
             + " "
             + " ".join(f"{row[f'ours_over_{t}']:>14.2f}" for t in others)
         )
-    print("writer CPU ms per write (Python, the writers only; PostgreSQL's not counted):")
+    print(
+        "CPU ms per write (writers, their PostgreSQL backends, the sealer; in brackets the"
+        " writers alone), and the share of the two cores others took meanwhile:"
+    )
     for writers in processes:
         row = summary[str(writers)]
         print(
             f"{writers:>9} "
-            + " ".join(f"{row[t]['writer_cpu_ms_per_write']:>9.2f}" for t in targets)
-            + "   machine busy "
-            + " ".join(f"{row[t]['machine_busy']:.0%}" for t in targets)
+            + " ".join(
+                f"{row[t]['round_cpu_ms_per_write']:>5.2f} "
+                f"({row[t]['writer_cpu_ms_per_write']:.2f})"
+                for t in targets
+            )
+            + "   others "
+            + " ".join(f"{row[t]['others_share']:.0%}" for t in targets)
         )
     first, last = str(processes[0]), str(processes[-1])
     for target in targets:
@@ -535,6 +586,4 @@ def report(result: dict, processes: list[int]) -> None:
                 )
     for target in result["sealer"]:
         check = result["checks"][target]
-        print(
-            f"{target}'s chain after the rounds: {check['summary']}; {check['unsealed']} unsealed"
-        )
+        print(f"{target}, chain after the rounds: {check['summary']}; {check['unsealed']} unsealed")

@@ -14,7 +14,8 @@ transaction of its own: insert a partner row (slug TAG-k) with its audit record,
 row it just inserted with its audit record. It writes `{"writes": n, "cpu_seconds": s,
 "commits": [[id, t], ...]}` to OUT: the process's CPU time over the loop and, for ours, each
 audit event's primary key with time.time() taken right after its commit returned (what the
-sealing lag is measured from).
+sealing lag is measured from). It then prints `done` and stays connected until its standard
+input gives it another line, so that the runner can read what its database backend used.
 
 `check` prints JSON: how many audit records there are, and for ours whether every event is
 sealed and the whole chain verifies (after sealing what is still pending, where the platform
@@ -139,6 +140,9 @@ def write(target: str, tag: str, seconds: float, out: Path) -> None:
         writes += 1
     cpu = time.process_time() - cpu_started
     out.write_text(json.dumps({"writes": writes, "cpu_seconds": cpu, "commits": commits}))
+    # Connected until told to go, so that the runner can read its database backend's CPU time.
+    print("done", flush=True)
+    sys.stdin.readline()
 
 
 def check(target: str, expected: int) -> dict:
