@@ -3,10 +3,13 @@
     .venv/bin/python -m bench.checkout.run            # from the repository root, about 2.5 min
 
 What runs, all on this machine:
-- PostgreSQL: the database `mkp_bench` (dropped and created fresh, migrated), seeded through
-  the services with one active SKU and BUYERS buyers holding an API token each
+- PostgreSQL: the database `mkp_bench_checkout` (dropped and created fresh, migrated), seeded
+  through the services with one active SKU and BUYERS buyers holding an API token each
   (bench/checkout/seed.py);
-- Redis (database 12 by default) as cache and Celery broker;
+- Redis (database 12 by default) as cache and Celery broker. Every key the run writes starts
+  with a prefix of its own, `bench-checkout-<run id>:` (the cache's KEY_PREFIX and kombu's
+  `global_keyprefix`: queue, bindings, unacked messages), and the run deletes those keys, and
+  only those, when it ends; other keys in the database are never read or touched;
 - the Stripe API stand-in (tests/support/stripe_api.py) as a process of its own, answering at
   once; the platform's real `stripe` client is pointed at it;
 - gunicorn serving config.wsgi with the bench settings (bench/checkout/settings.py: the
@@ -26,7 +29,8 @@ What it measures, in one run:
    steady rate; from the POST to the order's paid_at (set in the transaction that commits the
    payment) and to its ledger entry's acknowledgement (delivery released).
 
-Targets of the issue: checkout p95 ≤ 50 ms at 16 concurrent buyers; ingest ≥ 500 events/s.
+Targets of the issue: checkout at 16 concurrent buyers ≥ 0.8 x the floor's requests/s with a
+p95 ≤ 100 ms; ingest ≥ 500 events/s.
 Exit 1 on any failed request or a count that does not add up; --strict: exit 3 on a missed
 target. The figures go to bench/results/checkout-*.json (git-ignored).
 """
@@ -68,9 +72,12 @@ OURS_PATH = "/api/v1/checkout"
 FLOOR_PATH = "/bench/floor/checkout"  # bench/checkout/urls.py
 WEBHOOK_PATH = "/marketplace/stripe/webhook"
 STAND_IN = REPO / "tests" / "support" / "stripe_api.py"
-TARGET_CHECKOUT_P95_MS = 50.0
+TARGET_CHECKOUT_RATIO = 0.8
+TARGET_CHECKOUT_P95_MS = 100.0
 TARGET_INGEST_PER_S = 500.0
-OWN_KEY_PREFIXES = (b"marketplace-bench-checkout", b"_kombu.", b"unacked", QUEUE.encode())
+# Every Redis key of a run starts with this and the run's id (bench/checkout/settings.py reads
+# it): the cache's keys and kombu's (its global_keyprefix), so the run deletes exactly its own.
+KEY_PREFIX_ENV = "BENCH_CHECKOUT_KEY_PREFIX"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 sys.path.insert(0, str(REPO))
@@ -84,9 +91,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--postgres", default="postgres://postgres@127.0.0.1:5432", help="server, no database")
-    add("--database", default="mkp_bench", help="dropped and created")
+    add("--database", default="mkp_bench_checkout", help="dropped and created")
     add("--redis", default="redis://127.0.0.1:6379", help="server, no database number")
-    add("--redis-db", type=int, default=12)
+    add("--redis-db", type=int, default=12, help="only keys this run writes are deleted")
     add("--buyers", type=int, default=64)
     add("--concurrency", type=int, nargs="+", default=[16, 64], help="concurrent buyers")
     add("--duration", type=float, default=5.0, help="seconds per measured round")
@@ -114,6 +121,7 @@ class Stack:
     stripe_port: int
     secret_key: str
     webhook_secret: str
+    key_prefix: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -160,7 +168,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def environment(args: argparse.Namespace, stripe_port: int, secret_key: str, whsec: str):
+def environment(
+    args: argparse.Namespace, stripe_port: int, secret_key: str, whsec: str, key_prefix: str
+) -> dict[str, str]:
     # An inherited MARKETPLACE_* variable would change what is measured: the bench sets every
     # one it depends on and drops the rest.
     env = {
@@ -172,6 +182,7 @@ def environment(args: argparse.Namespace, stripe_port: int, secret_key: str, whs
     env.update(
         DJANGO_SETTINGS_MODULE="bench.checkout.settings",
         PYTHONPATH=str(REPO),
+        **{KEY_PREFIX_ENV: key_prefix},
         MARKETPLACE_SERVICE_ENV="dev",
         MARKETPLACE_DATABASE_URL=f"{args.postgres.rstrip('/')}/{args.database}",
         MARKETPLACE_REDIS_URL=redis_url,
@@ -245,27 +256,32 @@ def fresh_database(args: argparse.Namespace, env: dict[str, str]) -> dict[str, A
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def clean_redis(args: argparse.Namespace) -> None:
+def redis_client(args: argparse.Namespace) -> Any:
     import redis
 
-    client = redis.Redis.from_url(f"{args.redis.rstrip('/')}/{args.redis_db}")
-    keys = list(client.scan_iter(count=1000))
-    foreign = [key for key in keys if not key.startswith(OWN_KEY_PREFIXES)]
-    if foreign:
-        raise BenchError(
-            f"Redis database {args.redis_db} holds keys this bench did not write "
-            f"(e.g. {foreign[0]!r}); pick a free one with --redis-db."
-        )
+    return redis.Redis.from_url(f"{args.redis.rstrip('/')}/{args.redis_db}")
+
+
+def own_keys(args: argparse.Namespace, key_prefix: str) -> list[bytes]:
+    """The keys this run wrote: every one starts with its prefix."""
+    pattern = key_prefix.replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + ":*"
+    return list(redis_client(args).scan_iter(match=pattern, count=1000))
+
+
+def own_keys_delete(args: argparse.Namespace, key_prefix: str) -> int:
+    keys = own_keys(args, key_prefix)
     if keys:
-        client.delete(*keys)
+        redis_client(args).delete(*keys)
+    return len(keys)
 
 
-def queue_purge(args: argparse.Namespace) -> int:
-    import redis
-
-    client = redis.Redis.from_url(f"{args.redis.rstrip('/')}/{args.redis_db}")
-    waiting = client.llen(QUEUE)
-    client.delete(QUEUE)
+def queue_purge(stack: Stack) -> int:
+    """Drops the tasks ingest queued (nothing consumes them): the queue's list, prefixed as
+    kombu writes it."""
+    client = redis_client(stack.args)
+    queue = f"{stack.key_prefix}:{QUEUE}"
+    waiting = client.llen(queue)
+    client.delete(queue)
     return waiting
 
 
@@ -287,7 +303,9 @@ def sql_all(stack: Stack, query: str, params: tuple = ()) -> list[tuple]:
 
 
 def _processes() -> dict[int, tuple[str, int, float]]:
-    """pid -> (command name, parent pid, CPU seconds used so far)."""
+    """pid -> (command name, parent pid, CPU seconds used so far). A PostgreSQL backend is
+    named after its database (`postgres:<database>`, from its title), the server's own
+    processes (WAL writer, checkpointer, ...) `postgres:`."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -297,6 +315,8 @@ def _processes() -> dict[int, tuple[str, int, float]]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm.startswith("postgres"):
+            comm = f"postgres:{_backend_database(entry)}"
         fields = stat.rsplit(")", 1)[1].split()
         found[int(entry.name)] = (
             comm,
@@ -304,6 +324,22 @@ def _processes() -> dict[int, tuple[str, int, float]]:
             (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
         )
     return found  # fmt: skip
+
+
+def _backend_database(entry: Path) -> str:
+    """The database of a PostgreSQL backend, from its title (`postgres: 15/main: <user>
+    <database> <client> <state>`); empty for the server's own processes."""
+    try:
+        title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+    parts = title.split(": ", 2)
+    words = parts[2].split() if len(parts) == 3 else []
+    # A backend's title has a client address ("127.0.0.1(5432)", "[local]"); a server
+    # process's ("walwriter", "checkpointer") has none.
+    if len(words) >= 3 and ("(" in words[2] or words[2] == "[local]"):
+        return words[1]
+    return ""
 
 
 def _machine_busy() -> float:
@@ -318,6 +354,7 @@ class CpuProbe:
     def __init__(self, stack: Stack) -> None:
         self.gunicorn = stack.processes["gunicorn"].pid
         self.stand_in = stack.processes["stripe"].pid
+        self.database = stack.args.database
 
     def sample(self) -> tuple[float, dict[int, tuple[str, int, float]], float]:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -328,7 +365,9 @@ class CpuProbe:
             return "gunicorn"
         if pid == self.stand_in:
             return "stripe"
-        if comm.startswith("postgres"):
+        # Backends of other databases are other jobs' ("others"); the server's own processes
+        # (the WAL writer flushing commits, ...) work for every database and count here.
+        if comm in (f"postgres:{self.database}", "postgres:"):
             return "postgres"
         if comm.startswith("redis-server"):
             return "redis"
@@ -548,7 +587,7 @@ def measure_ingest(stack: Stack, probe: CpuProbe) -> dict[str, Any]:
     measured = wrk(stack, probe, "ingest.lua", args.ingest_connections, args.ingest_duration,
                    [WEBHOOK_PATH, str(events_file)], "ingest")  # fmt: skip
     stored = sql_one(stack, "SELECT count(*) FROM orders_webhookevent")[0] - before
-    queued = queue_purge(args)
+    queued = queue_purge(stack)
     if measured.requests > pool:
         raise BenchError(
             f"ingest: {measured.requests} requests for a pool of {pool} events; raise "
@@ -671,8 +710,12 @@ def print_report(checkout: dict[int, dict[str, Summary]], ingest: dict, paid: di
             f"{ours.p50 / floor.p50:7.2f} {ours.p95 / floor.p95:7.2f} {ours.p99 / floor.p99:7.2f}"
         )
     if 16 in checkout:
-        passed["checkout p95 ≤ 50 ms at 16 buyers"] = (
-            checkout[16]["ours"].p95 <= TARGET_CHECKOUT_P95_MS
+        ours, floor = checkout[16]["ours"], checkout[16]["floor"]
+        passed[f"checkout ≥ {TARGET_CHECKOUT_RATIO} x the floor's req/s at 16 buyers"] = (
+            ours.rps >= TARGET_CHECKOUT_RATIO * floor.rps
+        )
+        passed[f"checkout p95 ≤ {TARGET_CHECKOUT_P95_MS:.0f} ms at 16 buyers"] = (
+            ours.p95 <= TARGET_CHECKOUT_P95_MS
         )
     s = ingest["summary"]
     print(
@@ -682,7 +725,7 @@ def print_report(checkout: dict[int, dict[str, Summary]], ingest: dict, paid: di
         f"{s.cpu_ms_per_request['postgres']:.2f}, redis {s.cpu_ms_per_request['redis']:.2f}; "
         f"{ingest['stored']} stored"
     )  # fmt: skip
-    passed["ingest ≥ 500 events/s"] = s.rps >= TARGET_INGEST_PER_S
+    passed[f"ingest ≥ {TARGET_INGEST_PER_S:.0f} events/s"] = s.rps >= TARGET_INGEST_PER_S
     print(
         f"\nwebhook to paid ({paid['events']} events at {paid['rate']:.0f}/s, worker prefork "
         f"{stack_args.worker_concurrency}): to paid p50 {paid['to_paid_ms']['p50']:.0f} ms, "
@@ -708,17 +751,18 @@ def main() -> int:
     secret_key = f"sk_test_bench_{secrets.token_hex(8)}"
     webhook_secret = f"whsec_bench_{secrets.token_hex(16)}"
     stripe_port, port = free_port(), free_port()
-    env = environment(args, stripe_port, secret_key, webhook_secret)
-    stack = Stack(args, env, port, stripe_port, secret_key, webhook_secret)
+    key_prefix = f"bench-checkout-{secrets.token_hex(4)}"
+    env = environment(args, stripe_port, secret_key, webhook_secret, key_prefix)
+    stack = Stack(args, env, port, stripe_port, secret_key, webhook_secret, key_prefix)
     started = time.monotonic()
-    print(f"database {args.database}: dropping, creating, migrating, seeding", flush=True)
-    seeded = fresh_database(args, env)
-    clean_redis(args)
-    LOGS.mkdir(parents=True, exist_ok=True)
-    tokens_file = LOGS / "tokens.txt"
-    tokens_file.write_text("\n".join(seeded["tokens"]) + "\n")
     python = sys.executable
     try:
+        print(f"database {args.database}: dropping, creating, migrating, seeding; Redis "
+              f"database {args.redis_db}, keys {key_prefix}:*", flush=True)  # fmt: skip
+        seeded = fresh_database(args, env)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        tokens_file = LOGS / "tokens.txt"
+        tokens_file.write_text("\n".join(seeded["tokens"]) + "\n")
         stack.start("stripe", [python, "-m", "tests.support.stripe_api", "--port",
                                str(stripe_port), "--secret-key", secret_key,
                                "--webhook-secret", webhook_secret])  # fmt: skip
@@ -738,6 +782,8 @@ def main() -> int:
         paid = measure_paid(stack)
     finally:
         stack.stop_all()
+        deleted = own_keys_delete(args, key_prefix)
+        print(f"deleted the run's {deleted} Redis keys ({key_prefix}:*)", flush=True)
     passed = print_report(checkout, ingest, paid)
     report = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -1,15 +1,16 @@
 """The floor of the checkout benchmark: the least a request can do to leave the same rows that
 POST /api/v1/checkout leaves.
 
-Those rows are an order (with the SKU snapshot), its `order.created` audit event (chained: the
-chain head is locked, the event inserted, the head moved on, as audit_append does for any
-writer) and the buyer's idempotency key holding the stored answer. The floor reads what it needs
-to write them (the buyer by token digest, the SKU with its partner and splits) and writes them
-in one transaction. It leaves out everything else ours does: DRF (parsing, authentication
-class, throttles in Redis, serializers), the claim written before the payment provider is
-called and completed after it (two transactions instead of one), the token's last-use touch,
-and the call to Stripe (the local stand-in). So ours ÷ floor is what those cost together;
-bench/checkout/run.py also reports the Stripe stand-in's own CPU per request.
+Those rows are an order (with the SKU snapshot), its `order.created` audit event (through
+audit_append, as every writer appends one) and the buyer's idempotency key holding the stored
+answer. The floor reads what it needs to write them (the buyer by token digest; the SKU's
+snapshot columns with its partner and splits in one query, as checkout reads them,
+orders.selectors.sku_on_offer) and writes them in one transaction. It leaves out everything
+else ours does: DRF (parsing, authentication class, throttles in Redis, serializers), the claim
+committed before the payment provider is called and completed after it (two commits instead of
+one), the token's last-use touch, and the call to Stripe (the local stand-in). So ours ÷ floor
+is what those cost together; bench/checkout/run.py also reports the Stripe stand-in's own CPU
+per request.
 
 It goes through the project's middleware, like the API.
 """
@@ -24,10 +25,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from audit.services import audit_append
-from catalog.models import Sku
 from marketplace.actors import Actor
 from marketplace.models import ApiToken, User
 from orders.models import IdempotencyKey, Order
+from orders.selectors import sku_on_offer
 from orders.services.checkout import request_fingerprint
 
 
@@ -38,25 +39,26 @@ def checkout_floor(request: HttpRequest) -> JsonResponse:
     key = request.headers["Idempotency-Key"]
     slug = json.loads(request.body)["sku"]
     buyer = User.objects.get(api_tokens__digest=ApiToken.digest_of(token))
-    sku = Sku.objects.select_related("partner").prefetch_related("splits__partner").get(slug=slug)
-    splits = sorted(
-        ({"partner": s.partner.slug, "basis_points": s.basis_points} for s in sku.splits.all()),
-        key=lambda split: split["partner"],
-    )
+    sku = sku_on_offer(slug=slug)
+    splits = sku.splits
     order_id = uuid.uuid4()
     session_id = f"cs_floor_{order_id.hex}"
     with transaction.atomic():
         order = Order.objects.create(
             id=order_id,
             buyer=buyer,
-            sku=sku,
+            sku_id=sku.id,
             sku_slug=sku.slug,
             sku_title=sku.title,
             sku_version=sku.version,
-            seller_slug=sku.partner.slug,
+            seller_slug=sku.seller_slug,
             amount=sku.price_amount,
             currency=sku.currency,
             splits=splits,
+            artifact_id=sku.artifact_id,
+            license_duration_days=sku.license_duration_days,
+            license_seats=sku.license_seats,
+            license_entitlements=sku.license_entitlements,
             gateway="floor",
             checkout_session_id=session_id,
             checkout_url=f"https://checkout.stripe.com/c/pay/{session_id}",
