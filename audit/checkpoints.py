@@ -13,10 +13,15 @@ from django.utils import timezone
 from prometheus_client import Gauge
 
 from audit.chain import GENESIS_HASH, checkpoint_link, checkpoint_message
-from audit.models import AuditEvent, ChainHead, Checkpoint, KernelCursor
+from audit.models import AuditEvent, ChainHead, Checkpoint
 from audit.sealer import seal_all
 from audit.signing_keys import signing_key_active
-from audit.witnesses import checkpoint_witness_store
+from audit.witnesses import (
+    WitnessInvalid,
+    WitnessUnavailable,
+    checkpoint_witness_latest,
+    checkpoint_witness_store,
+)
 from marketplace.jwk import b64url
 from marketplace.keystore import signer_for
 from marketplace.models import SigningKeyPurpose
@@ -25,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 unwitnessed_events = Gauge(
     "marketplace_audit_unwitnessed_events",
-    "Audit events (sealed or not) past the last one a witness holds: the last checkpoint "
-    "copy in the audit bucket, or the Kernel's acknowledgement.",
+    "Audit events (sealed or not) past the one the audit bucket's last checkpoint copy holds, "
+    "read back from the bucket after each checkpoint run.",
     multiprocess_mode="livemostrecent",
 )
 unwitnessed_seconds = Gauge(
@@ -84,15 +89,17 @@ def _store_witness(checkpoint: Checkpoint) -> None:
         # The checkpoint stands; its copy is stored by the next run (which finds the head
         # signed and stores the last checkpoint's copy again, a no-op once it is there).
         logger.exception("audit: the copy of checkpoint %s was not stored", checkpoint.sequence)
-        return
-    unwitnessed_update(witnessed=checkpoint.sequence)
+    unwitnessed_update()
 
 
-def unwitnessed_update(*, witnessed: int) -> tuple[int, float]:
-    """Sets the gauges from the last witnessed sequence (a checkpoint copy just stored, or the
-    Kernel's acknowledgement if that is further); returns (events, seconds)."""
-    kernel = KernelCursor.objects.filter(id=1).values_list("acknowledged_sequence", flat=True)
-    witnessed = max(witnessed, kernel.first() or 0)
+def unwitnessed_update() -> tuple[int, float]:
+    """Sets the gauges from what the bucket holds, read back (a copy that failed to store, or
+    a bucket that cannot be read, shows as a window that grows); returns (events, seconds)."""
+    try:
+        witness = checkpoint_witness_latest()
+    except (WitnessUnavailable, WitnessInvalid, OSError):
+        witness = None
+    witnessed = witness.sequence if witness is not None else 0
     head = ChainHead.objects.filter(id=1).values_list("sequence", flat=True).first() or 0
     # By the indexes: sequence for the sealed, the unsealed events' own for the rest.
     unsealed = AuditEvent.objects.unsealed()

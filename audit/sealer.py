@@ -59,14 +59,24 @@ seal_lag = Histogram(
 sealed_total = Counter("marketplace_audit_sealed_total", "Audit events sealed.")
 unsealed_events = Gauge(
     "marketplace_audit_unsealed_events",
-    "Audit events committed but not yet sealed, as of the last batch.",
+    "Audit events committed but not yet sealed, as the last sealer run found them.",
     multiprocess_mode="livemostrecent",
+)
+unsealed_oldest = Gauge(
+    "marketplace_audit_unsealed_oldest_seconds",
+    "Age of the oldest committed audit event not yet sealed, as the last sealer run found it "
+    "(0: none). It grows while sealing is stuck, whoever holds the seal lock.",
+    multiprocess_mode="livemostrecent",
+)
+seal_failures = Counter(
+    "marketplace_audit_seal_failures_total",
+    "Seal batches that failed (rolled back, nothing sealed); each is retried.",
 )
 
 _COLUMNS = "id, occurred_at, actor_type, actor_id, action, subject_type, subject_id, data"
 
 _SEAL = """
-UPDATE audit_event AS e
+UPDATE {schema}.audit_event AS e
    SET sequence = v.sequence, prev_hash = v.prev_hash, hash = v.hash, occurred_at = v.occurred_at
   FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::timestamptz[])
        AS v (id, sequence, prev_hash, hash, occurred_at)
@@ -76,6 +86,11 @@ UPDATE audit_event AS e
 
 class SealConflict(Exception):
     """The events changed under the batch (another sealer got there first); it rolled back."""
+
+
+class UnsealableEvent(Exception):
+    """An event whose record cannot be encoded; sealing stops before it, loudly. The insert
+    trigger's limits on data (migration 0004) keep any append from producing one."""
 
 
 @dataclass
@@ -92,8 +107,16 @@ def seals_later() -> bool:
     return connection.vendor == "postgresql"
 
 
-def _head(cursor: Any) -> tuple[int, str, datetime | None]:
-    cursor.execute("SELECT sequence, hash, occurred_at FROM audit_chain_head WHERE id = 1")
+def _schema(cursor: Any) -> str:
+    """The tables' schema, named in every statement of a batch: a temporary table of the same
+    name, which the session would find first, must not stand in for one."""
+    cursor.execute("SELECT pg_catalog.quote_ident(pg_catalog.current_schema())")
+    return cursor.fetchone()[0]
+
+
+def _head(cursor: Any, schema: str) -> tuple[int, str, datetime | None]:
+    head = f"SELECT sequence, hash, occurred_at FROM {schema}.audit_chain_head WHERE id = 1"  # noqa: S608
+    cursor.execute(head)
     row = cursor.fetchone()
     return (row[0], row[1], row[2]) if row else (0, GENESIS_HASH, None)
 
@@ -104,20 +127,58 @@ def seal_pending(*, limit: int = BATCH_SIZE) -> SealBatch:
     if not seals_later():
         return SealBatch()
     batch = SealBatch()
+    try:
+        _seal_batch(batch, limit)
+    except Exception:
+        seal_failures.inc()
+        raise
+    finally:
+        _backlog_measure()
+    if batch.count:
+        for lag in batch.lags:
+            seal_lag.observe(lag)
+        sealed_total.inc(batch.count)
+        from audit.fanout import kernel_push_soon
+
+        kernel_push_soon()
+    return batch
+
+
+def _backlog_measure() -> None:
+    """Sets the backlog gauges from what is unsealed now: busy or not, stuck or not."""
+    try:
+        with connection.cursor() as cursor:
+            schema = _schema(cursor)
+            cursor.execute(
+                f"SELECT count(*), min(occurred_at) FROM {schema}.audit_event "  # noqa: S608
+                "WHERE sequence IS NULL"
+            )
+            count, oldest = cursor.fetchone()
+    except Exception:  # the database is down: the batch's own error says so
+        return
+    unsealed_events.set(count)
+    unsealed_oldest.set(max((timezone.now() - oldest).total_seconds(), 0.0) if oldest else 0.0)
+
+
+def _seal_batch(batch: SealBatch, limit: int) -> None:
     with transaction.atomic(durable=True), connection.cursor() as cursor:
+        # A sealer that cannot get on must fail and be retried, not wait with the lock held.
+        cursor.execute("SET LOCAL lock_timeout = '10s'")
+        cursor.execute("SET LOCAL statement_timeout = '60s'")
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEAL_LOCK])
         if not cursor.fetchone()[0]:
             batch.busy = True
-            return batch
-        head_sequence, head_hash, head_time = _head(cursor)
+            return
+        schema = _schema(cursor)
+        head_sequence, head_hash, head_time = _head(cursor, schema)
         cursor.execute(
-            f"SELECT {_COLUMNS} FROM audit_event WHERE sequence IS NULL ORDER BY id LIMIT %s",  # noqa: S608
+            f"SELECT {_COLUMNS} FROM {schema}.audit_event WHERE sequence IS NULL "  # noqa: S608
+            "ORDER BY id LIMIT %s",
             [limit],
         )
         rows = cursor.fetchall()
         if not rows:
-            unsealed_events.set(0)
-            return batch
+            return
         now = timezone.now()
         ids, sequences, prevs, hashes, times = [], [], [], [], []
         sequence, prev_hash, floor = head_sequence, head_hash, head_time
@@ -125,9 +186,15 @@ def seal_pending(*, limit: int = BATCH_SIZE) -> SealBatch:
             event_id, inserted_at, data = row[0], row[1], row[7]
             sequence += 1
             occurred_at = inserted_at if floor is None or inserted_at >= floor else floor
-            # Django reads jsonb as text (JSONField decodes it), so the raw cursor gets text.
-            data = json.loads(data) if isinstance(data, str) else data
-            _, _, _, body = stored_record((sequence, occurred_at, *row[2:7], data, prev_hash, None))
+            try:
+                # Django reads jsonb as text (JSONField decodes it): the raw cursor gets text.
+                data = json.loads(data) if isinstance(data, str) else data
+                _, _, _, body = stored_record(
+                    (sequence, occurred_at, *row[2:7], data, prev_hash, None)
+                )
+            except (ValueError, RecursionError, TypeError) as exc:
+                logger.error("audit: event id %s cannot be sealed: %s", event_id, exc)
+                raise UnsealableEvent(f"audit event id {event_id} cannot be sealed: {exc}") from exc
             event_hash = hashlib.sha256(body).hexdigest()
             ids.append(event_id)
             sequences.append(sequence)
@@ -136,22 +203,13 @@ def seal_pending(*, limit: int = BATCH_SIZE) -> SealBatch:
             times.append(occurred_at)
             batch.lags.append(max((now - inserted_at).total_seconds(), 0.0))
             prev_hash, floor = event_hash, occurred_at
-        cursor.execute(_SEAL, [ids, sequences, prevs, hashes, times])
+        cursor.execute(_SEAL.format(schema=schema), [ids, sequences, prevs, hashes, times])
         if cursor.rowcount != len(rows):
             raise SealConflict(
                 f"{len(rows) - cursor.rowcount} of {len(rows)} events were sealed meanwhile"
             )
         batch.count, batch.last_sequence = len(rows), sequence
         batch.full = len(rows) == limit
-    for lag in batch.lags:
-        seal_lag.observe(lag)
-    sealed_total.inc(batch.count)
-    if not batch.full:
-        unsealed_events.set(0)
-    from audit.fanout import kernel_push_soon
-
-    kernel_push_soon()
-    return batch
 
 
 def seal_all(*, limit: int = BATCH_SIZE, wait_seconds: float = 10.0) -> int:
@@ -177,17 +235,18 @@ def seal_all(*, limit: int = BATCH_SIZE, wait_seconds: float = 10.0) -> int:
 # --- Waking the sealer -------------------------------------------------------------------------
 
 
-def seal_soon() -> None:
-    """Called after a commit that appended events (audit.services, on_commit)."""
+def seal_soon(countdown: float = 0.0) -> None:
+    """Called after a commit that appended events (audit.services, on_commit), and by a seal
+    task that found another sealer busy (whose batch may have missed what committed since)."""
     # A cache other processes do not see cannot carry the wake-up: each commit then enqueues
     # its own task, and the seal lock keeps that harmless.
     shared = not isinstance(caches["default"], LocMemCache)
-    if shared and not cache.add(SCHEDULED_KEY, 1, timeout=SCHEDULED_GRACE_SECONDS):
+    if shared and not cache.add(SCHEDULED_KEY, 1, timeout=countdown + SCHEDULED_GRACE_SECONDS):
         return
     from audit.tasks import audit_seal
 
     try:
-        audit_seal.apply_async()
+        audit_seal.apply_async(countdown=countdown or None)
     except BrokerUnavailable:
         # The events are committed; the beat entry (or the next append) seals them.
         if shared:
@@ -200,6 +259,10 @@ def seal_wakeup_taken() -> None:
     cache.delete(SCHEDULED_KEY)
 
 
+# How soon a seal task that found the lock taken looks again.
+BUSY_DELAY_SECONDS = 0.1
+
+
 def seal_for(seconds: float = SEAL_BUDGET_SECONDS) -> int:
     """What the seal task runs: batches while they come back full, within `seconds`."""
     sealed = 0
@@ -210,5 +273,8 @@ def seal_for(seconds: float = SEAL_BUDGET_SECONDS) -> int:
         except SealConflict:
             continue
         sealed += batch.count
-        if batch.busy or not batch.full or time.monotonic() > deadline:
+        if batch.busy:
+            seal_soon(BUSY_DELAY_SECONDS)
+            return sealed
+        if not batch.full or time.monotonic() > deadline:
             return sealed

@@ -16,6 +16,7 @@ from audit.chain import (
     Failure,
     checkpoint_link,
     checkpoint_message,
+    digest_message,
     signature_problem,
     stored_record,
 )
@@ -83,12 +84,15 @@ def chain_verify(
     if keys is None:
         keys = public_keys_from_store(purpose=SigningKeyPurpose.AUDIT)
     report = ChainReport()
+    problems: list[tuple[str, str]] = []
     if witnesses is None:
-        witnesses, report.notes = witnesses_read()
+        witnesses, problems = witnesses_read()
     report.witnesses = witnesses
     head = ChainHead.objects.filter(id=1).first()
     head_sequence = head.sequence if head else 0
-    checkpoints = list(Checkpoint.objects.filter(sequence__lte=head_sequence).order_by("sequence"))
+    every_checkpoint = list(Checkpoint.objects.order_by("sequence"))
+    checkpoints = [c for c in every_checkpoint if c.sequence <= head_sequence]
+    beyond = [c for c in every_checkpoint if c.sequence > head_sequence]
     signed = {checkpoint.sequence: checkpoint for checkpoint in checkpoints}
     wanted = {witness.sequence for witness in witnesses}
     seen: dict[int, str] = {}
@@ -124,9 +128,13 @@ def chain_verify(
     if report.failure is None:
         report.failure = (
             _head_problem(head, head_sequence, report, check.last_hash)
+            or _beyond_problem(beyond)
             or _checkpoints_problem(checkpoints, keys, report)
             or _witness_problem(witnesses, seen, signed, keys, report)
         )
+    if report.failure is None and problems:
+        code, reason = problems[0]
+        report.failure = Failure(code, reason)
     if report.failure is None:
         _window(report)
     report.notes += _role_notes()
@@ -155,6 +163,24 @@ def _head_problem(
             "into the table, not sealed",
             head_now + 1,
         )
+    return None
+
+
+def _beyond_problem(beyond: list[Checkpoint]) -> Failure | None:
+    """A checkpoint past the head as read first is fine only if the head has moved past it
+    since (a checkpoint signed meanwhile); otherwise it signs events that are not there."""
+    if not beyond:
+        return None
+    head_now = ChainHead.objects.filter(id=1).values_list("sequence", flat=True).first() or 0
+    for checkpoint in beyond:
+        if checkpoint.sequence > head_now:
+            return Failure(
+                "truncated",
+                f"checkpoint {checkpoint.pk} signed event {checkpoint.sequence}, but the chain "
+                f"ends at {head_now}: events were removed from the end, or the checkpoint "
+                "was written into the table",
+                head_now + 1,
+            )
     return None
 
 
@@ -228,6 +254,16 @@ def _witness_problem(
                 "the database another: the chain was rewritten after the witness saw it",
                 witness.sequence,
             )
+        if witness.digest is not None:
+            digest = witness.digest
+            problem = signature_problem(
+                digest_message(digest),
+                str(digest.get("signature")),
+                str(digest.get("key_id")),
+                keys,
+            )
+            if problem is not None:
+                return Failure("bad_signature", f"{witness.name} is {problem}", witness.sequence)
         document = witness.checkpoint
         if document is None:
             continue

@@ -14,18 +14,21 @@ audit.verify compares the database with each, and the window no witness has seen
 `unwitnessed` measures.
 """
 
+import io
 import json
 import os
+import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
-from audit.chain import checkpoint_document
+from audit.chain import GENESIS_HASH, checkpoint_document
 from audit.exports.files import DIGEST_SUFFIX, KEY_PREFIX
+from audit.exports.stores import export_key
 from audit.models import Checkpoint
 from marketplace.kernel import KernelUnavailable, get_kernel
 
@@ -42,10 +45,15 @@ class Witness:
     sequence: int
     hash: str
     checkpoint: dict[str, Any] | None = None
+    digest: dict[str, Any] | None = None
 
 
 class WitnessUnavailable(Exception):
-    """A witness could not be read; verification says so rather than pass without it."""
+    """A witness could not be read; verification fails, saying so, rather than pass without it."""
+
+
+class WitnessInvalid(Exception):
+    """What the bucket or the Kernel holds is not what a witness holds: verification fails."""
 
 
 def checkpoint_key(sequence: int) -> str:
@@ -67,8 +75,6 @@ def checkpoint_witness_store(checkpoint: Checkpoint) -> None:
     body = json.dumps(checkpoint_document(checkpoint), sort_keys=True).encode()
     key = checkpoint_key(checkpoint.sequence)
     if settings.AUDIT_BUCKET:
-        import io
-
         from marketplace.objectlock import object_lock_put
 
         object_lock_put(
@@ -92,7 +98,21 @@ def checkpoint_witness_store(checkpoint: Checkpoint) -> None:
         handle.write(body)
 
 
-def _checkpoint_witness() -> Witness | None:
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _hex64(value: Any) -> bool:
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
+def checkpoint_witness_latest() -> Witness | None:
+    """The newest checkpoint copy: the first key listed. A copy that is not what its key
+    says (another checkpoint, or not one at all) is a failure, not skipped: whoever could add it
+    to the bucket must not be able to hide the genuine newest one behind it."""
     if settings.AUDIT_BUCKET:
         client = _s3()
         try:
@@ -102,37 +122,59 @@ def _checkpoint_witness() -> Witness | None:
             contents = listed.get("Contents") or []
             if not contents:
                 return None
-            raw = client.get_object(Bucket=settings.AUDIT_BUCKET, Key=contents[0]["Key"])
-            body = raw["Body"].read()
+            key = str(contents[0]["Key"])
+            body = client.get_object(Bucket=settings.AUDIT_BUCKET, Key=key)["Body"].read()
         except Exception as exc:  # botocore's errors, connection and client alike
             raise WitnessUnavailable(
                 f"the audit bucket's checkpoints cannot be read: {exc}"
             ) from exc
     else:
         folder = _local_folder()
-        names = (
-            sorted(name for name in os.listdir(folder) if name.endswith(".json"))
-            if (folder.is_dir())
-            else []
-        )
+        names = sorted(os.listdir(folder)) if folder.is_dir() else []
         if not names:
             return None
+        key = f"{CHECKPOINT_PREFIX}/{names[0]}"
         body = (folder / names[0]).read_bytes()
     try:
         document = json.loads(body)
-        return Witness(
-            "the audit bucket's last checkpoint",
-            int(document["sequence"]),
-            str(document["hash"]),
-            checkpoint=document,
+    except (ValueError, RecursionError) as exc:
+        raise WitnessInvalid(f"the checkpoint copy {key} is not JSON") from exc
+    fields_ok = (
+        isinstance(document, dict)
+        and _count(document.get("sequence"))
+        and _hex64(document.get("hash"))
+        and isinstance(document.get("key_id"), str)
+        and isinstance(document.get("signature"), str)
+        and (document.get("previous") is None or _hex64(document.get("previous")))
+        and _moment(document.get("signed_at")) is not None
+    )
+    if not fields_ok:
+        raise WitnessInvalid(f"the checkpoint copy {key} is not a checkpoint")
+    if key != checkpoint_key(document["sequence"]):
+        raise WitnessInvalid(
+            f"the checkpoint copy {key} holds checkpoint {document['sequence']}, which belongs "
+            f"under {checkpoint_key(document['sequence'])}"
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WitnessUnavailable(f"the last checkpoint copy is unreadable: {exc}") from exc
+    return Witness(
+        "the audit bucket's last checkpoint",
+        document["sequence"],
+        document["hash"],
+        checkpoint=document,
+    )
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _export_witness() -> Witness | None:
-    """The newest export digest's last event (exports of empty days carry none)."""
-    digest: dict[str, Any] | None = None
+    """The newest export digest (by its key, which names its day) and its last event."""
     if settings.AUDIT_BUCKET:
         client = _s3()
         year = timezone.now().year
@@ -152,7 +194,8 @@ def _export_witness() -> Witness | None:
                     break
             if not keys:
                 return None
-            body = client.get_object(Bucket=settings.AUDIT_BUCKET, Key=max(keys))["Body"].read()
+            key = max(keys)
+            body = client.get_object(Bucket=settings.AUDIT_BUCKET, Key=key)["Body"].read()
         except Exception as exc:
             raise WitnessUnavailable(f"the audit bucket's exports cannot be read: {exc}") from exc
     else:
@@ -160,18 +203,26 @@ def _export_witness() -> Witness | None:
         found = sorted(root.glob(f"*/*/*/*{DIGEST_SUFFIX}")) if root.is_dir() else []
         if not found:
             return None
+        key = f"{KEY_PREFIX}/{found[-1].relative_to(root)}"
         body = found[-1].read_bytes()
     try:
         digest = json.loads(body)
-    except ValueError as exc:
-        raise WitnessUnavailable(f"the newest export digest is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise WitnessInvalid(f"the export digest {key} is not JSON") from exc
+    start = _moment(digest.get("period_start")) if isinstance(digest, dict) else None
+    if start is None or not isinstance(digest.get("signature"), str):
+        raise WitnessInvalid(f"the export digest {key} is not a digest")
+    if key != f"{export_key(start.date())}{DIGEST_SUFFIX}":
+        raise WitnessInvalid(f"the export digest {key} is not the digest of the day it names")
     last_sequence, last_hash = digest.get("last_sequence"), digest.get("last_hash")
-    if not isinstance(last_sequence, int) or not isinstance(last_hash, str):
+    if last_sequence is None and last_hash is None:
         # An empty day: the digest pins where the previous one ended.
         last_sequence, last_hash = digest.get("previous_sequence"), digest.get("previous_hash")
-    if not isinstance(last_sequence, int) or not last_sequence:
+    if last_sequence == 0 and last_hash == GENESIS_HASH:
         return None
-    return Witness("the newest export digest", last_sequence, str(last_hash))
+    if not _count(last_sequence) or not _hex64(last_hash):
+        raise WitnessInvalid(f"the export digest {key} names no last event with its hash")
+    return Witness("the newest export digest", last_sequence, last_hash, digest=digest)
 
 
 def _kernel_witness() -> Witness | None:
@@ -179,23 +230,28 @@ def _kernel_witness() -> Witness | None:
         head = get_kernel().audit_head()
     except KernelUnavailable as exc:
         raise WitnessUnavailable(str(exc)) from exc
-    if head is None or not head.acknowledged_through or head.hash is None:
+    if head is None or not head.acknowledged_through:
         return None
+    if not _hex64(head.hash):
+        raise WitnessInvalid(
+            f"the Kernel's audit head names no hash for event {head.acknowledged_through}"
+        )
     return Witness("the Kernel's copy", head.acknowledged_through, head.hash)
 
 
-def witnesses_read() -> tuple[list[Witness], list[str]]:
-    """Every witness that has seen something, and a note for each that could not be read."""
-    found, notes = [], []
-    for read in (_checkpoint_witness, _export_witness, _kernel_witness):
+def witnesses_read() -> tuple[list[Witness], list[tuple[str, str]]]:
+    """Every witness that has seen something, and (code, reason) for each that could not be
+    read (witness_unavailable) or does not hold what a witness holds (witness_invalid)."""
+    found, problems = [], []
+    for read in (checkpoint_witness_latest, _export_witness, _kernel_witness):
         try:
             witness = read()
-        except WitnessUnavailable as exc:
-            notes.append(str(exc))
+        except WitnessInvalid as exc:
+            problems.append(("witness_invalid", str(exc)))
             continue
-        except OSError as exc:
-            notes.append(f"a witness cannot be read: {exc}")
+        except (WitnessUnavailable, OSError) as exc:
+            problems.append(("witness_unavailable", f"a witness cannot be read: {exc}"))
             continue
         if witness is not None:
             found.append(witness)
-    return found, notes
+    return found, problems

@@ -76,7 +76,7 @@ def test_sealing_never_dates_an_event_before_the_one_it_follows() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO audit_event (occurred_at, actor_type, actor_id, action, subject_type, "
-            "subject_id, data) VALUES (%s - interval '1 hour', 'service', 'slow', "
+            "subject_id, data) VALUES (%s - interval '30 seconds', 'service', 'slow', "
             "'test.slow_clock', 'writer', 'slow', '{}') RETURNING id",
             [first.occurred_at],
         )

@@ -120,10 +120,11 @@ def test_a_checkpoint_off_the_checkpoints_chain_is_refused() -> None:
     checkpoint_create()
     append(1)
 
+    head = ChainHead.objects.get()
     message = refused(
         "INSERT INTO audit_checkpoint (sequence, hash, previous, signed_at, key_id, signature) "
-        "VALUES (3, %s, %s, now(), 'k', 's')",
-        [ChainHead.objects.get().hash, "b" * 64],
+        "VALUES (%s, %s, %s, now(), 'k', 's')",
+        [head.sequence, head.hash, "b" * 64],
     )
 
     assert "follows the last one" in message
@@ -185,6 +186,27 @@ def owner_delete_from(sequence: int, *, checkpoints: bool) -> None:
         owner.execute("UPDATE audit_chain_head SET sequence = %s, hash = %s", list(last))
     finally:
         _restore_triggers(owner)
+
+
+def yesterday_events(count: int) -> Any:
+    """Unsealed events of yesterday noon, as a sealer that was down since would find them (the
+    insert trigger dates a new event now: the owner sets it aside for this), sealed."""
+    yesterday = timezone.now() - timedelta(days=1)
+    owner = pg_connect(owner=True)
+    try:
+        owner.execute("ALTER TABLE audit_event DISABLE TRIGGER audit_event_insert")
+        for index in range(count):
+            owner.execute(
+                "INSERT INTO audit_event (occurred_at, actor_type, actor_id, action, "
+                "subject_type, subject_id, data) VALUES (%s, 'service', 'w', 'test.old', 't', "
+                "%s, '{}')",
+                [yesterday.replace(hour=12), str(index)],
+            )
+    finally:
+        owner.execute("ALTER TABLE audit_event ENABLE TRIGGER audit_event_insert")
+        owner.close()
+    seal_all()
+    return yesterday
 
 
 def failure_code() -> str:
@@ -266,15 +288,7 @@ def test_events_rewritten_and_re_signed_with_the_audit_key_differ_from_the_copie
 
 @pytest.mark.django_db(transaction=True)
 def test_a_tail_deleted_after_an_export_is_found_by_its_digest(settings: Any) -> None:
-    yesterday = timezone.now() - timedelta(days=1)
-    with connection.cursor() as cursor:
-        for index in range(3):  # events of yesterday, as a writer left them
-            cursor.execute(
-                "INSERT INTO audit_event (occurred_at, actor_type, actor_id, action, "
-                "subject_type, subject_id, data) VALUES (%s, 'service', 'w', 'test.old', 't', "
-                "%s, '{}')",
-                [yesterday.replace(hour=12), str(index)],
-            )
+    yesterday = yesterday_events(3)
     seal_all()
     audit_export_day(day=yesterday.date())
     assert chain_verify().ok
@@ -300,3 +314,154 @@ def test_the_window_no_witness_has_seen_is_reported() -> None:
     assert (report.witnessed_sequence, report.unwitnessed_events) == (signed, 3)
     assert report.unwitnessed_since is not None
     assert f"3 event(s) past #{signed} are held by no witness yet" in report.window()
+
+
+# --- Getting round the triggers ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_temporary_tables_cannot_stand_in_for_the_head_and_the_functions_cannot_be_called() -> None:
+    append(2)
+    head = ChainHead.objects.get()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMPORARY TABLE audit_chain_head (id int, sequence bigint, hash text, "
+            "occurred_at timestamptz)"
+        )
+        cursor.execute("INSERT INTO audit_chain_head VALUES (1, 40, %s, now())", ["e" * 64])
+        cursor.execute("CREATE TEMPORARY TABLE decoy (n int)")
+    with transaction.atomic():
+        audit_append(actor=ACTOR, action="test.after_decoy", subject=("t", "d"))
+
+    assert seal_all() == 1
+    with connection.cursor() as cursor:  # this session's own "audit_chain_head" is the decoy
+        cursor.execute("SELECT sequence FROM public.audit_chain_head")
+        assert cursor.fetchone() == (head.sequence + 1,)
+    assert "permission denied for function" in refused(
+        "CREATE TRIGGER fake AFTER UPDATE ON decoy REFERENCING NEW TABLE AS sealed "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_event_advance_head()"
+    )
+
+
+@pytest.mark.django_db
+def test_an_event_dated_far_from_the_database_clock_is_dated_by_it() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_event (occurred_at, actor_type, actor_id, action, subject_type, "
+            "subject_id, data) VALUES (now() + interval '4 weeks', 'service', 'w', "
+            "'test.forward', 't', '1', '{}') RETURNING occurred_at, clock_timestamp()"
+        )
+        stored, clock = cursor.fetchone()
+
+    assert abs((stored - clock).total_seconds()) < 5
+
+
+@pytest.mark.django_db
+def test_a_seal_that_moves_the_time_is_refused() -> None:
+    append(1)
+    head = ChainHead.objects.get()
+    with transaction.atomic():
+        audit_append(actor=ACTOR, action="test.pending", subject=("t", "p"))
+    pending = AuditEvent.objects.unsealed().get()
+
+    message = refused(
+        "UPDATE audit_event SET sequence = 2, prev_hash = %s, hash = %s, "
+        "occurred_at = occurred_at + interval '1 day' WHERE id = %s",
+        [head.hash, "a" * 64, pending.id],
+    )
+
+    assert "dated as sealing dates it" in message
+
+
+@pytest.mark.django_db
+def test_data_that_could_not_be_sealed_is_refused_at_insert() -> None:
+    deep: Any = 1
+    for _ in range(100):
+        deep = [deep]
+
+    with pytest.raises(DatabaseError, match="limited to"), transaction.atomic():
+        audit_append(actor=ACTOR, action="test.deep", subject=("t", "d"), data={"v": deep})
+    assert "limited to" in refused(
+        "INSERT INTO audit_event (occurred_at, actor_type, actor_id, action, subject_type, "
+        "subject_id, data) VALUES (now(), 'service', 'w', 'test.huge', 't', '1', %s::jsonb)",
+        ['{"n": ' + "9" * 5000 + "}"],
+    )
+
+
+@pytest.mark.django_db
+def test_a_checkpoint_of_an_event_not_in_the_chain_is_refused() -> None:
+    append(2)
+
+    message = refused(
+        "INSERT INTO audit_checkpoint (sequence, hash, previous, signed_at, key_id, signature) "
+        "VALUES (1000000000000, %s, %s, now(), 'k', 'x')",
+        ["c" * 64, GENESIS_HASH],
+    )
+
+    assert "signs a sealed event" in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_checkpoint_past_the_end_of_the_chain_fails_verification() -> None:
+    append(2)
+    owner = _owner()
+    try:
+        owner.execute(
+            "INSERT INTO audit_checkpoint (sequence, hash, previous, signed_at, key_id, "
+            "signature) VALUES (1000000000000, %s, %s, now(), 'k', 'x')",
+            ["c" * 64, GENESIS_HASH],
+        )
+    finally:
+        _restore_triggers(owner)
+
+    report = chain_verify(witnesses=[])
+    assert report.failure is not None
+    assert report.failure.code == "truncated"
+
+
+def _copies(settings: Any) -> Any:
+    return settings.AUDIT_EXPORT_DIR / "checkpoints"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_copy_under_a_newer_key_cannot_hide_the_newest_checkpoint(settings: Any) -> None:
+    append(3)
+    checkpoint_create()
+    append(2)
+    checkpoint_create()
+    owner_delete_from(5, checkpoints=True)
+    assert failure_code() == "witness_truncated"
+    older = sorted(_copies(settings).iterdir())[-1]  # the first checkpoint's copy
+
+    (_copies(settings) / "00000000000000000000.json").write_bytes(older.read_bytes())
+
+    assert failure_code() == "witness_invalid"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1]", b'{"sequence": 1e400}', b'{"sequence": 3, "signed_at": "yesterday"}'],
+)
+@pytest.mark.django_db(transaction=True)
+def test_hostile_content_in_the_bucket_fails_verification_without_crashing(
+    settings: Any, body: bytes
+) -> None:
+    append(2)
+    checkpoint_create()
+    (_copies(settings) / "00000000000000000000.json").write_bytes(body)
+
+    assert failure_code() == "witness_invalid"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_export_digest_not_signed_by_the_audit_key_fails_verification(settings: Any) -> None:
+    yesterday = yesterday_events(2)
+    audit_export_day(day=yesterday.date())
+    assert chain_verify().ok
+    [digest_path] = list(settings.AUDIT_EXPORT_DIR.glob("*/*/*/*.digest.json"))
+    digest = json.loads(digest_path.read_bytes())
+    digest["event_count"] += 1  # what the signature covers no longer matches it
+    digest_path.chmod(0o644)
+    digest_path.write_text(json.dumps(digest))
+
+    assert failure_code() == "bad_signature"
