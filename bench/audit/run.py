@@ -83,33 +83,37 @@ def seals_later() -> bool:
     return AuditEvent._meta.pk.name != "sequence"
 
 
-def seed(until: int, day: datetime) -> dict[str, float]:
-    """Continues the chain to `until` events, spread evenly over `day`. Where events are sealed
-    afterwards, they are inserted unsealed with COPY and sealed by `audit.sealer.seal_pending`,
-    the one way into the chain (the triggers refuse sealed inserts); before that, they were
-    written sealed with COPY, hashes from audit.chain."""
+def seed(until: int, day: datetime) -> tuple[dict[str, float], datetime, datetime]:
+    """Continues the chain to `until` events; returns the sealing figures and the period the
+    events fall in, for the export. Where events are sealed afterwards, they are inserted
+    unsealed with COPY and sealed by `audit.sealer.seal_pending`, the one way into the chain
+    (the triggers refuse sealed inserts, and date an insert by the database's clock when its
+    own time is more than a minute off, so they carry the time they are written at). Before
+    that, they were written sealed with COPY, hashes from audit.chain, spread over `day`."""
     if seals_later():
-        return seed_unsealed(until, day)
+        return seed_unsealed(until)
     seed_sealed(until, day)
-    return {}
+    return {}, day, day + timedelta(days=1)
 
 
-def seed_unsealed(until: int, day: datetime) -> dict[str, float]:
+def seed_unsealed(until: int) -> tuple[dict[str, float], datetime, datetime]:
     from django.db import connection
 
     from audit.chain import format_time
     from audit.models import AuditEvent
-    from audit.sealer import seal_pending
+    from audit.sealer import BATCH_SIZE, seal_pending
     from marketplace.canonical import canonical_json
 
     count = until - AuditEvent.objects.count()
-    step = timedelta(microseconds=max(1, int(86_000e6 / max(count, 1))))
-    moment = day + timedelta(seconds=60)
+    start = datetime.now(UTC).replace(microsecond=0)
+    moment = datetime.now(UTC)
     columns = "occurred_at, actor_type, actor_id, action, subject_type, subject_id, data"
     with connection.cursor() as cursor:
         raw = cursor.connection
         with raw.cursor().copy(f"COPY audit_event ({columns}) FROM STDIN") as copy:
             for n in range(1, count + 1):
+                if n % 1000 == 0:
+                    moment = datetime.now(UTC)
                 data = {"amount": 4900 + n % 1000, "currency": "EUR", "sku": "mesh-tools"}
                 copy.write_row(
                     (
@@ -122,18 +126,25 @@ def seed_unsealed(until: int, day: datetime) -> dict[str, float]:
                         canonical_json(data).decode(),
                     )
                 )
-                moment += step
-    print(f"sealing {count:,} events (audit.sealer.seal_pending, batches of 10,000) …")
+    # The sealer's own batch size: the rate at which it catches up with a backlog.
+    print(f"sealing {count:,} events (audit.sealer.seal_pending, batches of {BATCH_SIZE:,}) …")
     started = time.perf_counter()
     sealed = 0
-    while batch := seal_pending(limit=10_000).count:
+    while batch := seal_pending().count:
         sealed += batch
     sealing = time.perf_counter() - started
     if sealed != count:
         sys.exit(f"sealed {sealed:,} of {count:,} seeded events")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE audit_event")
-    return {"sealed": sealed, "sealing_seconds": sealing, "sealed_per_second": sealed / sealing}
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    figures = {
+        "sealed": sealed,
+        "batch": BATCH_SIZE,
+        "sealing_seconds": sealing,
+        "sealed_per_second": sealed / sealing,
+    }
+    return figures, start, end
 
 
 def seed_sealed(until: int, day: datetime) -> None:
@@ -392,16 +403,15 @@ def export_and_verify(options: argparse.Namespace) -> dict:
     day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
     print(f"seeding {options.events:,} events …", flush=True)
     started = time.perf_counter()
-    sealing = seed(options.events, day)
+    sealing, start, end = seed(options.events, day)
     seeded = time.perf_counter() - started
 
     from audit.models import AuditEvent
 
-    start = day
-    end = day + timedelta(days=1)
     workdir = Path(tempfile.mkdtemp(prefix="marketplace-bench-audit-"))
     out = workdir / "audit.jsonl.gz"
     print("exporting …", flush=True)
+    time.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds() + 0.5))  # a period that ended
     exported = export(start, end, out)
 
     from marketplace.keystore import public_keys_from_store
@@ -434,7 +444,7 @@ def export_and_verify(options: argparse.Namespace) -> dict:
     if sealing:
         print(
             f"sealing the seeded backlog          {sealing['sealed_per_second']:>12,.0f} events/s"
-            f" ({sealing['sealing_seconds']:.1f} s, seal_pending in batches of 10,000)"
+            f" ({sealing['sealing_seconds']:.1f} s, batches of {sealing['batch']:,})"
         )
     print(
         f"export of {total:,} events           {exported['seconds']:>12.1f} s, "
