@@ -36,7 +36,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Concat
+from django.db.models.functions import Cast, Concat
 from django.utils.deconstruct import deconstructible
 
 # The partial GIN index the search reads on PostgreSQL. Django has no index that exists on one
@@ -113,7 +113,10 @@ def sku_search(queryset: QuerySet[Any], words: list[str], *, rank: bool = False)
         query = SearchQuery(text, config=search_config(), search_type="websearch")
         queryset = queryset.filter(_Matches(F("search_document"), query))
         if rank:
-            queryset = queryset.annotate(rank=SearchRank(F("search_document"), query))
+            # ts_rank is a float4; as a float8 its text is exact, so the cursor's position
+            # (the last row's rank, read back as a Python float) compares equal to it again.
+            rank_value = Cast(SearchRank(F("search_document"), query), FloatField())
+            queryset = queryset.annotate(rank=rank_value)
         return queryset
     for word in words:
         queryset = queryset.filter(search_document__icontains=word)
