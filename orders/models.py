@@ -207,8 +207,13 @@ class WebhookEventQuerySet(models.QuerySet["WebhookEvent"]):
         return self.filter(status=WebhookStatus.FAILED, next_attempt_at__lte=now)
 
     def stranded(self, before: datetime) -> "WebhookEventQuerySet":
-        """Stored but never processed: the enqueue after the commit was lost."""
+        """Stored but never processed: the hand-over after the commit was lost (a broker
+        outage, a dispatch that died), whether or not a dispatch marked it."""
         return self.filter(status=WebhookStatus.RECEIVED, received_at__lt=before)
+
+    def undispatched(self) -> "WebhookEventQuerySet":
+        """Stored, and not handed to a worker by a dispatch yet."""
+        return self.filter(status=WebhookStatus.RECEIVED, dispatched_at__isnull=True)
 
 
 class WebhookEvent(models.Model):
@@ -232,6 +237,11 @@ class WebhookEvent(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a dispatch handed it to a worker (webhook_events_dispatch).",
+    )
     processed_at = models.DateTimeField(null=True, blank=True)
 
     objects = WebhookEventQuerySet.as_manager()
@@ -248,6 +258,11 @@ class WebhookEvent(models.Model):
                 fields=["received_at"],
                 condition=Q(status="received"),
                 name="webhook_unprocessed",
+            ),
+            models.Index(
+                fields=["id"],
+                condition=Q(status="received", dispatched_at__isnull=True),
+                name="webhook_undispatched",
             ),
         ]
 

@@ -19,6 +19,14 @@ def webhook_event_process(event_pk: int) -> str:
     return services.webhook_event_process(event_pk=event_pk)
 
 
+@shared_task(soft_time_limit=50, time_limit=60)
+def webhook_events_dispatch() -> int:
+    """Rung by the webhook endpoint: one processing task for each event stored since the last
+    dispatch. Safe to run twice (each event is handed out once); one lost is covered by the
+    sweep."""
+    return services.webhook_events_dispatch(send=webhook_event_process.delay)
+
+
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
 def finance_posting_send(posting_pk: int) -> str:
     return services.finance_posting_send(posting_pk=posting_pk)

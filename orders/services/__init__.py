@@ -14,7 +14,12 @@ from orders.services.support import (
     order_refund,
     order_refundable_amount,
 )
-from orders.services.webhooks import signature_header, webhook_receive, webhook_secrets
+from orders.services.webhooks import (
+    signature_header,
+    webhook_events_dispatch,
+    webhook_receive,
+    webhook_secrets,
+)
 
 __all__ = [
     "CheckoutAnswer",
@@ -31,6 +36,7 @@ __all__ = [
     "signature_header",
     "webhook_event_process",
     "webhook_event_replay",
+    "webhook_events_dispatch",
     "webhook_receive",
     "webhook_secrets",
 ]

@@ -1,6 +1,16 @@
 """Receiving payment-provider webhooks: verify the signature, store the event once by its id,
 hand it to a worker after the commit.
 
+The hand-over is a doorbell when the cache is Redis (shared by every process): the first event
+stored while no dispatch is pending rings it and queues one `webhook_events_dispatch` task; the
+events stored until that task runs only find it ringing. The dispatch clears the doorbell, then
+hands every stored event no dispatch has handed out yet to a worker, one processing task each.
+So the request path costs one Redis command instead of a Celery publish per event, and every
+event still gets its own task. (An event that finds the doorbell ringing committed before the
+dispatch cleared it, so that dispatch's query sees it.) With the local-memory cache (the
+embedded defaults, where a doorbell would not be shared with the worker) each event's task is
+queued directly.
+
 Signatures follow Stripe's scheme (`Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
 "<t>.<body>">[,v1=...]`), checked against every configured secret, so a secret rotation (Stripe
 then signs with both) needs no downtime. Timestamps are refused beyond the tolerance in either
@@ -13,9 +23,13 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import DataError, IntegrityError, transaction
+from django.utils import timezone
 
 from marketplace.api.parsers import JsonBodyRefused, json_parse
 from orders.exceptions import WebhookBodyInvalid, WebhookSignatureInvalid
@@ -26,6 +40,11 @@ from orders.services.transactions import committed_alone
 logger = logging.getLogger(__name__)
 
 RAW_BODY_KEPT = 64 * 1024
+DOORBELL_KEY = "orders:webhook-doorbell"
+# How long a ring stands in for a queued dispatch. A dispatch lost before it ran (its worker
+# died) delays the events behind it this long, or until the sweep, at most.
+DOORBELL_SECONDS = 5
+DISPATCH_BATCH = 200
 # The widths of WebhookEvent.event_id and .type.
 EVENT_ID_MAX = 255
 EVENT_TYPE_MAX = 100
@@ -132,22 +151,77 @@ def webhook_receive(*, payload: bytes, signature: str | None) -> tuple[WebhookEv
     return stored, True
 
 
+def _doorbell_shared() -> bool:
+    """Whether the cache is one every process shares (django-redis), so a doorbell rung here
+    is heard by the worker's dispatch."""
+    return hasattr(cache, "client") and hasattr(cache.client, "get_client")
+
+
+def _doorbell_ring() -> bool:
+    """Rings the doorbell; True when it was not ringing (no dispatch is pending). True as well
+    when the cache cannot be asked, so that the event still goes to a worker."""
+    try:
+        return bool(cache.add(DOORBELL_KEY, 1, timeout=DOORBELL_SECONDS))
+    except Exception:  # whatever the cache answers, the event must not wait for the sweep
+        return True
+
+
+def _doorbell_clear() -> None:
+    try:
+        cache.delete(DOORBELL_KEY)
+    except Exception as exc:  # it rings on until its timeout: later events wait that long
+        logger.warning("the webhook doorbell could not be cleared: %s", " ".join(str(exc).split()))
+
+
 def _processing_enqueue(event_pk: int) -> None:
-    """Hands a stored event to a worker. With the broker down only the hand-over is lost: the
-    event is stored, so it is acknowledged (200) and the beat sweep (webhooks_retry_due) sends
-    it once it has waited MARKETPLACE_WEBHOOK_STRANDED_SECONDS."""
+    """Hands a stored event to a worker (through the doorbell, see above). With the broker down
+    only the hand-over is lost: the event is stored, so it is acknowledged (200) and the beat
+    sweep (webhooks_retry_due) sends it once it has waited MARKETPLACE_WEBHOOK_STRANDED_SECONDS."""
     from orders import tasks  # the task module imports this one
 
     try:
-        tasks.webhook_event_process.delay(event_pk)
+        if not _doorbell_shared():
+            tasks.webhook_event_process.delay(event_pk)
+        elif _doorbell_ring():
+            tasks.webhook_events_dispatch.delay()
     # Whatever the broker answers (unreachable, out of memory, a read-only replica in a
     # failover), the event is stored: the sweep sends it.
     except Exception as exc:
+        if _doorbell_shared():
+            _doorbell_clear()  # so that the next event tries the broker again
         logger.warning(
             "webhook event %s stored; the broker is unavailable, the sweep will process it: %s",
             event_pk,
             " ".join(str(exc).split()),
         )
+
+
+def webhook_events_dispatch(*, send: Callable[[int], Any]) -> int:
+    """Hands each stored event that no dispatch has handed out yet to `send` (the processing
+    task's delay), oldest first, and answers how many. Clears the doorbell first: an event
+    stored from then on rings it again, and one stored before is seen here.
+
+    Each batch is marked dispatched in a transaction that skips rows another dispatch holds, so
+    concurrent dispatches hand out disjoint events. An event marked but never sent (the broker
+    failed in between, the worker died) is still `received`: the sweep sends it when stranded.
+    """
+    _doorbell_clear()
+    handed = 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                WebhookEvent.objects.undispatched()
+                .select_for_update(skip_locked=True)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:DISPATCH_BATCH]
+            )
+            if batch:
+                WebhookEvent.objects.filter(pk__in=batch).update(dispatched_at=timezone.now())
+        if not batch:
+            return handed
+        for event_pk in batch:
+            send(event_pk)
+        handed += len(batch)
 
 
 def _body_refused(payload: bytes, reason: str) -> WebhookBodyInvalid:
