@@ -2,6 +2,7 @@ from functools import cache
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
 
@@ -113,9 +114,9 @@ class SkuFilter(filters.FilterSet):
 
 
 class SkuListParams:
-    """The SKU list's query validated with SkuFilter's form fields, in a form class made once:
-    building a FilterSet per request (a deep copy of its filters and a new form class) cost
-    0.5 ms of a 3 ms page.
+    """The SKU list's query validated by SkuFilter's form fields, each cleaning its value as in
+    a form, without building a FilterSet or a form per request (their deep copies of filters
+    and fields were a sixth of a page's CPU). Errors are each field's messages, as a form's.
 
     Validating (`is_valid`) reads no database, so a cached page is found from
     `canonical_params` without a query; the category and partner slugs are looked up when the
@@ -124,35 +125,42 @@ class SkuListParams:
     names = tuple(SkuFilter.base_filters)
 
     def __init__(self, data: Any) -> None:
-        self.form = _sku_filter_form()(data)
-
-    @property
-    def errors(self) -> Any:
-        return self.form.errors
+        self.data = data
+        self.cleaned_data: dict[str, Any] = {}
+        self.errors: dict[str, list[str]] = {}
 
     def is_valid(self) -> bool:
-        valid = self.form.is_valid()
-        data = self.form.cleaned_data if valid else {}
+        for name, field in _sku_filter_fields().items():
+            # Form._clean_fields: the widget reads the value (the last one given), the field
+            # cleans it. The fields hold no state of a request.
+            value = field.widget.value_from_datadict(self.data, {}, name)
+            try:
+                self.cleaned_data[name] = field.clean(value)
+            except ValidationError as exc:
+                self.errors[name] = exc.messages
+        if self.errors:
+            return False
+        data = self.cleaned_data
         low, high = data.get("min_price"), data.get("max_price")
         if low is not None and high is not None and low > high:
-            self.form.add_error("max_price", "Must not be lower than min_price.")
+            self.errors["max_price"] = ["Must not be lower than min_price."]
             return False
         if data.get("ordering") == RELEVANCE and not q_words(data.get("q") or ""):
-            self.form.add_error(
-                "ordering", f"{RELEVANCE} orders SKUs by how well they match q; give q too."
-            )
+            self.errors["ordering"] = [
+                f"{RELEVANCE} orders SKUs by how well they match q; give q too."
+            ]
             return False
-        return valid
+        return True
 
     def ordering_name(self) -> str:
-        return self.form.cleaned_data.get("ordering") or SKU_DEFAULT_ORDERING
+        return self.cleaned_data.get("ordering") or SKU_DEFAULT_ORDERING
 
     def ordering_fields(self) -> tuple[str, ...]:
         return SKU_ORDERINGS[self.ordering_name()]
 
     def list_query(self) -> SkuListQuery:
         """The validated filters, for the selector. Precondition: `is_valid()` returned True."""
-        data = self.form.cleaned_data
+        data = self.cleaned_data
         return SkuListQuery(
             category=data.get("category") or None,
             partner=data.get("partner") or None,
@@ -168,7 +176,7 @@ class SkuListParams:
         spelling, defaults left out: two queries that list the same SKUs in the same order
         give the same dict (the cache key, the `next`/`previous` links). Precondition:
         `is_valid()` returned True."""
-        data = self.form.cleaned_data
+        data = self.cleaned_data
         params: dict[str, str] = {}
         for name in ("category", "partner", "currency"):
             if data.get(name):
@@ -185,7 +193,6 @@ class SkuListParams:
 
 
 @cache
-def _sku_filter_form() -> type[forms.Form]:
-    # What FilterSet.get_form_class makes, once.
-    fields = {name: filter_.field for name, filter_ in SkuFilter.base_filters.items()}
-    return type("SkuFilterForm", (SkuFilter._meta.form,), fields)
+def _sku_filter_fields() -> dict[str, forms.Field]:
+    # The fields of the form FilterSet.get_form_class would make, made once.
+    return {name: filter_.field for name, filter_ in SkuFilter.base_filters.items()}

@@ -79,8 +79,10 @@ def sku_list_items(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def moment(value: datetime) -> str:
         # DRF's DateTimeField with DATETIME_FORMAT "iso-8601": in the current time zone, UTC
-        # written as Z.
-        text = value.astimezone(zone).isoformat()
+        # written as Z. The database's times come in that zone already, as a rule.
+        if value.tzinfo is not zone:
+            value = value.astimezone(zone)
+        text = value.isoformat()
         return text[:-6] + "Z" if text.endswith("+00:00") else text
 
     return [
