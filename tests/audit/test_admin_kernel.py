@@ -8,6 +8,7 @@ from django.contrib.messages import get_messages
 from django.db import transaction
 
 from audit.models import AuditEvent, KernelCursor
+from audit.sealer import seal_all
 from audit.services import audit_append
 from marketplace.actors import Actor
 from marketplace.models import User
@@ -30,6 +31,7 @@ def append(count: int) -> None:
                 subject=("thing", index),
                 data={"index": index},
             )
+    seal_all()  # the push seals by itself; the page's head is what is sealed
 
 
 def messages_of(response: Any) -> list[str]:

@@ -8,12 +8,15 @@ from django.db import DatabaseError, connection, transaction
 from audit.chain import GENESIS_HASH, record_hash, record_of
 from audit.checkpoints import checkpoint_create
 from audit.models import AppendOnly, AuditEvent, ChainHead, Checkpoint
+from audit.sealer import seal_all
 from audit.services import audit_append
 from audit.signing_keys import signing_key_revoke, signing_key_rotate
 from audit.tasks import checkpoint_create as checkpoint_task
 from audit.verify import chain_verify
 from marketplace.actors import Actor
 from marketplace.models import SigningKeyPurpose
+from tests.support import pg
+from tests.support.audit import owner_tamper, sealed_events
 
 pytestmark = pytest.mark.django_db
 
@@ -25,14 +28,11 @@ def append(action: str = "sku.activated", subject_id: int = 1, **data: object) -
         )
 
 
-def tamper(sql: str, params: list[object]) -> None:
-    """What someone with the table owner's rights could do: switch the trigger off and edit."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE audit_event DISABLE TRIGGER USER")
-        cursor.execute(sql, params)
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE audit_event ENABLE TRIGGER USER")
+def sealed(*events: AuditEvent) -> None:
+    """Seals what is pending and reloads `events` with their sequence and hashes."""
+    seal_all()
+    for event in events:
+        event.refresh_from_db()
 
 
 def test_events_chain_from_the_genesis_hash(buyer) -> None:
@@ -41,6 +41,7 @@ def test_events_chain_from_the_genesis_hash(buyer) -> None:
         second = audit_append(
             actor=Actor.of_user(buyer), action="order.paid", subject=("order", "o-1")
         )
+    sealed(first, second)
 
     assert (first.sequence, second.sequence) == (1, 2)
     assert first.prev_hash == GENESIS_HASH
@@ -79,8 +80,10 @@ def test_a_rollback_leaves_no_event_and_the_next_append_fills_the_sequence() -> 
     with pytest.raises(RuntimeError, match="change failed"):
         change_that_fails()
 
-    assert list(AuditEvent.objects.values_list("sequence", flat=True)) == [1]
-    assert append().sequence == 2
+    assert list(sealed_events().values_list("sequence", flat=True)) == [1]
+    second = append()
+    sealed(second)
+    assert second.sequence == 2
     assert chain_verify().ok
 
 
@@ -116,20 +119,26 @@ def test_the_model_refuses_update_and_delete() -> None:
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
 @pytest.mark.parametrize(
-    "sql",
+    ("sql", "refusal"),
     [
-        "UPDATE audit_event SET action = 'sku.retired' WHERE sequence = 1",
-        "DELETE FROM audit_event WHERE sequence = 1",
-        "TRUNCATE audit_event",
-        "UPDATE audit_checkpoint SET hash = 'x'",
-        "DELETE FROM audit_checkpoint",
-        "TRUNCATE audit_export",
+        # The platform's role may update only the columns sealing sets, and delete nothing:
+        # its privileges refuse before any trigger runs.
+        ("UPDATE audit_event SET action = 'sku.retired' WHERE sequence = 1", "permission denied"),
+        ("DELETE FROM audit_event WHERE sequence = 1", "permission denied"),
+        # The suite's role may truncate (tests/conftest.py, for the flush only): the trigger
+        # refuses it.
+        ("TRUNCATE audit_event", "append-only"),
+        ("UPDATE audit_checkpoint SET hash = 'x'", "permission denied"),
+        ("DELETE FROM audit_checkpoint", "permission denied"),
+        ("TRUNCATE audit_export", "append-only"),
     ],
 )
-def test_postgresql_refuses_raw_sql_that_changes_the_record(sql: str) -> None:
+def test_postgresql_refuses_raw_sql_that_changes_the_record(sql: str, refusal: str) -> None:
     append()
     checkpoint_create()
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+    if not pg.OWNER:  # the suite runs as the owner: only the triggers refuse
+        refusal = "append-only"
+    with pytest.raises(DatabaseError, match=refusal), transaction.atomic():
         connection.cursor().execute(sql)
     assert AuditEvent.objects.get(sequence=1).action == "sku.activated"
     assert Checkpoint.objects.count() == 1
@@ -152,6 +161,8 @@ def test_verify_passes_on_an_untouched_chain_with_checkpoints() -> None:
     assert (report.events, report.checkpoints) == (7, 2)
 
 
+# The tampering tests play the tables' owner, whose connection sees only committed rows.
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("sql", "code", "sequence"),
     [
@@ -167,7 +178,7 @@ def test_verify_names_the_first_bad_event_after_raw_tampering(
     for index in range(5):
         append(subject_id=index)
     checkpoint_create()
-    tamper(sql, ['{"price": 1}'] if "%s" in sql else [])
+    owner_tamper(sql, ['{"price": 1}'] if "%s" in sql else [])
 
     report = chain_verify()
     assert report.failure is not None
@@ -176,6 +187,7 @@ def test_verify_names_the_first_bad_event_after_raw_tampering(
         call_command("audit_verify")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_rewritten_history_is_caught_by_the_checkpoint() -> None:
     """Whoever rewrites an event and recomputes every later hash still cannot re-sign the
     checkpoint: the event it signed no longer has the signed hash."""
@@ -200,7 +212,7 @@ def test_a_rewritten_history_is_caught_by_the_checkpoint() -> None:
         prev = record_hash(record)
         rewritten.append((record["action"], record["prev_hash"], prev, row.sequence))
     for action, prev_hash, new_hash, sequence in rewritten:
-        tamper(
+        owner_tamper(
             "UPDATE audit_event SET action = %s, prev_hash = %s, hash = %s WHERE sequence = %s",
             [action, prev_hash, new_hash, sequence],
         )
@@ -237,17 +249,16 @@ def test_checkpoints_signed_by_a_retired_key_verify_and_by_a_revoked_key_do_not(
     ]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_checkpoint_whose_signed_fields_were_changed_is_refused() -> None:
     append()
     checkpoint = checkpoint_create()
     assert checkpoint is not None
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE audit_checkpoint DISABLE TRIGGER USER")
-        cursor.execute(
-            "UPDATE audit_checkpoint SET signed_at = %s",
-            [checkpoint.signed_at + timedelta(hours=1)],
-        )
+    owner_tamper(
+        "UPDATE audit_checkpoint SET signed_at = %s",
+        [checkpoint.signed_at + timedelta(hours=1)],
+        table="audit_checkpoint",
+    )
 
     report = chain_verify()
     assert report.failure is not None
@@ -284,16 +295,18 @@ def test_beat_schedules_checkpoints_exports_and_the_kernel_push() -> None:
     } <= tasks
 
 
+@pytest.mark.django_db(transaction=True)
 def test_an_event_written_past_the_head_is_named() -> None:
     """Someone with write access inserts an event and leaves the head alone, or moves the head
     back to an earlier event: the table holds an event the log never appended."""
     for index in range(6):
         append(subject_id=index)
-    fifth = AuditEvent.objects.get(sequence=5)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE audit_chain_head SET sequence = %s, hash = %s", [fifth.sequence, fifth.hash]
-        )
+    fifth = sealed_events().get(sequence=5)
+    owner_tamper(
+        "UPDATE audit_chain_head SET sequence = %s, hash = %s",
+        [fifth.sequence, fifth.hash],
+        table="audit_chain_head",
+    )
 
     report = chain_verify()
 

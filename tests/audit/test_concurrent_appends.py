@@ -2,6 +2,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 import pytest
 
 from audit.models import AuditEvent, ChainHead
+from audit.sealer import seal_all
 from audit.verify import chain_verify
+from tests.support.pg import in_thread
 from tests.support.worker import BASE_DIR, _database_url
 
 WRITERS = 8
@@ -45,6 +48,7 @@ def test_eight_processes_appending_at_once_keep_one_gapless_chain(settings: Any)
     for process in processes:
         _, errors = process.communicate(timeout=120)
         assert process.returncode == 0, errors
+    seal_all()  # on PostgreSQL the writers left their events to the sealer
 
     total = WRITERS * EVENTS_EACH
     sequences = list(AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True))
@@ -87,6 +91,19 @@ def test_the_chain_verifies_while_other_processes_append(settings: Any) -> None:
         )
         for n in range(2)
     ]
+    # On PostgreSQL the log grows as it is sealed: a sealer runs beside the checks, as the
+    # platform's does (on SQLite the appends seal themselves and this does nothing).
+    appending = threading.Event()
+    appending.set()
+
+    def seal_while_appending() -> int:
+        sealed = 0
+        while appending.is_set():
+            sealed += seal_all()
+            time.sleep(0.01)
+        return sealed + seal_all()
+
+    sealer, sealed = in_thread(seal_while_appending)
     reports = []
     try:
         while time.time() < start_at:
@@ -97,6 +114,9 @@ def test_the_chain_verifies_while_other_processes_append(settings: Any) -> None:
         for writer in writers:
             _, errors = writer.communicate(timeout=120)
             assert writer.returncode == 0, errors
+        appending.clear()
+        sealer.join()
+    assert not any(isinstance(outcome, Exception) for outcome in sealed), sealed
 
     seen = {report.last_sequence for report in reports}
     assert len(seen) > 3, "the checks did not overlap the appends"

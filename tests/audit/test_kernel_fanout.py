@@ -17,10 +17,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from audit import fanout
+from audit import fanout, sealer
 from audit.chain import export_line, format_time, record_of
 from audit.fanout import KernelPushFailed, kernel_cursor_state, kernel_push
 from audit.models import AuditEvent, KernelCursor
+from audit.sealer import seal_all, seals_later
 from audit.services import audit_append
 from config.celery import app as celery_app
 from marketplace.actors import Actor
@@ -50,7 +51,7 @@ def append(count: int, *, first_index: int = 0) -> list[AuditEvent]:
 
 def line_object(event: AuditEvent) -> dict[str, Any]:
     """What the export holds for the event: the object the Kernel must receive."""
-    stored = AuditEvent.objects.get(sequence=event.sequence)
+    stored = AuditEvent.objects.get(pk=event.pk)  # sealed since it was appended
     record = record_of(
         sequence=stored.sequence,
         occurred_at=stored.occurred_at,
@@ -94,6 +95,14 @@ def purge_queue() -> None:
     with celery_app.connection_for_write() as conn, conn.channel() as channel:
         channel.queue_declare(queue=celery_app.conf.task_default_queue)
         channel.queue_purge(celery_app.conf.task_default_queue)
+
+
+def pushes_only_in_the_queue() -> None:
+    """On PostgreSQL a commit wakes the sealer (a task in the same queue) and the sealer wakes
+    the push: with a seal marked due already, commits enqueue no seal task, the test seals
+    with seal_all(), and the queue holds pushes only."""
+    if seals_later():
+        cache.set(sealer.SCHEDULED_KEY, 1, timeout=60)
 
 
 # --- Pushing -----------------------------------------------------------------------------------
@@ -470,13 +479,16 @@ def test_commits_close_together_enqueue_one_push(kernel: KernelServer) -> None:
     if isinstance(caches["default"], LocMemCache):
         pytest.skip("the wake-up is shared between processes only through a shared cache")
     purge_queue()
+    pushes_only_in_the_queue()
 
     append(3)
+    seal_all()
 
     assert queued_tasks() == 1
     assert cache.get(fanout.SCHEDULED_KEY) == 1
     fanout.kernel_push_wakeup_taken()  # what the task does first
     append(1, first_index=3)
+    seal_all()
     assert queued_tasks() == 2
 
 
@@ -518,8 +530,10 @@ def test_with_the_local_backend_nothing_is_sent_or_enqueued(
 ) -> None:
     settings.KERNEL_URL = ""
     purge_queue()
+    pushes_only_in_the_queue()
 
     append(2)
+    seal_all()
     push = kernel_push()
 
     assert queued_tasks() == 0
@@ -581,6 +595,7 @@ def test_the_command_fails_with_the_kernels_error(kernel: KernelServer) -> None:
 def test_the_command_without_a_kernel_says_there_is_nothing_to_push(settings: Any) -> None:
     settings.KERNEL_URL = ""
     append(1)
+    seal_all()  # without a Kernel, nothing but the sealer seals
 
     assert run_command().splitlines() == [
         "No Kernel is configured (MARKETPLACE_KERNEL_URL is empty): the local backend keeps no "

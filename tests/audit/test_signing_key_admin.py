@@ -34,7 +34,7 @@ def key_state() -> list[tuple[Any, ...]]:
 
 def events() -> list[tuple[str, str, str, str]]:
     return list(
-        AuditEvent.objects.order_by("sequence").values_list(
+        AuditEvent.objects.order_by("id").values_list(
             "action", "actor_type", "actor_id", "subject_id"
         )
     )

@@ -1,0 +1,36 @@
+"""Reading the audit log in tests. On PostgreSQL an append leaves its event unsealed (no
+sequence or hash) until the sealer runs, so whatever reads sequences, hashes or the chain seals
+first; on SQLite appends seal inline and `seal_all` does nothing."""
+
+from typing import Any
+
+from django.db import connection
+
+from audit.models import AuditEvent, AuditEventQuerySet
+from audit.sealer import seal_all
+from tests.support import pg
+
+
+def sealed_events(**filters: Any) -> AuditEventQuerySet:
+    """Seals what is pending; the events matching `filters`, in chain order."""
+    seal_all()
+    return AuditEvent.objects.filter(**filters).order_by("sequence")
+
+
+def owner_tamper(sql: str, params: list[Any] | None = None, *, table: str = "audit_event") -> None:
+    """What the tables' owner can do: switch the table's triggers off, edit, switch them on.
+
+    On PostgreSQL this runs on the owner's own connection (the suite's role may not disable
+    triggers), so it sees only committed rows: the test is `django_db(transaction=True)` and
+    seals first. On SQLite, which has no roles and no triggers on these tables, it is a plain
+    statement on the test's connection."""
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params or [])
+        return
+    with pg.pg_connect(owner=True) as owner:
+        owner.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        try:
+            owner.execute(sql, params or [])
+        finally:
+            owner.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
