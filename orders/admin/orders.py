@@ -304,6 +304,8 @@ class OrderAdmin(ReadOnlyAdmin):
         emails = emails_by_uuid({e.actor_id for e in events if e.actor_type in USER_ACTORS})
         return [
             {
+                # The audit admin's pages are by primary key; the sequence comes with the seal.
+                "pk": event.pk,
                 "sequence": event.sequence,
                 "when": utc(event.occurred_at),
                 "actor": f"{event.get_actor_type_display()} "

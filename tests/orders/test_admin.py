@@ -134,6 +134,10 @@ def test_order_page_shows_snapshot_lines_postings_events_and_timeline(finance, p
     timeline = html[html.index('id="order-timeline"') :]
     actions = re.findall(r'<td class="action">([^<]+)</td>', timeline)
     assert actions == ["order.created", "order.paid", "finance.posted"]
+    recorded = AuditEvent.objects.filter(subject_type="order", subject_id=str(paid.pk))
+    assert re.findall(r'href="/admin/audit/auditevent/(\d+)/change/"', timeline) == [
+        str(pk) for pk in recorded.order_by("id").values_list("pk", flat=True)
+    ]
     assert "Service payments-worker" in timeline
     assert "Buyer buyer@example.com" in timeline
     assert "&quot;to&quot;: &quot;paid&quot;" in timeline
@@ -288,7 +292,7 @@ def test_support_holds_and_releases_delivery_with_audit(client, support_staff, p
     assert Order.objects.get(pk=paid.pk).delivery_state == "released"
     audit = AuditEvent.objects.filter(
         subject_id=str(paid.pk), action__startswith="order.delivery_"
-    ).order_by("sequence")
+    ).order_by("id")
     assert [(e.action, e.actor_id) for e in audit] == [
         ("order.delivery_held", str(support_staff.uuid)),
         ("order.delivery_released", str(support_staff.uuid)),
