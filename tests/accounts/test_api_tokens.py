@@ -122,7 +122,7 @@ def test_revoked_expired_and_deactivated_tokens_are_refused(api_client, buyer, b
 def recorded() -> list[tuple[str, str, str, str, str, dict]]:
     return [
         (e.action, e.actor_type, e.actor_id, e.subject_type, e.subject_id, e.data)
-        for e in AuditEvent.objects.order_by("sequence")
+        for e in AuditEvent.objects.order_by("id")
     ]
 
 

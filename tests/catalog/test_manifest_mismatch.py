@@ -46,7 +46,7 @@ def mismatched(publisher, **sku_fields) -> Sku:
 def events(sku: Sku) -> list[tuple[str, dict]]:
     return list(
         AuditEvent.objects.filter(subject_type="sku", subject_id=str(sku.pk))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", "data")
     )
 

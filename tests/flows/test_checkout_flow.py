@@ -12,6 +12,7 @@ import requests
 from django.core.management import call_command
 
 from audit.models import AuditEvent
+from audit.sealer import seal_all
 from audit.verify import chain_verify
 from marketplace.actors import Actor
 from marketplace.models import LedgerEntry
@@ -58,7 +59,7 @@ def post_event(
 def order_actions(order_id: Any) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type="order", subject_id=str(order_id))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
 
@@ -205,6 +206,7 @@ def test_a_buyer_checks_out_pays_through_the_worker_and_is_refunded(
     assert WebhookEvent.objects.filter(status=WebhookStatus.PROCESSED).count() == 2
 
     # The whole chain, with every event the journey appended, verifies.
+    seal_all()
     report = chain_verify()
     assert report.ok, report.summary()
     out = StringIO()

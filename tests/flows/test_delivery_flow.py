@@ -15,6 +15,7 @@ import requests
 from botocore.exceptions import ClientError
 
 from audit.models import AuditEvent
+from audit.sealer import seal_all
 from audit.verify import chain_verify
 from licensing.models import Delivery, DeliveryStatus, License, LicenseStatus, Proof
 from marketplace.actors import Actor
@@ -200,9 +201,10 @@ def test_checkout_webhook_license_package_download_decrypt_then_refund_revokes(
         )
     actions = list(
         AuditEvent.objects.filter(subject_type="delivery", subject_id=str(delivery.pk))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
     assert actions == ["delivery.created", "delivery.ready", "delivery.withdrawn"]
+    seal_all()
     report = chain_verify()
     assert report.ok, report.summary()

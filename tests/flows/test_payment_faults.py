@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from audit.models import AuditEvent
+from audit.sealer import seal_all
 from audit.verify import chain_verify
 from catalog.models import Sku
 from marketplace.models import LedgerEntry
@@ -184,6 +185,7 @@ def test_fifty_duplicated_reordered_concurrent_deliveries_end_disputed_with_one_
     # Whichever came first booked the payment; the status passed through `paid` at most once.
     assert actions["order.paid"] <= 1
     assert actions["finance.posted"] == 1
+    seal_all()
     assert chain_verify().ok
 
 
@@ -223,6 +225,7 @@ def test_five_orders_interleaved_each_end_in_their_own_state(
         if n not in disputed:
             assert actions["order.paid"] == 1
     assert LedgerEntry.objects.count() == 5
+    seal_all()
     assert chain_verify().ok
 
 
@@ -287,6 +290,7 @@ def test_a_worker_killed_while_processing_leaves_the_event_to_be_processed_exact
     assert_paid_once(order, splits=2)
     actions = order_actions(order)
     assert (actions["order.paid"], actions["finance.posted"]) == (1, 1)
+    seal_all()
     assert chain_verify().ok
 
 

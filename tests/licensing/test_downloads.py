@@ -200,7 +200,7 @@ def test_a_registered_x25519_key_gets_the_key_sealed_and_the_cli_opens_it(
     assert decrypt(package.read_bytes(), plain_key, delivered.delivery) == ARTIFACT
     actions = list(
         AuditEvent.objects.filter(subject_type="buyer", subject_id=str(buyer.uuid))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
     assert actions == ["delivery_key.registered", "delivery_key.deleted"]
@@ -223,7 +223,7 @@ def test_the_same_delivery_key_again_writes_nothing(buyer, buyer_client):
     assert buyer_client.put(KEY_URL, {"public_key": other}, format="json").status_code == 200
     actions = list(
         AuditEvent.objects.filter(subject_type="buyer", subject_id=str(buyer.uuid))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
     assert actions == ["delivery_key.registered", "delivery_key.replaced"]

@@ -51,7 +51,7 @@ KEY_FORMAT = re.compile(r"^MKP(-[0-9A-HJKMNP-TV-Z]{5}){4}$")
 def audit_actions(subject: License) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type="license", subject_id=str(subject.pk))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
 

@@ -111,7 +111,7 @@ def refund(client: Any, order: Order) -> None:
 def delivery_actions(delivery: Delivery) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type="delivery", subject_id=str(delivery.pk))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
 

@@ -105,7 +105,7 @@ def test_rotate_signer_prints_the_new_key_and_audits_the_rotation() -> None:
     new = signing_key_active(purpose=SigningKeyPurpose.AUDIT)
     assert out.getvalue() == f"{new.kid}\n"
     assert f"Retired {old.kid}" in err.getvalue()
-    events = AuditEvent.objects.filter(subject_type="signing_key").order_by("sequence")
+    events = AuditEvent.objects.filter(subject_type="signing_key").order_by("id")
     assert [(e.action, e.subject_id, e.actor_type, e.actor_id) for e in events] == [
         ("signing_key.created", old.kid, "system", "keystore"),
         ("signing_key.retired", old.kid, "system", "rotate_signer"),

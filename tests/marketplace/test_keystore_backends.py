@@ -67,7 +67,7 @@ def events_of(key: SigningKey) -> list[tuple[str, str, dict[str, Any]]]:
         (event.action, event.actor_id, event.data)
         for event in AuditEvent.objects.filter(
             subject_type="signing_key", subject_id=key.kid
-        ).order_by("sequence")
+        ).order_by("id")
     ]
 
 

@@ -61,7 +61,7 @@ def apply(event: dict) -> None:
 def order_actions(order: Order) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type="order", subject_id=str(order.id))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
 

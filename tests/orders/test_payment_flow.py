@@ -70,7 +70,7 @@ def test_paid_order_gets_royalties_ledger_entry_and_is_released(client, buyer):
     assert (entry.kind, entry.amount, entry.currency) == ("sale", 1000, "USD")
     actions = list(
         AuditEvent.objects.filter(subject_type="order", subject_id=str(order.id))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
     assert actions == ["order.created", "order.paid", "finance.posted"]

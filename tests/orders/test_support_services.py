@@ -109,7 +109,7 @@ def releases(callbacks: list[Any]) -> list[Any]:
 def order_actions(order: Order) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type="order", subject_id=str(order.pk))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
 
@@ -294,7 +294,7 @@ def test_hold_and_release_are_audited_and_move_the_delivery(
 
     events = AuditEvent.objects.filter(
         subject_id=str(paid.pk), action__startswith="order.delivery_"
-    ).order_by("sequence")
+    ).order_by("id")
     assert [(e.action, e.actor_id, e.data) for e in events] == [
         ("order.delivery_held", str(staff.uuid), {"reason": "Fraud check", "previous_hold": ""}),
         (

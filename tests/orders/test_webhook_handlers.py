@@ -69,7 +69,7 @@ def apply_alone(event: dict[str, Any], order: Order) -> str:
 def order_actions(order: Order) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type="order", subject_id=str(order.pk))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
 

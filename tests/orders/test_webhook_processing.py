@@ -67,7 +67,7 @@ def apply(event: dict[str, Any]) -> WebhookEvent:
 def actions_on(subject_type: str, subject_id: Any) -> list[str]:
     return list(
         AuditEvent.objects.filter(subject_type=subject_type, subject_id=str(subject_id))
-        .order_by("sequence")
+        .order_by("id")
         .values_list("action", flat=True)
     )
 
