@@ -90,6 +90,12 @@ def test_a_check_whose_send_the_broker_lost_is_sent_by_the_sweep(
     celery_worker, publisher, settings, caplog
 ):
     sku = publish_sku(publisher, activate=False)
+    # The check publish_sku's attach queued runs first: arriving late (behind the audit
+    # sealer's tasks, say), it would verify the manifest attached below while the broker is down.
+    wait_until(
+        lambda: Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.VERIFIED,
+        worker=celery_worker,
+    )
     manifest = manifest_for(sku, sku.artifact) | {"note": "second build"}
     Sku.objects.filter(pk=sku.pk).update(manifest_status=ManifestStatus.MISSING)
     real_broker = settings.CELERY_BROKER_URL
