@@ -131,8 +131,10 @@ def seal_pending(*, limit: int = BATCH_SIZE) -> SealBatch:
         _seal_batch(batch, limit)
     except Exception:
         seal_failures.inc()
+        _backlog_measure()
         raise
-    finally:
+    if not batch.full:
+        # Not after a full batch: counting a large backlog after each would slow catching up.
         _backlog_measure()
     if batch.count:
         for lag in batch.lags:
