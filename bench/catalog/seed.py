@@ -170,7 +170,13 @@ def seed(*, skus: int) -> tuple[int, int]:
     from catalog.models import Sku
 
     made = seed_core(min(skus, CORE))
-    made -= bulk_trim(max(0, skus - CORE))
+    trimmed = bulk_trim(max(0, skus - CORE))
+    if trimmed:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE catalog_sku")
+    made -= trimmed
     if skus > CORE:
         made += seed_bulk(skus - CORE)
     return made, Sku.objects.active().count()
