@@ -1,5 +1,6 @@
 """Reads for orders."""
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,17 +72,22 @@ _OFFER_COLUMNS = (
 )
 
 
+@functools.cache
+def _offer_rows() -> Any:
+    # Set up once per process and cloned by each read's filter(): resolving the values() of
+    # the joined columns costs more than the filter, on every checkout.
+    return Sku.objects.order_by().values_list(
+        *_OFFER_COLUMNS, "splits__partner__slug", "splits__basis_points"
+    )
+
+
 def sku_on_offer(*, slug: str) -> SkuOnOffer | None:
     """The SKU `slug` as checkout sells it, whatever its status; None if there is none.
 
     One query: the SKU's columns with its partner's slug, joined to its royalty splits and
     their partners (a row per split, one row with no split for a SKU without any).
     """
-    rows = list(
-        Sku.objects.filter(slug=slug)
-        .order_by()
-        .values_list(*_OFFER_COLUMNS, "splits__partner__slug", "splits__basis_points")
-    )
+    rows = list(_offer_rows().filter(slug=slug))
     if not rows:
         return None
     first = dict(zip(_OFFER_COLUMNS, rows[0][: len(_OFFER_COLUMNS)], strict=True))
