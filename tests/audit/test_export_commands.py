@@ -22,14 +22,16 @@ from django.utils import timezone
 
 from audit.exports import audit_export_day
 from audit.models import ChainHead
-from audit.sealer import seal_all, seals_later
+from audit.sealer import seals_later
 from audit.services import audit_append
 from audit.signing_keys import signing_key_rotate
 from marketplace.actors import Actor
 from marketplace.keystore import jwks_of
 from marketplace.models import SigningKey, SigningKeyPurpose
+from tests.support.audit import seal_dated
 
-pytestmark = pytest.mark.django_db
+# Transactional: on PostgreSQL the tables' owner dates the events on their days (seal_dated).
+pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -54,17 +56,20 @@ def clock_at(moment: datetime) -> Iterator[None]:
 
 
 def append_at(moment: datetime, count: int = 1) -> None:
+    events = []
     with clock_at(moment):
         for index in range(count):
             with transaction.atomic():
-                audit_append(
-                    actor=Actor.system("test"),
-                    action="order.paid",
-                    subject=("order", index),
-                    data={"index": index},
+                events.append(
+                    audit_append(
+                        actor=Actor.system("test"),
+                        action="order.paid",
+                        subject=("order", index),
+                        data={"index": index},
+                    )
                 )
     # Sealed at once, as SQLite's appends are: a later append is never dated before them.
-    seal_all()
+    seal_dated(events, moment)
 
 
 @dataclass

@@ -29,19 +29,20 @@ from audit.exports import (
     export_key,
 )
 from audit.models import AuditEvent, AuditExport, ChainHead
-from audit.sealer import seal_all, seals_later
+from audit.sealer import seals_later
 from audit.services import audit_append
 from audit.signing_keys import signing_key_active, signing_key_rotate
 from audit.tasks import audit_exports_catch_up as export_task
 from marketplace.actors import Actor
 from marketplace.keystore import jwks_of
 from marketplace.models import SigningKey, SigningKeyPurpose
-from tests.support.audit import owner_tamper
+from tests.support.audit import owner_tamper, seal_dated
 from tests.support.moto import S3Bucket
 from tests.support.net import free_port
 from tests.support.worker import wait_until
 
-pytestmark = pytest.mark.django_db
+# Transactional: on PostgreSQL the tables' owner dates the events on their days (seal_dated).
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 # --- Helpers -----------------------------------------------------------------------------------
@@ -77,9 +78,7 @@ def append_at(moment: datetime, count: int = 1) -> list[AuditEvent]:
                     )
                 )
     # Sealed at once, as SQLite's appends are: a later append is never dated before them.
-    seal_all()
-    for event in events:
-        event.refresh_from_db()
+    seal_dated(events, moment)
     return events
 
 
@@ -129,8 +128,7 @@ def export_then_lose_the_row(day: date) -> None:
     signing_key_active(purpose=SigningKeyPurpose.AUDIT)
     if seals_later():
         # An export seals first, in transactions of its own, so it cannot run inside one to be
-        # rolled back: the run commits, and the tables' owner takes its row away (the test is
-        # transactional, for the owner's connection to see the row).
+        # rolled back: the run commits, and the tables' owner takes its row away.
         assert audit_export_day(day=day) is not None
         owner_tamper("DELETE FROM audit_export WHERE day = %s", [day], table="audit_export")
         return
@@ -316,7 +314,6 @@ def test_a_failed_upload_registers_nothing_is_counted_and_the_rerun_succeeds(
 
 
 @pytest.mark.s3
-@pytest.mark.django_db(transaction=True)
 def test_objects_stored_by_a_run_that_died_are_registered_not_written_again(audit_bucket):
     day = today() - timedelta(days=1)
     append_at(at(day), 3)
@@ -338,7 +335,6 @@ def test_objects_stored_by_a_run_that_died_are_registered_not_written_again(audi
 
 
 @pytest.mark.s3
-@pytest.mark.django_db(transaction=True)
 def test_a_digest_stored_before_the_key_rotated_is_registered_as_it_is(audit_bucket):
     day = today() - timedelta(days=1)
     append_at(at(day))
@@ -400,7 +396,6 @@ def test_without_a_bucket_days_are_written_read_only_to_the_export_folder(export
     assert code == 0, output
 
 
-@pytest.mark.django_db(transaction=True)
 def test_local_files_left_by_a_run_that_died_are_registered_and_never_overwritten(
     export_dir,
 ):

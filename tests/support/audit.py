@@ -2,12 +2,14 @@
 sequence or hash) until the sealer runs, so whatever reads sequences, hashes or the chain seals
 first; on SQLite appends seal inline and `seal_all` does nothing."""
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
 
 from audit.models import AuditEvent, AuditEventQuerySet
-from audit.sealer import seal_all
+from audit.sealer import seal_all, seals_later
 from tests.support import pg
 
 
@@ -34,3 +36,20 @@ def owner_tamper(sql: str, params: list[Any] | None = None, *, table: str = "aud
             owner.execute(sql, params or [])
         finally:
             owner.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+
+
+def seal_dated(events: Sequence[AuditEvent], moment: datetime) -> None:
+    """Seals `events` dated `moment` (another day, say), and reloads them.
+
+    On SQLite the appends, made under a patched `timezone.now`, dated and sealed them already.
+    On PostgreSQL the insert trigger dates an event by the database's clock when the writer's
+    is more than a minute off, so the tables' owner moves them, still unsealed, to `moment`
+    first: the test is `django_db(transaction=True)`, for the owner's connection to see them."""
+    if seals_later() and events:
+        owner_tamper(
+            "UPDATE audit_event SET occurred_at = %s WHERE id = ANY(%s) AND sequence IS NULL",
+            [moment, [event.pk for event in events]],
+        )
+    seal_all()
+    for event in events:
+        event.refresh_from_db()
