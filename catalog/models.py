@@ -1,61 +1,20 @@
 import base64
 import hashlib
 import uuid
-from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
 from catalog.search import SearchDocumentField, SkuSearchDocument
 from marketplace.money import validate_currency
+from marketplace.validation import ConstraintErrorsAtFields
 
 BASIS_POINTS_TOTAL = 10_000
 PREVIEW_TTL_MIN_SECONDS = 60
 PREVIEW_TTL_MAX_SECONDS = 86_400
-
-
-def constraint_field(constraint: models.BaseConstraint, opts: Any) -> str | None:
-    """The field at which a form shows a constraint's violation: the one field a check refers
-    to, or the last field of a unique constraint (the ones before it are its scope, e.g. the
-    partner of a key id). None for a constraint about several fields."""
-    if isinstance(constraint, models.UniqueConstraint):
-        return constraint.fields[-1] if constraint.fields else None
-    if isinstance(constraint, models.CheckConstraint):
-        fields = Q(constraint.condition).referenced_base_fields - {"pk", opts.pk.name}
-        return next(iter(fields)) if len(fields) == 1 else None
-    return None
-
-
-class ConstraintErrorsAtFields:
-    """Puts the error of each violated constraint at the field it covers (Django puts a check
-    constraint's error on the whole form), in the words of its `violation_error_message`.
-
-    Only constraints with their own `violation_error_code` are moved, so an error is matched to
-    its constraint by code, not by wording."""
-
-    _meta: Any
-
-    def validate_constraints(self, exclude: Any = None) -> None:
-        try:
-            super().validate_constraints(exclude=exclude)  # type: ignore[misc]
-        except ValidationError as exc:
-            fields = {
-                constraint.violation_error_code: field
-                for constraint in self._meta.constraints
-                if constraint.violation_error_code
-                and (field := constraint_field(constraint, self._meta))
-            }
-            errors: dict[str, list[ValidationError]] = {}
-            for field, field_errors in exc.error_dict.items():
-                for error in field_errors:
-                    if field == NON_FIELD_ERRORS:
-                        errors.setdefault(fields.get(error.code, field), []).append(error)
-                    else:
-                        errors.setdefault(field, []).append(error)
-            raise ValidationError(errors) from None
 
 
 def validate_entitlements(value: object) -> None:
