@@ -12,6 +12,7 @@ import base64
 import importlib
 import os
 import pkgutil
+import time
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
+from audit.checkpoints import checkpoint_create, unwitnessed_update
 from audit.exports import ExportConflict, audit_exports_catch_up
 from audit.fanout import KernelPushFailed, kernel_push
+from audit.sealer import SEAL_LOCK, UnsealableEvent, seal_all, seal_pending
 from audit.services import audit_append
 from licensing.models import Delivery, License
 from licensing.services import delivery_package, license_issue, license_reissue
@@ -43,6 +46,7 @@ from tests.licensing.factories import order_licensed, order_paid, sku_licensed
 from tests.orders.factories import order_checked_out, sku_for_sale
 from tests.orders.stripe_events import session_event, signed
 from tests.support.kernel import KernelServer, json_reply, server_error
+from tests.support.pg import pg_connect
 
 pytestmark = pytest.mark.django_db
 
@@ -407,6 +411,73 @@ def appended(count: int) -> None:
                 subject=("thing", index),
                 data={"index": index},
             )
+
+
+@pytest.mark.postgres
+def test_sealing_counts_the_events_observes_their_lag_and_measures_the_backlog() -> None:
+    sealed = value("marketplace_audit_sealed_total")
+    lags = value("marketplace_audit_seal_lag_seconds_count")
+    appended(3)
+    time.sleep(0.1)
+
+    # Another sealer holds the lock: this run seals nothing and finds the backlog.
+    with pg_connect() as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", [SEAL_LOCK])
+        assert seal_pending().busy
+        holder.rollback()
+    assert value("marketplace_audit_unsealed_events") == 3
+    assert value("marketplace_audit_unsealed_oldest_seconds") >= 0.1
+    assert value("marketplace_audit_sealed_total") == sealed
+
+    assert seal_all() == 3
+
+    assert value("marketplace_audit_sealed_total") == sealed + 3
+    assert value("marketplace_audit_seal_lag_seconds_count") == lags + 3
+    assert value("marketplace_audit_unsealed_events") == 0
+    assert value("marketplace_audit_unsealed_oldest_seconds") == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_seal_batch_that_fails_is_counted_and_seals_nothing() -> None:
+    """An event no sealer can encode (nested past Python's recursion limit), which only the
+    tables' owner, with the insert trigger and its limits off, could write."""
+    failures = value("marketplace_audit_seal_failures_total")
+    sealed = value("marketplace_audit_sealed_total")
+    deep = "[" * 5000 + "]" * 5000
+    with pg_connect(owner=True) as owner:
+        owner.execute("ALTER TABLE audit_event DISABLE TRIGGER audit_event_insert")
+        try:
+            owner.execute(
+                "INSERT INTO audit_event (occurred_at, actor_type, actor_id, action, "
+                "subject_type, subject_id, data) VALUES (now(), 'service', 'owner', 'x.deep', "
+                "'t', '1', %s)",
+                [f'{{"deep": {deep}}}'],
+            )
+        finally:
+            owner.execute("ALTER TABLE audit_event ENABLE TRIGGER audit_event_insert")
+
+    with pytest.raises(UnsealableEvent):
+        seal_pending()
+
+    assert value("marketplace_audit_seal_failures_total") == failures + 1
+    assert value("marketplace_audit_sealed_total") == sealed
+    assert value("marketplace_audit_unsealed_events") == 1
+
+
+def test_the_unwitnessed_window_is_what_no_checkpoint_copy_holds_yet() -> None:
+    appended(2)
+    assert checkpoint_create() is not None  # its copy goes to the audit folder
+
+    assert value("marketplace_audit_unwitnessed_events") == 0
+    assert value("marketplace_audit_unwitnessed_seconds") == 0
+
+    appended(1)
+    time.sleep(0.1)
+    assert unwitnessed_update()[0] == 1  # what each checkpoint run sets, read back
+
+    assert value("marketplace_audit_unwitnessed_events") == 1
+    assert value("marketplace_audit_unwitnessed_seconds") >= 0.1
 
 
 @pytest.fixture
