@@ -145,7 +145,7 @@ def test_filters_carry_their_bounds_and_choices(document):
     }
     assert {"USD", "EUR", "JPY"} <= set(parameters["currency"]["schema"]["enum"])
     assert set(parameters["ordering"]["schema"]["enum"]) == {
-        "created", "-created", "price", "-price", "title", "-title"
+        "created", "-created", "price", "-price", "title", "-title", "relevance"
     }  # fmt: skip
     # An empty value leaves a filter out, as the server does.
     assert all(parameters[name]["allowEmptyValue"] for name in ("q", "currency", "ordering"))
