@@ -8,7 +8,7 @@ copied to the audit bucket once committed, where the database's owner cannot rea
 
 import logging
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 from prometheus_client import Gauge
 
@@ -75,9 +75,13 @@ def checkpoint_create() -> Checkpoint | None:
     try:
         with transaction.atomic():
             checkpoint.save()
-    except IntegrityError:
-        # Two beats raced to sign: the other one's checkpoint is as good.
-        return None
+    except DatabaseError:
+        # Two beats raced to sign: the unique constraints or, on PostgreSQL, the link trigger
+        # (the other checkpoint came first, so this one's `previous` is stale) refuse the
+        # second. The other one's checkpoint is as good; anything else is raised.
+        if Checkpoint.objects.filter(sequence__gte=checkpoint.sequence).exists():
+            return None
+        raise
     _store_witness(checkpoint)
     return checkpoint
 

@@ -233,3 +233,25 @@ def test_a_second_sealer_leaves_the_batch_to_the_one_holding_the_lock() -> None:
         holder.rollback()
         holder.close()
     assert seal_pending().count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_checkpoints_signed_at_once_leave_one_chained_checkpoint() -> None:
+    from audit.checkpoints import checkpoint_create
+    from audit.models import Checkpoint
+    from tests.support.pg import in_thread
+
+    _append(0)
+    seal_all()
+    checkpoint_create()  # the audit key exists and the first link is made
+    _append(1)
+    seal_all()
+    runs = [in_thread(checkpoint_create) for _ in range(3)]
+    for thread, _ in runs:
+        thread.join(timeout=60)
+
+    outcomes = [outcome for _, outcome in runs]
+    assert not [o for [o] in outcomes if isinstance(o, Exception)], outcomes
+    assert len([o for [o] in outcomes if o is not None]) == 1
+    assert Checkpoint.objects.count() == 2
+    assert chain_verify(witnesses=[]).ok
