@@ -36,7 +36,7 @@ from audit.tasks import audit_exports_catch_up as export_task
 from marketplace.actors import Actor
 from marketplace.keystore import jwks_of
 from marketplace.models import SigningKey, SigningKeyPurpose
-from tests.support.audit import owner_tamper, seal_dated
+from tests.support.audit import owner_tamper, redate_unsealed, seal_dated, sealing_held
 from tests.support.moto import S3Bucket
 from tests.support.net import free_port
 from tests.support.worker import wait_until
@@ -66,17 +66,20 @@ def clock_at(moment: datetime) -> Iterator[None]:
 
 def append_at(moment: datetime, count: int = 1) -> list[AuditEvent]:
     events = []
-    with clock_at(moment):
-        for index in range(count):
-            with transaction.atomic():
-                events.append(
-                    audit_append(
-                        actor=Actor.system("test"),
-                        action="sku.activated",
-                        subject=("sku", index),
-                        data={"index": index, "note": "ünïcode"},
+    # A worker's sealer (some tests run one) must not seal them before they are dated.
+    with sealing_held():
+        with clock_at(moment):
+            for index in range(count):
+                with transaction.atomic():
+                    events.append(
+                        audit_append(
+                            actor=Actor.system("test"),
+                            action="sku.activated",
+                            subject=("sku", index),
+                            data={"index": index, "note": "ünïcode"},
+                        )
                     )
-                )
+        redate_unsealed(events, moment)
     # Sealed at once, as SQLite's appends are: a later append is never dated before them.
     seal_dated(events, moment)
     return events

@@ -2,14 +2,15 @@
 sequence or hash) until the sealer runs, so whatever reads sequences, hashes or the chain seals
 first; on SQLite appends seal inline and `seal_all` does nothing."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from django.db import connection
 
 from audit.models import AuditEvent, AuditEventQuerySet
-from audit.sealer import seal_all, seals_later
+from audit.sealer import SEAL_LOCK, seal_all, seals_later
 from tests.support import pg
 
 
@@ -36,6 +37,33 @@ def owner_tamper(sql: str, params: list[Any] | None = None, *, table: str = "aud
             owner.execute(sql, params or [])
         finally:
             owner.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+
+
+@contextmanager
+def sealing_held() -> Iterator[None]:
+    """Keeps every sealer (a worker's included) off the chain while the block runs: it holds
+    the seal lock on a connection of its own, so events appended in the block stay unsealed
+    until the owner has dated them (seal_dated) and the block has ended."""
+    if not seals_later():
+        yield
+        return
+    with pg.pg_connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [SEAL_LOCK])
+        holder.commit()
+        try:
+            yield
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", [SEAL_LOCK])
+            holder.commit()
+
+
+def redate_unsealed(events: Sequence[AuditEvent], moment: datetime) -> None:
+    """As the tables' owner, dates the still-unsealed `events` at `moment` (PostgreSQL)."""
+    if seals_later() and events:
+        owner_tamper(
+            "UPDATE audit_event SET occurred_at = %s WHERE id = ANY(%s) AND sequence IS NULL",
+            [moment, [event.pk for event in events]],
+        )
 
 
 def seal_dated(events: Sequence[AuditEvent], moment: datetime) -> None:
