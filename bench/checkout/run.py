@@ -81,6 +81,7 @@ KEY_PREFIX_ENV = "BENCH_CHECKOUT_KEY_PREFIX"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 sys.path.insert(0, str(REPO))
+from bench.procfs import backend_database  # noqa: E402 (needs the repository on the path)
 
 
 class BenchError(Exception):
@@ -316,7 +317,7 @@ def _processes() -> dict[int, tuple[str, int, float]]:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         if comm.startswith("postgres"):
-            comm = f"postgres:{_backend_database(entry)}"
+            comm = f"postgres:{backend_database(entry)}"
         fields = stat.rsplit(")", 1)[1].split()
         found[int(entry.name)] = (
             comm,
@@ -324,22 +325,6 @@ def _processes() -> dict[int, tuple[str, int, float]]:
             (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
         )
     return found  # fmt: skip
-
-
-def _backend_database(entry: Path) -> str:
-    """The database of a PostgreSQL backend, from its title (`postgres: 15/main: <user>
-    <database> <client> <state>`); empty for the server's own processes."""
-    try:
-        title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return ""
-    parts = title.split(": ", 2)
-    words = parts[2].split() if len(parts) == 3 else []
-    # A backend's title has a client address ("127.0.0.1(5432)", "[local]"); a server
-    # process's ("walwriter", "checkpointer") has none.
-    if len(words) >= 3 and ("(" in words[2] or words[2] == "[local]"):
-        return words[1]
-    return ""
 
 
 def _machine_busy() -> float:
