@@ -31,12 +31,12 @@ def owner_tamper(sql: str, params: list[Any] | None = None, *, table: str = "aud
         with connection.cursor() as cursor:
             cursor.execute(sql, params or [])
         return
-    with pg.pg_connect(owner=True) as owner:
+    # One transaction: the triggers are never seen off by another session (a worker's sealer
+    # sealing then would leave the chain head behind); ALTER TABLE's lock makes it wait.
+    with pg.pg_connect(owner=True) as owner, owner.transaction():
         owner.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-        try:
-            owner.execute(sql, params or [])
-        finally:
-            owner.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        owner.execute(sql, params or [])
+        owner.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
 
 
 @contextmanager
