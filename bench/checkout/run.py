@@ -1,6 +1,6 @@
 """Benchmark of checkout and Stripe's webhooks, against a floor, on the real processes.
 
-    .venv/bin/python -m bench.checkout.run            # from the repository root, about 2.5 min
+    .venv/bin/python -m bench.checkout.run            # from the repository root, about 3 min
 
 What runs, all on this machine:
 - PostgreSQL: the database `mkp_bench_checkout` (dropped and created fresh, migrated), seeded
@@ -18,10 +18,12 @@ What runs, all on this machine:
   a Celery worker (prefork, 2 processes, as in the Procfile).
 
 What it measures, in one run:
-1. checkout: POST /api/v1/checkout (ours) and POST /bench/floor/checkout (the floor: the same
-   rows written, nothing else; see views.py) at 16 and 64 concurrent buyers, every request
-   with a fresh Idempotency-Key; rounds alternate ours, floor, floor, ours so that drift on the
-   machine falls on both; requests/s, p50, p95, p99, the ratios, and CPU per request by party;
+1. checkout: POST /api/v1/checkout (ours), POST /bench/floor/checkout (the floor: the same
+   rows written, nothing else; see views.py) and POST /bench/floor-paid/checkout (that floor
+   plus the call to the payment provider, which checkout cannot do without) at 16 and 64
+   concurrent buyers, every request with a fresh Idempotency-Key; rounds alternate ours, floor,
+   paid, paid, floor, ours so that drift on the machine falls on all; requests/s, p50, p95,
+   p99, the ratios, and CPU per request by party;
 2. webhook ingest: signed checkout.session.completed events POSTed to
    /marketplace/stripe/webhook by wrk with no worker running, so it is the ingest alone
    (verify, store once, queue the task); events/s and latency;
@@ -70,9 +72,11 @@ RESULTS_DIR = REPO / "bench" / "results"
 QUEUE = "bench-checkout"
 OURS_PATH = "/api/v1/checkout"
 FLOOR_PATH = "/bench/floor/checkout"  # bench/checkout/urls.py
+FLOOR_PAID_PATH = "/bench/floor-paid/checkout"
 WEBHOOK_PATH = "/marketplace/stripe/webhook"
 STAND_IN = REPO / "tests" / "support" / "stripe_api.py"
 TARGET_CHECKOUT_RATIO = 0.8
+TARGETS = ("ours", "floor", "paid")
 TARGET_CHECKOUT_P95_MS = 100.0
 TARGET_INGEST_PER_S = 500.0
 # Every Redis key of a run starts with this and the run's id (bench/checkout/settings.py reads
@@ -501,18 +505,22 @@ def measure_checkout(
     stack: Stack, probe: CpuProbe, tokens_file: Path, sku: str
 ) -> dict[int, dict[str, Summary]]:
     args = stack.args
-    paths = {"ours": (OURS_PATH, "stripe"), "floor": (FLOOR_PATH, "floor")}
+    paths = {
+        "ours": (OURS_PATH, "stripe"),
+        "floor": (FLOOR_PATH, "floor"),
+        "paid": (FLOOR_PAID_PATH, "floor-paid"),
+    }
     results: dict[int, dict[str, Summary]] = {}
     run_id = uuid.uuid4().hex[:8]
     for connections in args.concurrency:
-        rounds: dict[str, list[Round]] = {"ours": [], "floor": []}
-        for target in ("ours", "floor"):  # warm-up, not counted
+        rounds: dict[str, list[Round]] = {target: [] for target in TARGETS}
+        for target in TARGETS:  # warm-up, not counted
             path, gateway = paths[target]
             warm_args = [path, f"{run_id}-warm-{target}-{connections}", str(tokens_file), sku]
             wrk(stack, None, "checkout.lua", connections, args.warmup, warm_args, target)
             settle(stack, gateway)
-        order = ["ours", "floor", "floor", "ours"] * math.ceil(args.rounds / 2)
-        for index, target in enumerate(order[: 2 * args.rounds]):
+        order = [*TARGETS, *reversed(TARGETS)] * math.ceil(args.rounds / 2)
+        for index, target in enumerate(order[: len(TARGETS) * args.rounds]):
             path, gateway = paths[target]
             before = orders_of(stack, gateway)
             measured = wrk(stack, probe, "checkout.lua", connections, args.duration,
@@ -528,11 +536,12 @@ def measure_checkout(
                 )
             rounds[target].append(measured)
         results[connections] = {t: summarize(r) for t, r in rounds.items()}
-        ours, floor = results[connections]["ours"], results[connections]["floor"]
         print(
-            f"  {connections:>3} buyers   ours {ours.rps:7.1f} req/s  p50 {ours.p50:6.1f}  "
-            f"p95 {ours.p95:6.1f} ms | floor {floor.rps:7.1f} req/s  p50 {floor.p50:6.1f}  "
-            f"p95 {floor.p95:6.1f} ms",
+            f"  {connections:>3} buyers  "
+            + " | ".join(
+                f"{target} {s.rps:7.1f} req/s p50 {s.p50:6.1f} p95 {s.p95:6.1f} ms"
+                for target, s in results[connections].items()
+            ),
             flush=True,
         )
     return results
@@ -679,12 +688,15 @@ def measure_paid(stack: Stack) -> dict[str, Any]:
 
 
 def print_report(checkout: dict[int, dict[str, Summary]], ingest: dict, paid: dict) -> dict:
-    print("\ncheckout (POST, fresh Idempotency-Key each; ms; ratio = ours / floor)")
+    print(
+        "\ncheckout (POST, fresh Idempotency-Key each; ms; floor: the same rows, no provider "
+        "call; paid: the floor plus the provider's call; ratio = ours / each)"
+    )
     print(f"{'buyers':>6} {'target':>6} {'req/s':>8} {'p50':>7} {'p95':>7} {'p99':>7}   "
           "CPU ms per request: gunicorn postgres redis stripe wrk | others machine")  # fmt: skip
     passed: dict[str, bool] = {}
     for connections, by_target in checkout.items():
-        for target in ("ours", "floor"):
+        for target in TARGETS:
             s = by_target[target]
             cpu = s.cpu_ms_per_request
             print(
@@ -693,11 +705,14 @@ def print_report(checkout: dict[int, dict[str, Summary]], ingest: dict, paid: di
                 f"{cpu['redis']:5.2f} {cpu['stripe']:6.2f} {cpu['wrk']:4.2f} | "
                 f"{cpu['others']:6.2f} {cpu['machine']:7.2f}"
             )
-        ours, floor = by_target["ours"], by_target["floor"]
-        print(
-            f"{connections:>6} {'ratio':>6} {ours.rps / floor.rps:8.2f} "
-            f"{ours.p50 / floor.p50:7.2f} {ours.p95 / floor.p95:7.2f} {ours.p99 / floor.p99:7.2f}"
-        )
+        ours = by_target["ours"]
+        for floor_name in ("floor", "paid"):
+            floor = by_target[floor_name]
+            print(
+                f"{connections:>6} {'÷' + floor_name:>6} {ours.rps / floor.rps:8.2f} "
+                f"{ours.p50 / floor.p50:7.2f} {ours.p95 / floor.p95:7.2f} "
+                f"{ours.p99 / floor.p99:7.2f}"
+            )
     if 16 in checkout:
         ours, floor = checkout[16]["ours"], checkout[16]["floor"]
         passed[f"checkout ≥ {TARGET_CHECKOUT_RATIO} x the floor's req/s at 16 buyers"] = (
@@ -762,6 +777,7 @@ def main() -> int:
         wait_for(lambda: answers(f"{stack.base}/health"), "gunicorn did not answer", 60)
         check_checkout(stack, OURS_PATH, seeded["tokens"][0], seeded["sku"])
         check_checkout(stack, FLOOR_PATH, seeded["tokens"][0], seeded["sku"])
+        check_checkout(stack, FLOOR_PAID_PATH, seeded["tokens"][0], seeded["sku"])
         probe = CpuProbe(stack)
         print(f"set up in {time.monotonic() - started:.0f} s; checkout:", flush=True)
         checkout = measure_checkout(stack, probe, tokens_file, seeded["sku"])

@@ -12,12 +12,17 @@ one), the token's last-use touch, and the call to Stripe (the local stand-in). S
 is what those cost together; bench/checkout/run.py also reports the Stripe stand-in's own CPU
 per request.
 
-It goes through the project's middleware, like the API.
+A second floor, `checkout_floor_paid`, also calls the payment provider (the Stripe stand-in)
+through the platform's gateway, as checkout must to get a real payment page, and stores what it
+answered: ours ÷ that floor is the cost of everything but the provider's call.
+
+Both go through the project's middleware, like the API.
 """
 
 import json
 import uuid
 
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
@@ -27,6 +32,7 @@ from django.views.decorators.http import require_POST
 from audit.services import audit_append
 from marketplace.actors import Actor
 from marketplace.models import ApiToken, User
+from orders.gateways import CheckoutRequest, get_gateway
 from orders.models import IdempotencyKey, Order
 from orders.selectors import sku_on_offer
 from orders.services.checkout import request_fingerprint
@@ -35,6 +41,16 @@ from orders.services.checkout import request_fingerprint
 @csrf_exempt
 @require_POST
 def checkout_floor(request: HttpRequest) -> JsonResponse:
+    return _floor(request, paid=False)
+
+
+@csrf_exempt
+@require_POST
+def checkout_floor_paid(request: HttpRequest) -> JsonResponse:
+    return _floor(request, paid=True)
+
+
+def _floor(request: HttpRequest, *, paid: bool) -> JsonResponse:
     token = request.headers.get("Authorization", "").removeprefix("Bearer ")
     key = request.headers["Idempotency-Key"]
     slug = json.loads(request.body)["sku"]
@@ -42,7 +58,26 @@ def checkout_floor(request: HttpRequest) -> JsonResponse:
     sku = sku_on_offer(slug=slug)
     splits = sku.splits
     order_id = uuid.uuid4()
-    session_id = f"cs_floor_{order_id.hex}"
+    if paid:
+        gateway = "floor-paid"
+        session = get_gateway().checkout_session_create(
+            CheckoutRequest(
+                order_id=str(order_id),
+                amount=sku.price_amount,
+                currency=sku.currency,
+                title=f"{sku.title} {sku.version}",
+                sku_slug=sku.slug,
+                buyer_email=buyer.email,
+                success_url=settings.CHECKOUT_SUCCESS_URL,
+                cancel_url=settings.CHECKOUT_CANCEL_URL,
+            ),
+            idempotency_key=f"checkout-{order_id}",
+        )
+        session_id, checkout_url = session.id, session.url
+    else:
+        gateway = "floor"
+        session_id = f"cs_floor_{order_id.hex}"
+        checkout_url = f"https://checkout.stripe.com/c/pay/{session_id}"
     with transaction.atomic():
         order = Order.objects.create(
             id=order_id,
@@ -59,9 +94,9 @@ def checkout_floor(request: HttpRequest) -> JsonResponse:
             license_duration_days=sku.license_duration_days,
             license_seats=sku.license_seats,
             license_entitlements=sku.license_entitlements,
-            gateway="floor",
+            gateway=gateway,
             checkout_session_id=session_id,
-            checkout_url=f"https://checkout.stripe.com/c/pay/{session_id}",
+            checkout_url=checkout_url,
         )
         audit_append(
             actor=Actor.of_user(buyer),
@@ -73,7 +108,7 @@ def checkout_floor(request: HttpRequest) -> JsonResponse:
                 "amount": order.amount,
                 "currency": order.currency,
                 "splits": splits,
-                "gateway": "floor",
+                "gateway": gateway,
                 "checkout_session": session_id,
             },
         )
