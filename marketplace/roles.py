@@ -15,6 +15,9 @@ CONTENT_OPS = "Content ops"
 FINANCE = "Finance"
 SECURITY = "Security"
 SUPPORT = "Support"
+MODERATOR = "Moderator"
+# Bound to one partner by the identity provider's partner claim (accounts.Identity.partner_slug).
+PARTNER_STAFF = "Partner staff"
 
 _CATALOG_MODELS = ("partner", "partnerkey", "category", "sku", "royaltysplit")
 _AUDIT_VIEW = ("audit.view_auditevent", "audit.view_checkpoint", "audit.view_auditexport")
@@ -88,7 +91,27 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "orders.view_webhookattempt",
         *_LICENSING_VIEW,
     },
+    # What they review and decide is added with moderation; until then they read the catalog.
+    MODERATOR: {
+        "catalog.view_partner",
+        "catalog.view_category",
+        "catalog.view_sku",
+        "catalog.view_artifact",
+    },
+    # Their own partner's drafts, narrowed to that partner by the catalog's admin.
+    PARTNER_STAFF: {
+        "catalog.view_sku",
+        "catalog.change_sku",
+        "catalog.add_sku",
+        "catalog.view_artifact",
+        "catalog.view_partnerkey",
+        "catalog.add_partnerkey",
+        "catalog.view_royaltysplit",
+    },
 }
+
+# Every role the identity provider's claims may map to (MARKETPLACE_OIDC_ROLE_MAP).
+ROLE_NAMES = frozenset(ROLE_PERMISSIONS)
 
 # Who may take each staff action on orders (orders.admin), by role; superusers may take all.
 # The services they call write the change and its audit event.
