@@ -98,16 +98,9 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.view_sku",
         "catalog.view_artifact",
     },
-    # Their own partner's drafts, narrowed to that partner by the catalog's admin.
-    PARTNER_STAFF: {
-        "catalog.view_sku",
-        "catalog.change_sku",
-        "catalog.add_sku",
-        "catalog.view_artifact",
-        "catalog.view_partnerkey",
-        "catalog.add_partnerkey",
-        "catalog.view_royaltysplit",
-    },
+    # Nothing until the catalog's admin narrows every list, form and URL to the member's own
+    # partner (accounts.Identity.partner_slug): a catalog permission would reach all partners.
+    PARTNER_STAFF: set(),
 }
 
 # Every role the identity provider's claims may map to (MARKETPLACE_OIDC_ROLE_MAP).
