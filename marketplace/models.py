@@ -192,3 +192,27 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return self.reference
+
+
+class RuntimeSwitch(models.Model):
+    """The platform's switches that staff turn at runtime, one row (pk 1). Maintenance mode is
+    on when this says so or MAINTENANCE_MODE forces it (marketplace.maintenance); it is changed
+    only through the audited service that a two-person approval applies
+    (accounts.services.maintenance_switch_set)."""
+
+    SINGLETON = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON, editable=False)
+    maintenance = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(null=True, blank=True)
+    # A user's uuid, as actors name them: this floor does not reach for the person.
+    changed_by = models.UUIDField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "runtime switch"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="runtime_switch_singleton"),
+        ]
+
+    def __str__(self) -> str:
+        return f"maintenance {'on' if self.maintenance else 'off'}"

@@ -409,6 +409,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"expires": 290},
     },
+    # Pending approval requests past their expiry are marked expired (accounts.approval_services).
+    "accounts-approvals-expire": {
+        "task": "accounts.tasks.approvals_expire",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
 }
 
 # --- Key store ---------------------------------------------------------------------------------
@@ -560,6 +566,20 @@ AXES_USERNAME_FORM_FIELD = "username"
 # The same client address as the rate limits (MARKETPLACE_NUM_PROXIES).
 AXES_CLIENT_IP_CALLABLE = "marketplace.clients.client_ip"
 AXES_LOCKOUT_CALLABLE = "marketplace.ratelimit.staff_lockout_response"
+
+# --- Approvals and break-glass ------------------------------------------------------------------
+
+# Two-person approval (docs/approvals.md): a sensitive change waits until this many distinct
+# people in all agree: the requester plus THRESHOLD - 1 approvers holding the kind's role. At
+# least 2 in staging and production; 1 (dev only) applies a request as soon as it is filed.
+APPROVAL_THRESHOLD = env.int("MARKETPLACE_APPROVAL_THRESHOLD", default=2)
+# A request not decided within this many hours expires (a beat task marks it).
+APPROVAL_TTL_HOURS = env.int("MARKETPLACE_APPROVAL_TTL_HOURS", default=24)
+# Refunds above this amount, in minor units of the order's currency (50000 is 500.00 USD),
+# wait for a second person of Finance; at or under it they are made at once.
+APPROVAL_REFUND_MINOR = env.int("MARKETPLACE_APPROVAL_REFUND_MINOR", default=50000)
+# The longest window a break-glass password login may be granted for (`breakglass_grant`).
+BREAKGLASS_MAX_HOURS = env.int("MARKETPLACE_BREAKGLASS_MAX_HOURS", default=4)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -190,6 +190,11 @@ if not 0 < STRIPE_WEBHOOK_TOLERANCE_SECONDS <= 3600:
         "MARKETPLACE_STRIPE_WEBHOOK_TOLERANCE_SECONDS",
         "must be 1 to 3600 seconds (a wider window lets a captured webhook be replayed later)",
     )
+if APPROVAL_THRESHOLD < 2:
+    _refuse(
+        "MARKETPLACE_APPROVAL_THRESHOLD",
+        "must be at least 2 (1 lets one person apply what needs a second person's approval)",
+    )
 SECURE_HSTS_SECONDS = env.int("MARKETPLACE_HSTS_SECONDS", default=31536000)
 if SECURE_HSTS_SECONDS < 31536000:
     _refuse(
