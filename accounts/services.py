@@ -1,18 +1,24 @@
-"""The audited writes on people: buyers, their API tokens, staff accounts and their access."""
+"""The audited writes on people: buyers, their API tokens, staff accounts and their access;
+and the runtime maintenance switch, which staff turn through a two-person approval."""
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.chain import format_time
 from audit.services import audit_append
-from marketplace.actors import Actor
+from marketplace.actors import Actor, ActorType
 from marketplace.exceptions import InvalidInput
+from marketplace.maintenance import maintenance_switch_on, maintenance_switch_store
 from marketplace.models import ApiToken, User
 
 
@@ -118,6 +124,16 @@ class Access:
             frozenset(user.groups.values_list("name", flat=True)),
         )
 
+    def grants_beyond(self, before: "Access") -> bool:
+        """Whether this access gives more than `before`: a role added, or staff or superuser
+        turned on. Made by hand, such a change waits for a second person (`role.grant`);
+        taking access away does not."""
+        return bool(
+            (self.is_staff and not before.is_staff)
+            or (self.is_superuser and not before.is_superuser)
+            or (self.roles - before.roles)
+        )
+
 
 def account_access_record(*, user: User, before: Access | None, actor: Actor) -> bool:
     """Records what changed in the account's access since `before` (None: the account is
@@ -183,3 +199,178 @@ def staff_account_ensure(
     if before is not None and password is not None:
         account_password_set_record(user=user, actor=actor)
     return user, before is None
+
+
+# --- Access granted through an approval ---------------------------------------------------------
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def role_grant_params(*, user: User, target: Access) -> dict[str, Any]:
+    """The `role.grant` request's params for giving `user` the access `target`."""
+    return {
+        "user": str(user.uuid),
+        "roles": sorted(target.roles),
+        "is_staff": target.is_staff,
+        "is_superuser": target.is_superuser,
+    }
+
+
+def _grant_user(params: dict[str, Any]) -> User:
+    user = User.objects.filter(uuid=params.get("user")).first()
+    if user is None:
+        raise InvalidInput(f"There is no account {params.get('user')}.")
+    return user
+
+
+def role_grant_check(params: dict[str, Any]) -> None:
+    _grant_user(params)
+    roles = set(params.get("roles", []))
+    missing = roles - set(Group.objects.filter(name__in=roles).values_list("name", flat=True))
+    if missing:
+        raise InvalidInput(f"There is no role {', '.join(sorted(missing))}.")
+
+
+def role_grant_summary(params: dict[str, Any]) -> str:
+    user = _grant_user(params)
+    now = Access.of(user)
+    roles = set(params["roles"])
+    changes = []
+    if added := sorted(roles - now.roles):
+        changes.append(f"adds {', '.join(added)}")
+    if removed := sorted(now.roles - roles):
+        changes.append(f"removes {', '.join(removed)}")
+    for flag, label in (("is_staff", "staff"), ("is_superuser", "superuser")):
+        if params[flag] != getattr(now, flag):
+            changes.append(f"{label}: {_yes(getattr(now, flag))} → {_yes(params[flag])}")
+    return (
+        f"Set the access of {user.email}: roles {', '.join(sorted(roles)) or 'none'}; "
+        f"staff {_yes(params['is_staff'])}; superuser {_yes(params['is_superuser'])} "
+        f"({'; '.join(changes) or 'no change from now'})."
+    )
+
+
+@transaction.atomic
+def account_access_grant(*, params: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    """Applies an approved `role.grant`: the account gets exactly the roles and the staff and
+    superuser flags of `params` (what the approvers read in the summary). Recorded as the
+    admin's edits are (`account.access_changed`)."""
+    user = User.objects.select_for_update().get(pk=_grant_user(params).pk)
+    before = Access.of(user)
+    user.is_staff = bool(params["is_staff"])
+    user.is_superuser = bool(params["is_superuser"])
+    user.save(update_fields=["is_staff", "is_superuser"])
+    user.groups.set(Group.objects.filter(name__in=params["roles"]))
+    changed = account_access_record(user=user, before=before, actor=actor)
+    return {"user": str(user.uuid), "changed": changed}
+
+
+# --- The maintenance switch ----------------------------------------------------------------------
+
+
+@transaction.atomic
+def maintenance_switch_set(*, on: bool, actor: Actor) -> bool:
+    """Turns the runtime maintenance switch on or off; records `maintenance.on` or
+    `maintenance.off` when it changed (nothing when it already was so). MAINTENANCE_MODE=1 in
+    the environment keeps the mode on whatever the switch says."""
+    changed_by = UUID(actor.id) if actor.type in (ActorType.STAFF, ActorType.BUYER) else None
+    changed = maintenance_switch_store(on=on, changed_by=changed_by)
+    if changed:
+        audit_append(
+            actor=actor,
+            action="maintenance.on" if on else "maintenance.off",
+            subject=("runtime_switch", "maintenance"),
+            data={"forced_by_environment": bool(settings.MAINTENANCE_MODE)},
+        )
+    return changed
+
+
+def _maintenance_check(on: bool) -> Any:
+    def check(params: dict[str, Any]) -> None:
+        if maintenance_switch_on() == on:
+            raise InvalidInput(f"The maintenance switch is {'on' if on else 'off'} already.")
+
+    return check
+
+
+def _maintenance_summary(on: bool) -> Any:
+    def summary(params: dict[str, Any]) -> str:
+        if on:
+            return (
+                "Turn maintenance mode on: checkout answers 503 and no license, delivery or "
+                "proof is issued until it is turned off again; reads go on."
+            )
+        forced = (
+            " MAINTENANCE_MODE=1 in the environment still keeps it on."
+            if settings.MAINTENANCE_MODE
+            else ""
+        )
+        return (
+            "Turn maintenance mode off: checkout and fulfilment resume (the sweep issues what "
+            f"waited).{forced}"
+        )
+
+    return summary
+
+
+def _maintenance_apply(on: bool) -> Any:
+    def apply(params: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        return {"maintenance": on, "changed": maintenance_switch_set(on=on, actor=actor)}
+
+    return apply
+
+
+MAINTENANCE_KINDS = {
+    kind: (_maintenance_summary(on), _maintenance_apply(on), _maintenance_check(on))
+    for kind, on in (("maintenance.on", True), ("maintenance.off", False))
+}
+
+
+def _provider_placeholder_email(issuer: str, subject: str) -> str:
+    # User.email is required and unique; a buyer the provider gave no verified address gets
+    # one that can never receive mail (.invalid, RFC 2606) and never collides with a real one.
+    digest = hashlib.sha256(f"{issuer}\n{subject}".encode()).hexdigest()[:32]
+    return f"oidc-{digest}@users.invalid"
+
+
+def buyer_of_identity(*, issuer: str, subject: str, email: str | None) -> User:
+    """The account of the provider's (issuer, subject), created as a buyer on first use.
+
+    Never matched by e-mail: the verified address (`email`, None when the provider does not
+    vouch for one) is only taken for a new buyer when no account here has it already, since
+    whoever holds that account did not sign in as this subject. Records `buyer.created` (by
+    uuid, the address stays out of the audit log) with `identity.linked`. Two first requests
+    at once create one buyer: the identity's unique (issuer, subject) refuses the second."""
+    from accounts.models import Identity
+
+    for _ in range(2):
+        identity = (
+            Identity.objects.select_related("user").filter(issuer=issuer, subject=subject).first()
+        )
+        if identity is not None:
+            return identity.user
+        address = email.strip() if email else ""
+        if not address or User.objects.filter(email__iexact=address).exists():
+            address = _provider_placeholder_email(issuer, subject)
+        actor = Actor.service("identity-provider")
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(email=address)
+                Identity.objects.create(
+                    user=user, issuer=issuer, subject=subject, email=email or ""
+                )
+                audit_append(
+                    actor=actor, action="buyer.created", subject=_user_subject(user), data={}
+                )
+                audit_append(
+                    actor=actor,
+                    action="identity.linked",
+                    subject=_user_subject(user),
+                    data={"issuer": issuer, "subject": subject},
+                )
+            return user
+        except IntegrityError:
+            continue  # another request created it first: read it back
+    raise RuntimeError(f"no account could be made for {subject} at {issuer}")

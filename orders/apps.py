@@ -9,7 +9,11 @@ class OrdersConfig(AppConfig):
     verbose_name = "Orders"
 
     def ready(self) -> None:
+        from orders.approvals import register_approval_kinds
+
         checks.register(handover_receiver_check)
+        # Refunds above MARKETPLACE_APPROVAL_REFUND_MINOR wait for a second person.
+        register_approval_kinds()
 
 
 def handover_receiver_check(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

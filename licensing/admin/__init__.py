@@ -8,9 +8,11 @@ services as actions, each allowed to the roles in marketplace.roles.LICENSING_AC
   license id; **Revoke** (a reason is required) and **Reissue** (Security);
 - deliveries: status, attempts, last error, downloads, package hash, key wrapping and the
   download log; **Regenerate** (Security and Support), refused for a refunded or disputed order;
-- download log and proofs: read-only lists.
+- download log and proofs: read-only lists;
+- signing keys: read-only, with **Rotate** and **Revoke** (Security), which file two-person
+  approval requests.
 """
 
-from licensing.admin import deliveries, licenses, proofs
+from licensing.admin import deliveries, licenses, proofs, signing_keys
 
-__all__ = ["deliveries", "licenses", "proofs"]
+__all__ = ["deliveries", "licenses", "proofs", "signing_keys"]

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
@@ -19,6 +20,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
+from accounts.approval_services import approval_next_step
+from accounts.models import ApprovalRequest
 from audit.admin.changelist import USER_ACTORS, emails_by_uuid
 from marketplace.actors import Actor
 from marketplace.admin.helpers import ReadOnlyAdmin, reason_action
@@ -32,6 +35,7 @@ from orders.admin.common import (
     report_postings,
     utc,
 )
+from orders.approvals import order_refund_or_request
 from orders.models import FinancePosting, Order, PostingStatus
 
 # --- Forms ---------------------------------------------------------------------------------------
@@ -347,16 +351,25 @@ class OrderAdmin(ReadOnlyAdmin):
         form = RefundForm(request.POST or None, order=order, refundable=refundable)
         if request.method == "POST" and form.is_valid():
             try:
-                refund = services.order_refund(
+                refund = order_refund_or_request(
                     order_id=order.pk,
                     amount=form.cleaned_data["amount"],
                     reason=form.cleaned_data["reason"],
-                    actor=Actor.of_user(request.user),
+                    requested_by=request.user,
                     request_key=form.cleaned_data["request_key"],
                 )
             except ApplicationError as exc:
                 _service_error_to_form(form, exc)
             else:
+                if isinstance(refund, ApprovalRequest):
+                    limit = format_amount(settings.APPROVAL_REFUND_MINOR, order.currency)
+                    self.message_user(
+                        request,
+                        f"Refunds above {limit} need a second person of Finance: nothing is "
+                        f"refunded yet. {approval_next_step(refund)}",
+                        messages.WARNING,
+                    )
+                    return self._back(order)
                 self.message_user(
                     request,
                     f"Refund of {format_amount(refund.amount, order.currency)} requested "
@@ -372,7 +385,9 @@ class OrderAdmin(ReadOnlyAdmin):
             title=f"Refund order {order.pk}",
             intro=f"Paid {format_amount(order.amount, order.currency)}; "
             f"{format_amount(refundable, order.currency)} can still be refunded. "
-            "The money goes back through the payment provider.",
+            "The money goes back through the payment provider. A refund above "
+            f"{format_amount(settings.APPROVAL_REFUND_MINOR, order.currency)} waits for a "
+            "second person of Finance to approve it.",
         )
 
     def hold_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

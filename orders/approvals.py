@@ -1,0 +1,111 @@
+"""Refunds above MARKETPLACE_APPROVAL_REFUND_MINOR wait for a second person of Finance: the
+`order.refund` approval kind (accounts.approvals), registered in OrdersConfig.ready().
+
+The amount is compared in minor units of the order's currency, whatever the currency (the
+default 50000 is 500.00 USD or EUR). A full refund is pinned, when it is filed, to what could
+be refunded then, so the approvers decide on one amount. Applying it is the refund staff make
+at once below the threshold (orders.services.order_refund), with the request's own idempotency
+key, so the payment provider refunds once however often it is sent.
+"""
+
+from typing import Any
+
+from django.conf import settings
+
+from accounts import approvals
+from accounts.approval_services import approval_request
+from accounts.models import ApprovalRequest
+from marketplace.actors import Actor
+from marketplace.models import User
+from marketplace.money import format_amount
+from marketplace.roles import FINANCE
+from orders import services
+from orders.exceptions import OrderStateConflict, RefundNotAllowed
+from orders.models import Order, OrderStatus, Refund
+
+KIND = "order.refund"
+
+
+def refund_needs_approval(amount: int) -> bool:
+    return amount > settings.APPROVAL_REFUND_MINOR
+
+
+def _order(params: dict[str, Any]) -> Order:
+    order = Order.objects.filter(pk=params.get("order")).first()
+    if order is None:
+        raise RefundNotAllowed(f"There is no order {params.get('order')}.")
+    return order
+
+
+def refund_check(params: dict[str, Any]) -> None:
+    """What order_refund would refuse now, refused when the request is filed."""
+    order = _order(params)
+    amount = params.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise RefundNotAllowed(
+            "The refund amount must be a whole number of minor units greater than zero.",
+            errors={"amount": ["The amount must be greater than zero."]},
+        )
+    if order.paid_at is None or not order.payment_intent_id:
+        raise OrderStateConflict(f"Order {order.id} has no captured payment to refund.")
+    if order.status == OrderStatus.DISPUTED:
+        raise OrderStateConflict(f"Order {order.id} is disputed: the dispute decides.")
+    refundable = services.order_refundable_amount(order)
+    if amount > refundable:
+        raise RefundNotAllowed(
+            f"At most {refundable} {order.currency} (minor units) can still be refunded.",
+            errors={"amount": [f"At most {format_amount(refundable, order.currency)}."]},
+        )
+
+
+def refund_summary(params: dict[str, Any]) -> str:
+    order = _order(params)
+    return (
+        f"Refund {format_amount(params['amount'], order.currency)} of order {order.pk} "
+        f"(paid {format_amount(order.amount, order.currency)}, "
+        f"{format_amount(services.order_refundable_amount(order), order.currency)} refundable "
+        f"now) through the payment provider. Reason: {params['reason']}"
+    )
+
+
+def refund_apply(params: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    refund = services.order_refund(
+        order_id=params["order"],
+        amount=params["amount"],
+        reason=params["reason"],
+        actor=actor,
+        request_key=params["request_key"],
+    )
+    return {"refund": refund.gateway_refund_id, "amount": refund.amount}
+
+
+def order_refund_or_request(
+    *, order_id: Any, amount: int | None, reason: str, requested_by: User, request_key: str
+) -> Refund | ApprovalRequest:
+    """Refunds at once (orders.services.order_refund) up to MARKETPLACE_APPROVAL_REFUND_MINOR;
+    above it, files an `order.refund` request and answers it (nothing is refunded until
+    another Finance member approves). `amount` None is all that is left."""
+    order = Order.objects.get(pk=order_id)
+    pinned = services.order_refundable_amount(order) if amount is None else amount
+    actor = Actor.of_user(requested_by)
+    if not isinstance(pinned, int) or not refund_needs_approval(pinned):
+        return services.order_refund(
+            order_id=order.pk, amount=amount, reason=reason, actor=actor, request_key=request_key
+        )
+    return approval_request(
+        kind=KIND,
+        params={
+            "order": str(order.pk),
+            "amount": pinned,
+            "reason": reason.strip()[:300],
+            "request_key": f"approval-{request_key}",
+        },
+        reason=reason,
+        requested_by=requested_by,
+    )
+
+
+def register_approval_kinds() -> None:
+    approvals.register(
+        KIND, roles=(FINANCE,), summary=refund_summary, apply=refund_apply, check=refund_check
+    )
