@@ -1,20 +1,29 @@
 """Users and API tokens in the admin. What an edit changes in an account's access (active,
-staff, superuser, roles) and token revocations are recorded through accounts.services."""
+staff, superuser, roles) and token revocations are recorded through accounts.services.
+
+An edit that grants access by hand (a role added, staff or superuser turned on) does not save
+that part: it files a `role.grant` request that another Security member approves (Pending
+approvals, accounts.admin_approvals); the rest of the edit, taking access away included, saves.
+"""
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm, UserChangeForm
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
+from accounts.approval_services import approval_next_step, approval_request
 from accounts.services import (
     Access,
     account_access_record,
     account_password_set_record,
     api_token_revoke,
+    role_grant_params,
 )
 from marketplace.actors import Actor
 from marketplace.models import ApiToken, User
@@ -27,9 +36,40 @@ class UserCreationForm(BaseUserCreationForm):
 
 
 class UserEditForm(UserChangeForm):
+    access_reason = forms.CharField(
+        required=False,
+        max_length=1000,
+        label="Why (for a grant)",
+        help_text="Adding a role or turning staff or superuser on waits for another Security "
+        "member's approval; say why, for them.",
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+    )
+
     class Meta:
         model = User
         fields = "__all__"
+
+    def access_asked(self) -> Access:
+        """The access this form asks for (valid forms only)."""
+        data = self.cleaned_data
+        return Access(
+            bool(data.get("is_active")),
+            bool(data.get("is_staff")),
+            bool(data.get("is_superuser")),
+            frozenset(group.name for group in data.get("groups") or []),
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        # The instance is still as stored: the form's values reach it after clean().
+        self.grant = (
+            self.instance.pk is not None
+            and "groups" in data
+            and self.access_asked().grants_beyond(Access.of(self.instance))
+        )
+        if self.grant and not (data.get("access_reason") or "").strip():
+            self.add_error("access_reason", "Say why: a grant of access waits for a second person.")
+        return data
 
 
 @admin.register(User)
@@ -47,9 +87,10 @@ class UserAdmin(DjangoUserAdmin):
         (
             "Access",
             {
-                "fields": ["is_active", "is_staff", "is_superuser", "groups"],
+                "fields": ["is_active", "is_staff", "is_superuser", "groups", "access_reason"],
                 "description": "Staff roles are the groups Content ops, Finance, Security "
-                "and Support.",
+                "and Support. Granting a role, staff or superuser waits for another Security "
+                "member's approval; taking access away is at once.",
             },
         ),
         ("Dates", {"fields": ["date_joined", "last_login"]}),
@@ -63,6 +104,11 @@ class UserAdmin(DjangoUserAdmin):
         # The access as stored before this save (the roles are saved after it, in
         # save_related), kept with the form of this one request.
         form.access_before = Access.of(User.objects.get(pk=obj.pk)) if change else None
+        if change and getattr(form, "grant", False):
+            # The grant waits for its approval (save_related files it): the flags it would
+            # turn on stay as they are.
+            obj.is_staff = obj.is_staff and form.access_before.is_staff
+            obj.is_superuser = obj.is_superuser and form.access_before.is_superuser
         super().save_model(request, obj, form, change)
 
     def user_change_password(
@@ -80,11 +126,26 @@ class UserAdmin(DjangoUserAdmin):
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
+        if change and getattr(form, "grant", False):
+            self._file_grant(request, form)
         # Inside the admin's transaction, after the roles are saved: the audit event commits
         # or rolls back with the change it records.
         account_access_record(
             user=form.instance, before=form.access_before, actor=Actor.of_user(request.user)
         )
+
+    def _file_grant(self, request: HttpRequest, form: Any) -> None:
+        """Puts the roles back as they were and files the access asked for as a `role.grant`
+        request, in the admin's transaction (a refusal undoes the whole edit)."""
+        user, before, asked = form.instance, form.access_before, form.access_asked()
+        user.groups.set(Group.objects.filter(name__in=before.roles))
+        filed = approval_request(
+            kind="role.grant",
+            params=role_grant_params(user=user, target=asked),
+            reason=form.cleaned_data["access_reason"],
+            requested_by=request.user,
+        )
+        self.message_user(request, f"{filed.summary} {approval_next_step(filed)}", messages.WARNING)
 
 
 @admin.register(ApiToken)
@@ -124,3 +185,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         actor = Actor.of_user(request.user)
         count = sum(1 for token in queryset if api_token_revoke(token_pk=token.pk, actor=actor))
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
+
+
+# Pending approvals and break-glass grants.
+from accounts import admin_approvals  # noqa: E402, F401

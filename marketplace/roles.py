@@ -62,6 +62,9 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         # Refunds, Finance and webhook replays, and delivery holds check the Finance group
         # itself (ORDER_ACTION_ROLES): they are service calls, not edits of a row.
         *_ORDERS_FINANCE_VIEW,
+        # Pending approvals (refunds above the threshold); deciding is by role
+        # (accounts.approvals), not a model permission.
+        "accounts.view_approvalrequest",
     },
     SECURITY: {
         "catalog.view_partner",
@@ -79,6 +82,10 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "audit.add_checkpoint",  # the audit log's "Sign a checkpoint now" button
         "audit.view_kernelcursor",
         *_LICENSING_VIEW,
+        # Pending approvals (keys, maintenance, roles, break-glass) and break-glass grants;
+        # deciding and revoking are by role (accounts.approvals), not a model permission.
+        "accounts.view_approvalrequest",
+        "accounts.view_breakglassgrant",
     },
     SUPPORT: {
         "catalog.view_partner",

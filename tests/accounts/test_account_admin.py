@@ -4,9 +4,12 @@ is recorded in the audit log with the change, by whom, naming the account by uui
 import pytest
 from django.contrib.auth.models import Group
 
+from accounts.approval_services import approval_approve
+from accounts.models import ApprovalRequest
 from audit.models import AuditEvent
 from marketplace.models import User
 from marketplace.roles import FINANCE, SECURITY, SUPPORT, roles_sync
+from tests.conftest import _staff
 
 pytestmark = pytest.mark.django_db
 
@@ -38,9 +41,9 @@ def _roles(*names: str) -> list[str]:
     return [str(pk) for pk in Group.objects.filter(name__in=names).values_list("pk", flat=True)]
 
 
-def test_roles_and_flags_changed_in_the_admin_are_recorded(admin_client):
+def test_access_taken_away_in_the_admin_is_saved_at_once_and_recorded(admin_client):
     user = User.objects.create_user(email="staff@example.com", is_staff=True)
-    user.groups.add(Group.objects.get(name=SUPPORT))
+    user.groups.add(*Group.objects.filter(name__in=[FINANCE, SECURITY, SUPPORT]))
     before = AuditEvent.objects.count()
 
     response = admin_client.post(
@@ -56,7 +59,7 @@ def test_roles_and_flags_changed_in_the_admin_are_recorded(admin_client):
         str(user.uuid),
     )
     assert (event.actor_type, event.actor_id) == ("staff", str(admin_client.admin.uuid))
-    assert event.data == {"roles_added": [FINANCE, SECURITY], "roles_removed": [SUPPORT]}
+    assert event.data == {"roles_removed": [SUPPORT]}
 
     admin_client.post(
         f"/admin/marketplace/user/{user.pk}/change/",
@@ -64,6 +67,69 @@ def test_roles_and_flags_changed_in_the_admin_are_recorded(admin_client):
     )
     latest = AuditEvent.objects.order_by("-id").first()
     assert latest.data == {"is_active": False, "roles_removed": [FINANCE, SECURITY]}
+    assert not ApprovalRequest.objects.exists()
+
+
+def test_a_role_granted_in_the_admin_waits_for_a_second_person(admin_client):
+    user = User.objects.create_user(email="staff@example.com", is_staff=True)
+    user.groups.add(Group.objects.get(name=SUPPORT))
+    url = f"/admin/marketplace/user/{user.pk}/change/"
+    change = _form(user, groups=_roles(FINANCE, SECURITY), display_name="Ann")
+    before = AuditEvent.objects.count()
+
+    without_reason = admin_client.post(url, change)
+
+    assert without_reason.status_code == 200  # the form again: a grant says why
+    assert AuditEvent.objects.count() == before
+
+    response = admin_client.post(url, {**change, "access_reason": "joins the on-call rota"})
+
+    assert response.status_code == 302, response.content
+    user.refresh_from_db()
+    assert user.display_name == "Ann"  # the rest of the edit is saved
+    assert set(user.groups.values_list("name", flat=True)) == {SUPPORT}
+    request = ApprovalRequest.objects.get()
+    assert (request.kind, request.status, request.requested_by) == (
+        "role.grant",
+        "pending",
+        admin_client.admin,
+    )
+    assert request.params == {
+        "user": str(user.uuid),
+        "roles": [FINANCE, SECURITY],
+        "is_staff": True,
+        "is_superuser": False,
+    }
+    assert "adds Finance, Security; removes Support" in request.summary
+    assert list(AuditEvent.objects.order_by("id")[before:].values_list("action", flat=True)) == [
+        "approval.requested"
+    ]
+
+
+def test_making_someone_staff_in_the_admin_waits_and_applies_once_approved(admin_client):
+    user = User.objects.create_user(email="new.hire@example.com")
+    security = _staff("security@example.com", SECURITY)
+
+    response = admin_client.post(
+        f"/admin/marketplace/user/{user.pk}/change/",
+        _form(user, is_staff="on", groups=_roles(SUPPORT), access_reason="new support hire"),
+    )
+
+    assert response.status_code == 302, response.content
+    user.refresh_from_db()
+    assert (user.is_staff, list(user.groups.all())) == (False, [])
+    request = ApprovalRequest.objects.get()
+
+    approval_approve(request.pk, by=security)
+
+    user.refresh_from_db()
+    assert user.is_staff
+    assert list(user.groups.values_list("name", flat=True)) == [SUPPORT]
+    event = AuditEvent.objects.filter(action="account.access_changed").get()
+    assert (event.actor_id, event.data) == (
+        str(security.uuid),
+        {"is_staff": True, "roles_added": [SUPPORT]},
+    )
 
 
 def test_an_edit_that_changes_no_access_records_nothing(admin_client):
