@@ -22,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -154,7 +155,7 @@ def _locked(request_id: UUID | str) -> ApprovalRequest:
             .select_related("requested_by")
             .get(pk=request_id)
         )
-    except (ApprovalRequest.DoesNotExist, ValueError, TypeError):
+    except (ApprovalRequest.DoesNotExist, ValidationError, ValueError, TypeError):
         raise NotFound(f"There is no approval request {request_id}.") from None
 
 

@@ -77,7 +77,12 @@ def breakglass_grant_request(
 
 
 def _grant(params: dict[str, Any]) -> BreakGlassGrant:
-    grant = BreakGlassGrant.objects.select_related("user").filter(pk=params.get("grant")).first()
+    try:
+        grant = (
+            BreakGlassGrant.objects.select_related("user").filter(pk=params.get("grant")).first()
+        )
+    except (ValueError, TypeError):
+        grant = None
     if grant is None:
         raise InvalidInput(f"There is no break-glass grant {params.get('grant')}.")
     return grant

@@ -219,7 +219,10 @@ def role_grant_params(*, user: User, target: Access) -> dict[str, Any]:
 
 
 def _grant_user(params: dict[str, Any]) -> User:
-    user = User.objects.filter(uuid=params.get("user")).first()
+    try:
+        user = User.objects.filter(uuid=UUID(str(params.get("user")))).first()
+    except ValueError:
+        user = None
     if user is None:
         raise InvalidInput(f"There is no account {params.get('user')}.")
     return user

@@ -11,6 +11,7 @@ key, so the payment provider refunds once however often it is sent.
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from accounts import approvals
 from accounts.approval_services import approval_request
@@ -31,7 +32,10 @@ def refund_needs_approval(amount: int) -> bool:
 
 
 def _order(params: dict[str, Any]) -> Order:
-    order = Order.objects.filter(pk=params.get("order")).first()
+    try:
+        order = Order.objects.filter(pk=params.get("order")).first()
+    except (ValueError, TypeError, ValidationError):
+        order = None
     if order is None:
         raise RefundNotAllowed(f"There is no order {params.get('order')}.")
     return order
