@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 
 
 class AccountsConfig(AppConfig):
@@ -9,6 +10,25 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         register_approval_kinds()
+        sign_in_ready()
+
+
+def sign_in_ready() -> None:
+    from django.conf import settings
+    from django.contrib import admin
+
+    from marketplace.roles import ROLE_NAMES
+
+    # The admin's sign-in page offers the identity provider (accounts.context).
+    admin.site.login_template = "accounts/admin_login.html"
+    role_map = settings.OIDC_ROLE_MAP
+    if not isinstance(role_map, dict) or not all(
+        isinstance(group, str) and role in ROLE_NAMES for group, role in role_map.items()
+    ):
+        raise ImproperlyConfigured(
+            "MARKETPLACE_OIDC_ROLE_MAP must be a JSON object of provider group names to "
+            f"roles ({', '.join(sorted(ROLE_NAMES))})."
+        )
 
 
 def _role_grant_apply(params: dict[str, Any], actor: Any) -> dict[str, Any]:

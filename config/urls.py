@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("catalog.api.urls")),
     path("api/v1/", include("marketplace.api.urls")),
+    path("api/v1/", include("accounts.api.urls")),
     path("api/v1/", include("orders.api.urls")),
     path("api/v1/", include("licensing.api.urls")),
     path(
@@ -25,6 +26,7 @@ urlpatterns = [
         name="delivery-package",
     ),
     path("", include("orders.urls")),
+    path("", include("accounts.urls")),
     path("admin/", admin.site.urls),
 ]
 

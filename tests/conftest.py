@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.support.finance_api",
     "tests.support.kernel",
     "tests.support.moto",
+    "tests.support.oidc",
     "tests.support.signing_proxy",
     "tests.support.stripe_api",
     "tests.support.worker",

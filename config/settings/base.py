@@ -71,6 +71,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # A staff session's absolute lifetime and its silent renewal at the identity provider.
+    "accounts.oidc.StaffSessionRenewal",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
@@ -93,6 +95,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context.sign_in",
             ],
         },
     },
@@ -149,6 +152,20 @@ if REDIS_URL:
             },
         }
     }
+    # Staff sessions live in Redis too (the runbooks), but not with the cache's forgiveness: a
+    # session that cannot be read or written is an outage (503), not a silent sign-out.
+    CACHES["sessions"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "marketplace-session",
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "SOCKET_CONNECT_TIMEOUT": 2,
+            "SOCKET_TIMEOUT": 2,
+        },
+    }
+    SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+    SESSION_CACHE_ALIAS = "sessions"
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 else:
     CACHES = {
@@ -498,7 +515,11 @@ THROTTLE_RATES = {
 }
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["marketplace.api.authentication.BearerTokenAuthentication"],
+    # A provider JWT first (it answers only tokens shaped like one), then API tokens.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.api.authentication.ProviderTokenAuthentication",
+        "marketplace.api.authentication.BearerTokenAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["marketplace.api.parsers.JSONParser"],
@@ -548,6 +569,43 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "admin:login"
 
+# --- Identity provider (docs/identity.md) -----------------------------------------------------
+
+# Staff sign in through the company's OpenID Connect provider: discovery from the issuer, the
+# authorization-code flow with PKCE, as this client. Unset: no provider sign-in (passwords in
+# dev only). Buyers' access tokens from the same provider are accepted on the API when
+# OIDC_API_AUDIENCE (their `aud`) is set.
+OIDC_ISSUER = env.str("MARKETPLACE_OIDC_ISSUER", default="")
+OIDC_CLIENT_ID = env.str("MARKETPLACE_OIDC_CLIENT_ID", default="")
+OIDC_CLIENT_SECRET = env.str("MARKETPLACE_OIDC_CLIENT_SECRET", default="")
+OIDC_API_AUDIENCE = env.str("MARKETPLACE_OIDC_API_AUDIENCE", default="")
+OIDC_SCOPES = env.str("MARKETPLACE_OIDC_SCOPES", default="openid email profile")
+# The claim holding the provider's groups, and which group is which role here (JSON object,
+# group name to role name; groups it does not name give no role).
+OIDC_ROLES_CLAIM = env.str("MARKETPLACE_OIDC_ROLES_CLAIM", default="groups")
+OIDC_ROLE_MAP = env.json("MARKETPLACE_OIDC_ROLE_MAP", default={})
+# The claim naming the partner (by slug) a Partner staff member works for.
+OIDC_PARTNER_CLAIM = env.str("MARKETPLACE_OIDC_PARTNER_CLAIM", default="")
+# A staff sign-in must show a second factor: an `amr` value of OIDC_MFA_AMR (RFC 8176) or an
+# `acr` of OIDC_MFA_ACR. On in staging and production, which refuse to start without it.
+OIDC_REQUIRE_MFA = env.bool("MARKETPLACE_OIDC_REQUIRE_MFA", default=SERVICE_ENV != "dev")
+OIDC_MFA_AMR = env.list(
+    "MARKETPLACE_OIDC_MFA_AMR",
+    default=["mfa", "otp", "hwk", "swk", "sc", "sms", "tel", "fpt", "face", "iris", "retina"],
+)
+OIDC_MFA_ACR = env.list("MARKETPLACE_OIDC_MFA_ACR", default=[])
+# A staff session is renewed silently (prompt=none) this often: roles are synced again, and
+# an account disabled at the provider loses access here.
+OIDC_RENEW_SECONDS = env.int("MARKETPLACE_OIDC_RENEW_SECONDS", default=900)
+OIDC_TIMEOUT_SECONDS = env.float("MARKETPLACE_OIDC_TIMEOUT_SECONDS", default=5.0)
+# A staff session ends this long after sign-in whatever its renewals, and after
+# MARKETPLACE_STAFF_SESSION_IDLE_MINUTES without a request.
+# (accounts.oidc.StaffSessionRenewal keeps both, on the admin's pages.)
+STAFF_SESSION_SECONDS = env.int("MARKETPLACE_STAFF_SESSION_HOURS", default=8) * 3600
+STAFF_SESSION_IDLE_SECONDS = env.int("MARKETPLACE_STAFF_SESSION_IDLE_MINUTES", default=30) * 60
+SESSION_COOKIE_AGE = STAFF_SESSION_SECONDS
+SESSION_COOKIE_SAMESITE = "Lax"
+
 # Staff sign-in: after MARKETPLACE_STAFF_LOCKOUT_FAILURES failed attempts for one account from
 # one client address, that pair is locked out for MARKETPLACE_STAFF_LOCKOUT_MINUTES (each
 # attempt during the lockout starts it again); a success clears the count. django-axes keeps
@@ -555,6 +613,9 @@ LOGIN_URL = "admin:login"
 # by the `staff_login` rate instead.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
+    "accounts.oidc.StaffOIDCBackend",
+    "accounts.backends.BreakGlassBackend",
+    # Password sign-in: dev only (production keeps break-glass grants alone: production.py).
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env.int("MARKETPLACE_STAFF_LOCKOUT_FAILURES", default=5)

@@ -195,6 +195,23 @@ if APPROVAL_THRESHOLD < 2:
         "MARKETPLACE_APPROVAL_THRESHOLD",
         "must be at least 2 (1 lets one person apply what needs a second person's approval)",
     )
+# Staff sign in through the identity provider only; passwords are for break-glass grants.
+for _variable, _value in (
+    ("MARKETPLACE_OIDC_ISSUER", OIDC_ISSUER),
+    ("MARKETPLACE_OIDC_CLIENT_ID", OIDC_CLIENT_ID),
+    ("MARKETPLACE_OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET),
+):
+    if not _value:
+        _refuse(_variable, "not set (staff sign in through the identity provider in production)")
+if OIDC_ISSUER:
+    _refuse_http("MARKETPLACE_OIDC_ISSUER", OIDC_ISSUER)
+if not OIDC_REQUIRE_MFA:
+    _refuse("MARKETPLACE_OIDC_REQUIRE_MFA", "must be on (staff sign-ins need a second factor)")
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "accounts.oidc.StaffOIDCBackend",
+    "accounts.backends.BreakGlassBackend",
+]
 SECURE_HSTS_SECONDS = env.int("MARKETPLACE_HSTS_SECONDS", default=31536000)
 if SECURE_HSTS_SECONDS < 31536000:
     _refuse(

@@ -98,8 +98,14 @@ def test_every_operation_that_reads_a_bearer_token_documents_its_401(document):
         }, (method, path)
     assert authenticated >= 14
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
-    # The buyer's own answers need the token; the catalog takes one but does not need it.
-    assert document["paths"]["/api/v1/orders"]["get"]["security"] == [{"bearerAuth": []}]
+    provider = document["components"]["securitySchemes"]["providerToken"]
+    assert (provider["scheme"], provider["bearerFormat"]) == ("bearer", "JWT")
+    # The buyer's own answers need a token, either kind; the catalog takes one but does not
+    # need it.
+    assert document["paths"]["/api/v1/orders"]["get"]["security"] == [
+        {"providerToken": []},
+        {"bearerAuth": []},
+    ]
     assert {} in document["paths"]["/api/v1/skus"]["get"]["security"]
 
 

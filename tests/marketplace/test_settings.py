@@ -35,6 +35,9 @@ PRODUCTION = {
     "MARKETPLACE_METRICS_TOKEN": "Jd3vQm9Xc1LrT7pWz5Kb0NhF2sYg8AeU4iOx6CtRwE",
     "MARKETPLACE_LICENSE_SIGNER_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/license",
     "MARKETPLACE_DELIVERY_KMS_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/delivery",
+    "MARKETPLACE_OIDC_ISSUER": "https://id.example.com",
+    "MARKETPLACE_OIDC_CLIENT_ID": "marketplace-staff",
+    "MARKETPLACE_OIDC_CLIENT_SECRET": "Qm3xW9zT1cV7bN5kL2pR8sD4fG6hJ0aY",
 }
 
 
@@ -83,6 +86,9 @@ def test_production_with_nothing_set_names_every_missing_variable():
         "MARKETPLACE_METRICS_TOKEN",
         "MARKETPLACE_LICENSE_SIGNER_KEY_ID",
         "MARKETPLACE_DELIVERY_KMS_KEY_ID",
+        "MARKETPLACE_OIDC_ISSUER",
+        "MARKETPLACE_OIDC_CLIENT_ID",
+        "MARKETPLACE_OIDC_CLIENT_SECRET",
     ):
         assert f"{variable}: " in result.stderr, variable
     assert "Traceback" not in result.stderr.split("ImproperlyConfigured")[-1]
@@ -92,6 +98,14 @@ def test_production_with_nothing_set_names_every_missing_variable():
     ("override", "message"),
     [
         ({"MARKETPLACE_DEBUG": "1"}, "MARKETPLACE_DEBUG: must be off"),
+        (
+            {"MARKETPLACE_OIDC_ISSUER": "http://id.example.com"},
+            "MARKETPLACE_OIDC_ISSUER: must be an https:// URL",
+        ),
+        (
+            {"MARKETPLACE_OIDC_REQUIRE_MFA": "0"},
+            "MARKETPLACE_OIDC_REQUIRE_MFA: must be on",
+        ),
         (
             {"MARKETPLACE_KEYSTORE_MASTER_KEY": "c2hvcnQ="},
             "MARKETPLACE_KEYSTORE_MASTER_KEY: must be 32 random bytes in base64",
