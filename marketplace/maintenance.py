@@ -45,11 +45,12 @@ def maintenance_on() -> bool:
 
 def maintenance_switch_on() -> bool:
     """The runtime switch alone (the environment aside), cached for a few seconds."""
+    # Kept as "on"/"off": the metrics-counting cache backends answer a falsy value as a miss.
     cached = cache.get(SWITCH_CACHE_KEY)
-    if cached is not None:
-        return bool(cached)
+    if cached in ("on", "off"):
+        return cached == "on"
     on = RuntimeSwitch.objects.filter(pk=RuntimeSwitch.SINGLETON, maintenance=True).exists()
-    cache.set(SWITCH_CACHE_KEY, int(on), timeout=SWITCH_CACHE_SECONDS)
+    cache.set(SWITCH_CACHE_KEY, "on" if on else "off", timeout=SWITCH_CACHE_SECONDS)
     return on
 
 
