@@ -347,6 +347,10 @@ PATH_LIMITS = (
     PathLimit("/health", "health", subtree=True),
     PathLimit("/metrics", "metrics"),
     PathLimit("/admin/login/", "staff_login", methods=frozenset({"POST"})),
+    # A sign-in through the identity provider is one of each (accounts/urls.py): each callback
+    # costs a token exchange at the provider.
+    PathLimit("/oidc/authenticate/", "staff_login"),
+    PathLimit("/oidc/callback/", "staff_login"),
 )
 
 

@@ -315,6 +315,23 @@ def test_staff_sign_in_attempts_are_limited_per_address_whatever_the_account(
     assert client.get("/admin/login/").status_code == 200
 
 
+@pytest.mark.django_db
+def test_sign_ins_through_the_identity_provider_share_that_limit(
+    client: Client, rates: SetRates
+) -> None:
+    rates(staff_login="3/min")
+
+    responses = [
+        client.get("/oidc/authenticate/"),
+        client.get("/oidc/callback/", {"code": "made-up", "state": "made-up"}),
+        client.post("/admin/login/", {"username": "staff@example.com", "password": "guess"}),
+        client.get("/oidc/callback/", {"code": "made-up", "state": "made-up"}),
+    ]
+
+    assert 429 not in [r.status_code for r in responses[:3]]
+    assert responses[-1].status_code == 429
+
+
 @pytest.mark.parametrize("value", ["ten/min", "10/fortnight", "0/min", "10"])
 def test_a_rate_of_another_form_stops_the_platform_naming_the_variable(value: str) -> None:
     env = {
