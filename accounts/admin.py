@@ -187,5 +187,5 @@ class ApiTokenAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
 
 
-# Pending approvals and break-glass grants.
-from accounts import admin_approvals  # noqa: E402, F401
+# Pending approvals and break-glass grants; groups.
+from accounts import admin_approvals, admin_groups  # noqa: E402, F401

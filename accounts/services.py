@@ -377,3 +377,53 @@ def buyer_of_identity(*, issuer: str, subject: str, email: str | None) -> User:
         except IntegrityError:
             continue  # another request created it first: read it back
     raise RuntimeError(f"no account could be made for {subject} at {issuer}")
+
+
+def group_permissions(group: Group) -> list[str]:
+    """The group's permissions as `app_label.codename`, sorted."""
+    return sorted(
+        f"{app}.{codename}"
+        for app, codename in group.permissions.values_list("content_type__app_label", "codename")
+    )
+
+
+def group_change_record(
+    *,
+    group: Group,
+    before: tuple[str, list[str]] | None,
+    actor: Actor,
+    deleted: bool = False,
+) -> bool:
+    """Records a group made, changed or deleted by hand, in the caller's transaction:
+    `group.created` (name, permissions), `group.changed` (name before and after, permissions
+    added and removed), `group.deleted` (name, permissions). Nothing when nothing changed."""
+    subject = ("group", str(group.pk))
+    permissions = group_permissions(group)
+    if deleted:
+        audit_append(
+            actor=actor,
+            action="group.deleted",
+            subject=subject,
+            data={"name": group.name, "permissions": permissions},
+        )
+        return True
+    if before is None:
+        audit_append(
+            actor=actor,
+            action="group.created",
+            subject=subject,
+            data={"name": group.name, "permissions": permissions},
+        )
+        return True
+    name_before, permissions_before = before
+    added = sorted(set(permissions) - set(permissions_before))
+    removed = sorted(set(permissions_before) - set(permissions))
+    if name_before == group.name and not added and not removed:
+        return False
+    audit_append(
+        actor=actor,
+        action="group.changed",
+        subject=subject,
+        data={"name": group.name, "was": name_before, "added": added, "removed": removed},
+    )
+    return True
