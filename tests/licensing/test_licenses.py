@@ -2,7 +2,6 @@
 license key, verified (signature, expiry, revocation) by the platform and, offline, by an
 independent JOSE library against the published JWK Set; revoked and reissued, audited."""
 
-import io
 import json
 import re
 import threading
@@ -10,7 +9,6 @@ from datetime import timedelta
 
 import jwt
 import pytest
-from django.core.management import call_command
 from django.db import connection
 
 from audit.models import AuditEvent
@@ -38,6 +36,7 @@ from tests.licensing.factories import (
     order_revoked,
 )
 from tests.orders.factories import order_checked_out, sku_for_sale
+from tests.support.approvals import rotated
 
 pytestmark = [
     pytest.mark.django_db,
@@ -425,7 +424,7 @@ def test_rotation_keeps_old_licenses_verifying_and_signs_new_ones_with_the_new_k
     client, buyer, license
 ):
     old_kid = license.kid
-    call_command("rotate_signer", "--purpose", "license", stdout=io.StringIO())
+    assert rotated("license").status == "applied"
 
     new_key = SigningKey.objects.get(purpose="license", status=SigningKeyStatus.ACTIVE)
     assert new_key.kid != old_kid

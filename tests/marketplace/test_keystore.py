@@ -1,10 +1,8 @@
 import base64
-import io
 import os
 import stat
 
 import pytest
-from django.core.management import call_command
 from joserfc.jwk import KeySet
 
 from audit.models import AuditEvent
@@ -12,6 +10,7 @@ from audit.signing_keys import signing_key_active, signing_key_revoke, signing_k
 from marketplace.jwk import public_keys_from_jwks
 from marketplace.keystore import KeyStoreError, jwk_of, signer_for
 from marketplace.models import SigningKeyPurpose, SigningKeyStatus
+from tests.support.approvals import rotated
 
 pytestmark = pytest.mark.django_db
 
@@ -97,17 +96,17 @@ def test_an_unusable_jwks_is_refused_with_a_reason(document, message) -> None:
         public_keys_from_jwks(document)
 
 
-def test_rotate_signer_prints_the_new_key_and_audits_the_rotation() -> None:
+def test_rotate_signer_rotates_once_approved_and_audits_the_rotation() -> None:
     old = signing_key_active(purpose=SigningKeyPurpose.AUDIT)
-    out, err = io.StringIO(), io.StringIO()
-    call_command("rotate_signer", "--purpose", "audit", stdout=out, stderr=err)
+
+    request = rotated("audit")
 
     new = signing_key_active(purpose=SigningKeyPurpose.AUDIT)
-    assert out.getvalue() == f"{new.kid}\n"
-    assert f"Retired {old.kid}" in err.getvalue()
+    assert request.outcome == {"new": new.kid, "retired": old.kid}
+    approver = request.decisions.get().by
     events = AuditEvent.objects.filter(subject_type="signing_key").order_by("id")
     assert [(e.action, e.subject_id, e.actor_type, e.actor_id) for e in events] == [
         ("signing_key.created", old.kid, "system", "keystore"),
-        ("signing_key.retired", old.kid, "system", "rotate_signer"),
-        ("signing_key.created", new.kid, "system", "rotate_signer"),
+        ("signing_key.retired", old.kid, "staff", str(approver.uuid)),
+        ("signing_key.created", new.kid, "staff", str(approver.uuid)),
     ]

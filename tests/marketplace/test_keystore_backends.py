@@ -3,7 +3,6 @@
 signing, rotating and revoking keys through the same functions; signatures are checked with
 `cryptography` and with an independent JOSE library (joserfc)."""
 
-import io
 import json
 from typing import Any
 
@@ -11,7 +10,6 @@ import boto3
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from django.core.management import CommandError, call_command
 from joserfc import jws
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
@@ -30,6 +28,7 @@ from marketplace.keystore import (
 )
 from marketplace.models import SigningKey, SigningKeyPurpose, SigningKeyStatus
 from tests.marketplace.test_settings import PRODUCTION, manage
+from tests.support.approvals import rotated
 from tests.support.moto import CREDENTIALS, REGION
 from tests.support.net import free_port
 from tests.support.signing_proxy import SigningProxy
@@ -234,8 +233,12 @@ def test_an_unreachable_kms_is_a_retryable_error_and_nothing_is_recorded(kms, se
         signing_key_active(purpose=LICENSE)
     assert not SigningKey.objects.exists()
     assert not AuditEvent.objects.filter(subject_type="signing_key").exists()
-    with pytest.raises(CommandError, match="the key store is unavailable"):
-        call_command("rotate_signer", stdout=io.StringIO(), stderr=io.StringIO())
+    # A rotation approved while KMS is out fails, keeping the error; nothing is recorded.
+    request = rotated("license")
+    assert request.status == "failed"
+    assert "is unreachable" in request.error
+    assert not SigningKey.objects.exists()
+    assert not AuditEvent.objects.filter(subject_type="signing_key").exists()
 
 
 def test_signing_while_kms_is_unreachable_fails_as_unavailable(kms, settings) -> None:
@@ -260,20 +263,19 @@ def test_kms_refusing_a_request_is_a_terminal_error(kms) -> None:
 
 def test_rotate_signer_makes_the_new_license_key_in_kms(kms) -> None:
     old = signing_key_active(purpose=LICENSE)
-    out, err = io.StringIO(), io.StringIO()
 
-    call_command("rotate_signer", "--purpose", "license", stdout=out, stderr=err)
+    request = rotated("license")
 
     new = signing_key_active(purpose=LICENSE)
-    assert out.getvalue() == f"{new.kid}\n"
+    assert request.outcome == {"new": new.kid, "retired": old.kid}
     assert (new.backend, new.algorithm) == ("kms", "ES256")
-    assert f"Retired {old.kid}" in err.getvalue()
     assert [action for action, _, _ in events_of(old)] == [
         "signing_key.created",
         "signing_key.retired",
     ]
-    assert events_of(old)[1][1] == "rotate_signer"
-    assert events_of(new)[0][:2] == ("signing_key.created", "rotate_signer")
+    approver = str(request.decisions.get().by.uuid)
+    assert events_of(old)[1][1] == approver
+    assert events_of(new)[0][:2] == ("signing_key.created", approver)
 
 
 def test_audit_keys_stay_local_whatever_the_license_backend(kms) -> None:

@@ -1,6 +1,7 @@
 """The signing keys' admin: a read-only list that never shows private material, and the rotate
-and revoke actions, which only Security (or a superuser) may run and which call the key-store
-services, so each change is audited with the staff user as its actor."""
+and revoke actions, which only Security (or a superuser) may run: they file two-person approval
+requests, and once another Security member approves one the key-store services apply it, each
+change audited with the approving staff member as its actor."""
 
 from typing import Any
 
@@ -8,12 +9,14 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 
+from accounts.models import ApprovalRequest, ApprovalStatus
 from audit.models import AuditEvent
 from audit.signing_keys import signing_key_active
 from marketplace.actors import ActorType
 from marketplace.models import SigningKey, SigningKeyPurpose, SigningKeyStatus, User
 from marketplace.roles import CONTENT_OPS, SECURITY
 from tests.conftest import _staff
+from tests.support.approvals import approved, second_person
 
 pytestmark = pytest.mark.django_db
 
@@ -70,8 +73,8 @@ def test_the_list_shows_the_keys_and_no_private_material(security_client, audit_
         license_key.kid,
     }
     assert set(response.context["action_form"].fields["action"].choices) >= {
-        ("rotate", "Rotate the keys of the selected purposes (new active key)"),
-        ("revoke", "Revoke selected keys…"),
+        ("rotate", "Rotate the keys of the selected purposes (asks for approval)…"),
+        ("revoke", "Revoke selected keys (asks for approval)…"),
     }
     page = response.content.decode()
     detail = security_client.get(f"{CHANGELIST}{audit_key.pk}/change/")
@@ -96,42 +99,80 @@ def test_nobody_adds_changes_or_deletes_a_key_not_even_a_superuser(client, audit
     assert key_state() == before
 
 
-def test_rotate_makes_a_new_active_key_retires_the_old_one_and_audits_both(
+def rotate(client: Any, *keys: SigningKey, reason: str = "yearly rotation") -> Any:
+    return client.post(
+        CHANGELIST,
+        {
+            "action": "rotate",
+            "_selected_action": [key.pk for key in keys],
+            "apply": "1",
+            "reason": reason,
+        },
+        follow=True,
+    )
+
+
+def test_rotate_files_a_request_and_the_second_persons_approval_rotates(
     security_client, security_staff, audit_key
 ):
     first_event = AuditEvent.objects.count()
 
-    response = security_client.post(
-        CHANGELIST, {"action": "rotate", "_selected_action": [audit_key.pk]}, follow=True
-    )
+    response = rotate(security_client, audit_key)
 
     assert response.status_code == 200
+    request = ApprovalRequest.objects.get()
+    assert (request.kind, request.params, request.requested_by) == (
+        "signing_key.rotate",
+        {"purpose": "audit"},
+        security_staff,
+    )
+    assert f"{audit_key.kid} is retired (it still verifies what it signed)" in request.summary
+    assert messages_of(response)[-1] == "1 rotation(s) filed for approval."
+    assert key_state()[0][1] == SigningKeyStatus.ACTIVE  # nothing yet
+
+    approver = second_person()
+    approved(request.pk, by=approver)
+
     audit_key.refresh_from_db()
     assert audit_key.status == SigningKeyStatus.RETIRED
     assert audit_key.retired_at is not None
     new = SigningKey.objects.get(purpose=SigningKeyPurpose.AUDIT, status=SigningKeyStatus.ACTIVE)
     assert new.kid != audit_key.kid
-    staff = (ActorType.STAFF, str(security_staff.uuid))
-    assert events()[first_event:] == [
+    staff = (ActorType.STAFF, str(approver.uuid))
+    key_events = [e for e in events()[first_event:] if e[0].startswith("signing_key.")]
+    assert key_events == [
         ("signing_key.retired", *staff, audit_key.kid),
         ("signing_key.created", *staff, new.kid),
     ]
-    assert messages_of(response) == [
-        f"audit: {new.kid} is now the active key; {audit_key.kid} retired (it still verifies)."
-    ]
+    request.refresh_from_db()
+    assert request.outcome == {"new": new.kid, "retired": audit_key.kid}
 
 
-def test_rotate_runs_once_per_purpose_whatever_the_number_of_keys_selected(
+def test_rotate_asks_for_a_reason_and_files_nothing_without_one(security_client, audit_key):
+    before = events()
+
+    page = security_client.post(
+        CHANGELIST, {"action": "rotate", "_selected_action": [audit_key.pk]}
+    )
+    rotate(security_client, audit_key, reason="  ")
+
+    assert page.templates[0].name == "admin/action_reason.html"
+    assert not ApprovalRequest.objects.exists()
+    assert events() == before
+
+
+def test_rotate_files_one_request_per_purpose_whatever_the_number_of_keys_selected(
     security_client, audit_key
 ):
     retired = audit_key
-    security_client.post(CHANGELIST, {"action": "rotate", "_selected_action": [audit_key.pk]})
+    rotate(security_client, audit_key)
+    approved(ApprovalRequest.objects.get().pk)
     active = SigningKey.objects.get(status=SigningKeyStatus.ACTIVE)
 
-    security_client.post(
-        CHANGELIST, {"action": "rotate", "_selected_action": [retired.pk, active.pk]}
-    )
+    rotate(security_client, retired, active)
 
+    assert ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).count() == 1
+    approved(ApprovalRequest.objects.get(status=ApprovalStatus.PENDING).pk)
     statuses = list(SigningKey.objects.order_by("pk").values_list("status", flat=True))
     assert statuses == ["retired", "retired", "active"]
     assert AuditEvent.objects.filter(action="signing_key.created").count() == 3
@@ -157,7 +198,7 @@ def test_revoke_asks_for_a_reason_and_changes_nothing_without_one(security_clien
     assert events() == before_events
 
 
-def test_revoke_with_a_reason_revokes_the_key_and_audits_it(
+def test_revoke_with_a_reason_files_a_request_the_approval_revokes(
     security_client, security_staff, audit_key
 ):
     first_event = AuditEvent.objects.count()
@@ -173,25 +214,33 @@ def test_revoke_with_a_reason_revokes_the_key_and_audits_it(
         follow=True,
     )
 
+    assert messages_of(response)[-1] == "1 revocation(s) filed for approval."
+    request = ApprovalRequest.objects.get()
+    assert request.params == {"kid": audit_key.kid, "reason": "leaked in a backup"}
+    assert SigningKey.objects.get(pk=audit_key.pk).status == SigningKeyStatus.ACTIVE
+
+    approver = second_person()
+    approved(request.pk, by=approver)
+
     audit_key.refresh_from_db()
     assert (audit_key.status, audit_key.revoked_reason) == (
         SigningKeyStatus.REVOKED,
         "leaked in a backup",
     )
     assert audit_key.revoked_at is not None
-    assert events()[first_event:] == [
-        ("signing_key.revoked", ActorType.STAFF, str(security_staff.uuid), audit_key.kid)
+    assert [e for e in events()[first_event:] if e[0].startswith("signing_key.")] == [
+        ("signing_key.revoked", ActorType.STAFF, str(approver.uuid), audit_key.kid)
     ]
     assert AuditEvent.objects.get(action="signing_key.revoked").data["reason"] == (
         "leaked in a backup"
     )
-    assert messages_of(response) == ["1 key(s) revoked."]
 
 
-def test_a_superuser_may_rotate(client, audit_key):
+def test_a_superuser_may_ask_for_a_rotation(client, audit_key):
     client.force_login(User.objects.create_superuser("root@example.com", "x"))
 
-    client.post(CHANGELIST, {"action": "rotate", "_selected_action": [audit_key.pk]})
+    rotate(client, audit_key)
+    approved(ApprovalRequest.objects.get().pk)
 
     audit_key.refresh_from_db()
     assert audit_key.status == SigningKeyStatus.RETIRED
@@ -210,6 +259,7 @@ def test_other_staff_get_403_and_nothing_is_written(client, audit_key):
 
     assert (rotate.status_code, revoke.status_code) == (403, 403)
     assert key_state() == before
+    assert not ApprovalRequest.objects.exists()
     assert events() == before_events
 
 
