@@ -18,6 +18,7 @@ provider that is down does not stop the platform from starting).
 """
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -159,16 +160,17 @@ def _partner_of(claims: dict[str, Any]) -> str:
 
 
 def _audit_refusal(request: HttpRequest | None, refusal: LoginRefused) -> None:
-    audit_append(
-        actor=Actor.service("identity-provider"),
-        action="staff.login_refused",
-        subject=("identity", f"{settings.OIDC_ISSUER}#{refusal.subject}"),
-        data={
-            "code": refusal.code,
-            "reason": refusal.reason,
-            "client_ip": client_ip(request) if request is not None else None,
-        },
-    )
+    with transaction.atomic():
+        audit_append(
+            actor=Actor.service("identity-provider"),
+            action="staff.login_refused",
+            subject=("identity", f"{settings.OIDC_ISSUER}#{refusal.subject}"),
+            data={
+                "code": refusal.code,
+                "reason": refusal.reason,
+                "client_ip": client_ip(request) if request is not None else None,
+            },
+        )
 
 
 def staff_sign_in(*, claims: dict[str, Any], request: HttpRequest | None) -> User:
@@ -336,21 +338,33 @@ class StaffLoginView(OIDCAuthenticationRequestView):
             )
 
 
+STATE_MISMATCH = ("state_mismatch", "This sign-in's state is unknown or was already used.")
+
+
+def _provider_error(error: str) -> str:
+    """The provider's error code (RFC 6749's are lower case with underscores), or a stand-in."""
+    return error if re.fullmatch(r"[a-z_]{1,64}", error) else "provider_error"
+
+
 class StaffCallbackView(OIDCAuthenticationCallbackView):
     get_settings = staticmethod(oidc_setting)
 
     def get(self, request: HttpRequest) -> HttpResponse:
         error = request.GET.get("error")
-        if error and request.user.is_authenticated:
-            # A renewal the provider refused (the account disabled or signed out there): the
-            # library signs the session out; it is recorded here first, with the reason.
-            self._end_session(request, reason=error)
+        if error:
+            if request.GET.get("state") not in request.session.get("oidc_states", {}):
+                # Not the answer to a sign-in this session started (a forged link): shown, and
+                # it changes nothing, least of all the session it was sent to.
+                return _refused(request, *STATE_MISMATCH)
+            if request.user.is_authenticated:
+                # A renewal the provider refused (the account disabled or signed out there):
+                # the library signs the session out; it is recorded here first.
+                self._end_session(request, reason=_provider_error(error))
         try:
             return super().get(request)
         except SuspiciousOperation:
-            refusal = LoginRefused(
-                "state_mismatch", "This sign-in's state is unknown or was already used."
-            )
+            # An unknown or used state: nothing to do with this session, which stays as it is.
+            return _refused(request, *STATE_MISMATCH)
         except LoginRefused as exc:  # audited where it was raised
             refusal = exc
         except (RequestException, oidc.ProviderUnavailable) as exc:
@@ -370,14 +384,13 @@ class StaffCallbackView(OIDCAuthenticationCallbackView):
         if request.user.is_authenticated:
             # A renewal that failed (the account disabled at the provider, the session there
             # ended, the roles gone): access ends here too.
-            self._end_session(request, reason=error or "renewal_refused")
-        if error:
-            return _refused(
-                request,
-                error,
-                request.GET.get("error_description")
-                or "The identity provider refused the sign-in.",
+            self._end_session(
+                request, reason=_provider_error(error) if error else "renewal_refused"
             )
+        if error:
+            # The provider's own description is not shown: anyone can put text in a link.
+            code = _provider_error(error)
+            return _refused(request, code, f"The identity provider refused the sign-in ({code}).")
         return _refused(request, "login_failed", "The sign-in did not complete; start again.")
 
     def login_success(self) -> HttpResponse:
@@ -390,13 +403,14 @@ class StaffCallbackView(OIDCAuthenticationCallbackView):
     @staticmethod
     def _end_session(request: HttpRequest, reason: str = "") -> None:
         user = request.user
-        audit_append(
-            actor=Actor.service("identity-provider"),
-            action="staff.logout",
-            subject=("user", str(user.uuid)),
-            data={"reason": reason or "refused"},
-        )
-        auth.logout(request)
+        with transaction.atomic():
+            audit_append(
+                actor=Actor.service("identity-provider"),
+                action="staff.logout",
+                subject=("user", str(user.uuid)),
+                data={"reason": reason or "refused"},
+            )
+            auth.logout(request)
 
 
 class StaffLogoutView(OIDCLogoutView):
@@ -406,12 +420,13 @@ class StaffLogoutView(OIDCLogoutView):
 
     def post(self, request: HttpRequest) -> HttpResponse:
         if request.user.is_authenticated:
-            audit_append(
-                actor=Actor.of_user(request.user),
-                action="staff.logout",
-                subject=("user", str(request.user.uuid)),
-                data={"reason": "signed_out"},
-            )
+            with transaction.atomic():
+                audit_append(
+                    actor=Actor.of_user(request.user),
+                    action="staff.logout",
+                    subject=("user", str(request.user.uuid)),
+                    data={"reason": "signed_out"},
+                )
         return super().post(request)
 
 
@@ -470,19 +485,22 @@ class StaffSessionRenewal(SessionRefresh):
             else ""
         )
         if ended:
-            audit_append(
-                actor=Actor.of_user(user),
-                action="staff.logout",
-                subject=("user", str(user.uuid)),
-                data={"reason": ended},
-            )
-            auth.logout(request)
+            with transaction.atomic():
+                audit_append(
+                    actor=Actor.of_user(user),
+                    action="staff.logout",
+                    subject=("user", str(user.uuid)),
+                    data={"reason": ended},
+                )
+                auth.logout(request)
             return None
         if now - last_seen > LAST_SEEN_STEP_SECONDS:
             # Written at most once a minute: the idle timeout needs no finer step.
             request.session[LAST_SEEN] = now
         if not oidc.configured():
             return None
+        # The library reads these once, when the middleware is built; here, at each renewal.
+        self.OIDC_RP_CLIENT_ID, self.OIDC_RP_SCOPES = settings.OIDC_CLIENT_ID, settings.OIDC_SCOPES
         try:
             return super().process_request(request)
         except oidc.ProviderUnavailable as exc:

@@ -398,3 +398,35 @@ def test_an_idle_session_ends(provider: OIDCProvider, settings: Any):
 
     assert response.status_code == 302
     assert events("staff.logout")[-1].data["reason"] == "idle"
+
+
+def test_a_forged_callback_link_neither_signs_out_nor_shows_its_text(provider: OIDCProvider):
+    name = account(provider, "ops-forged-link")
+    client = Client()
+    sign_in(client, name)
+
+    error = client.get(
+        "/oidc/callback/",
+        {"error": "access_denied", "error_description": "Call +1 555 0100", "state": "forged"},
+    )
+    bad_state = client.get("/oidc/callback/", {"code": "stolen", "state": "forged"})
+
+    assert refused_code(error) == "state_mismatch"
+    assert "555" not in error.content.decode()
+    assert refused_code(bad_state) == "state_mismatch"
+    assert client.get("/admin/").status_code == 200
+    assert not events("staff.logout")
+
+
+def test_the_providers_own_error_text_is_not_shown(provider: OIDCProvider):
+    client = Client()
+    started = client.get("/oidc/authenticate/")
+    state = parse_qs(urlsplit(started["Location"]).query)["state"][0]
+
+    response = client.get(
+        "/oidc/callback/",
+        {"error": "access_denied", "error_description": "<b>Call us</b>", "state": state},
+    )
+
+    assert refused_code(response) == "access_denied"
+    assert "Call us" not in response.content.decode()
