@@ -58,7 +58,12 @@ def refund_check(params: dict[str, Any]) -> None:
     if amount > refundable:
         raise RefundNotAllowed(
             f"At most {refundable} {order.currency} (minor units) can still be refunded.",
-            errors={"amount": [f"At most {format_amount(refundable, order.currency)}."]},
+            errors={
+                "amount": [
+                    f"At most {refundable} ({format_amount(refundable, order.currency)}) "
+                    "can still be refunded."
+                ]
+            },
         )
 
 

@@ -1,0 +1,95 @@
+"""Refunds above MARKETPLACE_APPROVAL_REFUND_MINOR wait for a second person of Finance: the
+admin's refund files an `order.refund` request and says so; at or under it the refund is made
+at once, as before. Once approved, the refund goes to the provider once."""
+
+from typing import Any
+
+import pytest
+
+from accounts.approval_services import approval_approve
+from accounts.approvals import ApprovalOwnRequest, ApprovalRoleMissing
+from accounts.models import ApprovalRequest, ApprovalStatus
+from audit.models import AuditEvent
+from marketplace.models import User
+from marketplace.roles import FINANCE, SECURITY
+from orders.models import Order, OrderStatus, Refund
+from tests.conftest import _staff
+from tests.orders.factories import order_checked_out, sku_for_sale
+from tests.orders.test_admin import messages_of, order_url, refund_form
+from tests.orders.test_support_services import pay, process_events
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _threshold(settings: Any) -> None:
+    settings.APPROVAL_REFUND_MINOR = 500  # 5.00 USD
+
+
+@pytest.fixture
+def finance(client: Any, finance_staff: User) -> Any:
+    client.force_login(finance_staff)
+    return client
+
+
+@pytest.fixture
+def paid(buyer: User) -> Order:
+    return pay(order_checked_out(buyer, sku_for_sale(price=1000)))
+
+
+def refund(client: Any, order: Order, **fields: str) -> Any:
+    data = {**refund_form(client, order), "reason": "Buyer asked", **fields}
+    return client.post(order_url(order, "refund/"), data, follow=True)
+
+
+def test_a_refund_at_or_under_the_threshold_is_made_at_once(finance, paid):
+    response = refund(finance, paid, scope="partial", amount="500")
+
+    assert Refund.objects.get(order=paid).amount == 500
+    assert not ApprovalRequest.objects.exists()
+    assert messages_of(response)[0].startswith("Refund of 5.00 USD requested")
+
+
+def test_a_refund_above_the_threshold_waits_for_a_second_person(finance, paid, finance_staff):
+    response = refund(finance, paid, scope="full")
+
+    assert not Refund.objects.exists()
+    request = ApprovalRequest.objects.get()
+    assert (request.kind, request.requested_by, request.params["amount"]) == (
+        "order.refund",
+        finance_staff,
+        1000,
+    )
+    assert request.summary.startswith(f"Refund 10.00 USD of order {paid.pk} (paid 10.00 USD")
+    [message] = messages_of(response)
+    assert message.startswith("Refunds above 5.00 USD need a second person of Finance")
+    assert not AuditEvent.objects.filter(action="order.refund_requested").exists()
+
+    with pytest.raises(ApprovalOwnRequest):
+        approval_approve(request.pk, by=finance_staff)
+    with pytest.raises(ApprovalRoleMissing):
+        approval_approve(request.pk, by=_staff("security@example.com", SECURITY))
+    assert not Refund.objects.exists()
+
+    approver = _staff("finance2@example.com", FINANCE)
+    approval_approve(request.pk, by=approver)
+
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.APPLIED
+    refund_row = Refund.objects.get(order=paid)
+    assert (refund_row.amount, request.outcome["refund"]) == (1000, refund_row.gateway_refund_id)
+    event = AuditEvent.objects.get(action="order.refund_requested")
+    assert (event.actor_type, event.actor_id) == ("staff", str(approver.uuid))
+    process_events()
+    paid.refresh_from_db()
+    assert (paid.status, paid.amount_refunded) == (OrderStatus.REFUNDED, 1000)
+
+
+def test_a_refund_the_service_would_refuse_is_refused_before_anyone_is_asked(finance, paid):
+    page = refund(finance, paid, scope="partial", amount="5000")
+
+    assert page.context["form"].errors["amount"] == [
+        "At most 1000 (10.00 USD) can still be refunded."
+    ]
+    assert not ApprovalRequest.objects.exists()
+    assert not Refund.objects.exists()
