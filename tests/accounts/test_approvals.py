@@ -415,3 +415,16 @@ def test_two_approvals_at_once_apply_the_request_once():
     assert ApprovalDecision.objects.filter(request=request).count() == 1
     assert sealed_events(action="approval.applied").count() == 1
     assert sealed_events(action="maintenance.on").count() == 1
+
+
+# --- Settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("threshold", "refused"), [("1", True), ("2", False), ("3", False)])
+def test_production_refuses_a_threshold_below_two(threshold, refused):
+    from tests.marketplace.test_settings import PRODUCTION, manage
+
+    result = manage("check", **{**PRODUCTION, "MARKETPLACE_APPROVAL_THRESHOLD": threshold})
+
+    message = "MARKETPLACE_APPROVAL_THRESHOLD: must be at least 2"
+    assert (message in result.stderr) is refused
