@@ -17,10 +17,13 @@ def sign_in_ready() -> None:
     from django.conf import settings
     from django.contrib import admin
 
+    from accounts.oidc import StaffLogoutView
     from marketplace.roles import ROLE_NAMES
 
-    # The admin's sign-in page offers the identity provider (accounts.context).
+    # The admin's sign-in page offers the identity provider (accounts.context), and its
+    # "Log out" ends the session at the provider too (RP-initiated logout).
     admin.site.login_template = "accounts/admin_login.html"
+    admin.site.logout = StaffLogoutView.as_view()  # type: ignore[method-assign]
     role_map = settings.OIDC_ROLE_MAP
     if not isinstance(role_map, dict) or not all(
         isinstance(group, str) and role in ROLE_NAMES for group, role in role_map.items()

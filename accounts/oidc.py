@@ -21,6 +21,7 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import auth
@@ -183,7 +184,36 @@ def staff_sign_in(*, claims: dict[str, Any], request: HttpRequest | None) -> Use
             return _staff_sign_in(claims, request)
     except LoginRefused as refusal:
         _audit_refusal(request, refusal)
+        if refusal.code in ("no_role", "no_partner"):
+            # The provider says this person holds no role here (any more): the account keeps
+            # none either, whether or not a session of it is still open somewhere.
+            _roles_withdraw(subject=str(claims.get("sub", "")))
         raise
+
+
+def _roles_withdraw(*, subject: str) -> None:
+    with transaction.atomic():
+        identity = (
+            Identity.objects.select_for_update()
+            .select_related("user")
+            .filter(issuer=settings.OIDC_ISSUER, subject=subject)
+            .first()
+        )
+        if identity is None:
+            return
+        user = identity.user
+        before = sorted(user.groups.filter(name__in=ROLE_NAMES).values_list("name", flat=True))
+        identity.roles, identity.partner_slug = [], ""
+        identity.save(update_fields=["roles", "partner_slug"])
+        if not before:
+            return
+        user.groups.remove(*user.groups.filter(name__in=ROLE_NAMES))
+        audit_append(
+            actor=Actor.service("identity-provider"),
+            action="staff.roles_changed",
+            subject=("user", str(user.uuid)),
+            data={"added": [], "removed": before, "partner": None},
+        )
 
 
 def _staff_sign_in(claims: dict[str, Any], request: HttpRequest | None) -> User:
@@ -459,6 +489,16 @@ class StaffSessionRenewal(SessionRefresh):
     and MARKETPLACE_STAFF_SESSION_IDLE_MINUTES without a request; past either it ends here."""
 
     get_settings = staticmethod(oidc_setting)
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if oidc.configured() and request.path.startswith(ADMIN_PREFIX):
+            # The admin's sign-out form posts here and is redirected on to the provider's
+            # logout: browsers hold a form's redirects to the page's form-action too.
+            origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.OIDC_ISSUER))
+            update = dict(getattr(response, "_csp_update", None) or {})
+            update["form-action"] = [*update.get("form-action", []), origin]
+            response._csp_update = update  # type: ignore[attr-defined]
+        return response
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
         if settings.SESSION_COOKIE_NAME not in request.COOKIES or not request.path.startswith(

@@ -290,6 +290,11 @@ def test_a_role_removed_at_the_provider_ends_access_at_renewal(provider: OIDCPro
     assert "_auth_user_id" not in client.session
     assert client.get("/admin/").status_code == 302
     assert events("staff.logout")[-1].data["reason"] == "refused"
+    identity = Identity.objects.select_related("user").get(subject=name)
+    assert not identity.user.groups.exists()
+    assert identity.roles == []
+    withdrawn = events("staff.roles_changed")[-1]
+    assert (withdrawn.data["added"], withdrawn.data["removed"]) == ([], [CONTENT_OPS])
 
 
 def test_an_account_disabled_at_the_provider_loses_access_at_renewal(provider: OIDCProvider):
@@ -322,13 +327,14 @@ def test_a_session_ends_at_its_lifetime_whatever_the_renewals(
     assert events("staff.logout")[-1].data["reason"] == "session_lifetime"
 
 
-def test_logout_ends_the_session_here_and_at_the_provider(provider: OIDCProvider):
-    name = account(provider, "ops-logout")
+@pytest.mark.parametrize("path", ["/oidc/logout/", "/admin/logout/"])
+def test_logout_ends_the_session_here_and_at_the_provider(provider: OIDCProvider, path: str):
+    name = account(provider, f"ops-logout{path.replace('/', '-')}")
     client = Client()
     _, _, browser = sign_in(client, name)
     id_token = client.session["oidc_id_token"]
 
-    response = client.post("/oidc/logout/")
+    response = client.post(path)
 
     assert response.status_code == 302
     location = response["Location"]
@@ -347,6 +353,17 @@ def test_logout_ends_the_session_here_and_at_the_provider(provider: OIDCProvider
     started = client.get("/oidc/authenticate/")
     query = at_provider(started["Location"] + "&prompt=none", browser, None)
     assert query.get("error") == "login_required"
+
+
+def test_admin_pages_let_their_sign_out_form_reach_the_provider(provider: OIDCProvider):
+    client = Client()
+    sign_in(client, account(provider, "ops-csp"))
+
+    policy = client.get("/admin/")["Content-Security-Policy"]
+
+    form_action = next(d for d in policy.split(";") if d.strip().startswith("form-action"))
+    assert provider.issuer in form_action.split()
+    assert provider.issuer not in Client().get("/api/v1/skus")["Content-Security-Policy"]
 
 
 def test_the_admin_login_page_offers_the_provider(provider: OIDCProvider):
