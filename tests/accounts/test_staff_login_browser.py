@@ -98,16 +98,6 @@ def csrf_token(page: Page) -> str:
     return page.locator("input[name=csrfmiddlewaretoken]").first.input_value()
 
 
-# A sign-out form on an admin page is posted to /oidc/logout/, whose answer redirects to the
-# provider; the page's `form-action 'self'` blocks that redirect (only a browser applies the
-# policy). Strict: once the policy lets the provider's origin through, the mark must go.
-CSP_FORM_ACTION = pytest.mark.xfail(
-    strict=True,
-    reason="config/settings/base.py: form-action 'self' blocks the redirect of the sign-out "
-    "form's answer to the provider's end-session endpoint",
-)
-
-
 def events(action: str) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action=action).order_by("id"))
 
@@ -218,7 +208,6 @@ def test_signing_out_ends_the_session_here_and_at_the_provider(
     at_provider_login(page, provider)
 
 
-@CSP_FORM_ACTION
 def test_a_sign_out_form_may_redirect_to_the_provider(
     page: Page, live_server: LiveServer, provider: OIDCProvider
 ) -> None:
