@@ -26,6 +26,7 @@ from accounts.services import (
     role_grant_params,
 )
 from marketplace.actors import Actor
+from marketplace.exceptions import ApplicationError
 from marketplace.models import ApiToken, User
 
 
@@ -136,15 +137,20 @@ class UserAdmin(DjangoUserAdmin):
 
     def _file_grant(self, request: HttpRequest, form: Any) -> None:
         """Puts the roles back as they were and files the access asked for as a `role.grant`
-        request, in the admin's transaction (a refusal undoes the whole edit)."""
+        request, in the admin's transaction. A refused request (only Security and superusers
+        file grants) is an error message; the rest of the edit saves."""
         user, before, asked = form.instance, form.access_before, form.access_asked()
         user.groups.set(Group.objects.filter(name__in=before.roles))
-        filed = approval_request(
-            kind="role.grant",
-            params=role_grant_params(user=user, target=asked),
-            reason=form.cleaned_data["access_reason"],
-            requested_by=request.user,
-        )
+        try:
+            filed = approval_request(
+                kind="role.grant",
+                params=role_grant_params(user=user, target=asked),
+                reason=form.cleaned_data["access_reason"],
+                requested_by=request.user,
+            )
+        except ApplicationError as exc:
+            self.message_user(request, f"The grant was not filed: {exc.detail}", messages.ERROR)
+            return
         self.message_user(request, f"{filed.summary} {approval_next_step(filed)}", messages.WARNING)
 
 
