@@ -105,9 +105,21 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.view_sku",
         "catalog.view_artifact",
     },
-    # Nothing until the catalog's admin narrows every list, form and URL to the member's own
-    # partner (accounts.Identity.partner_slug): a catalog permission would reach all partners.
-    PARTNER_STAFF: set(),
+    # Every admin page these reach is narrowed to the member's own partner
+    # (catalog.partner_scope): their drafts, keys, sales and royalty lines. Publishing, splits
+    # and the partner record stay with Content ops.
+    PARTNER_STAFF: {
+        "catalog.view_partner",
+        "catalog.view_sku",
+        "catalog.add_sku",
+        "catalog.change_sku",
+        "catalog.view_partnerkey",
+        "catalog.add_partnerkey",
+        "catalog.view_artifact",
+        "catalog.view_royaltysplit",
+        "orders.view_order",
+        "orders.view_royaltyline",
+    },
 }
 
 # Every role the identity provider's claims may map to (MARKETPLACE_OIDC_ROLE_MAP).

@@ -3,12 +3,13 @@
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from catalog.models import (
     Artifact,
 )
+from catalog.partner_scope import partner_scope
 
 
 @admin.register(Artifact)
@@ -26,6 +27,12 @@ class ArtifactAdmin(admin.ModelAdmin):
     search_fields = ["sha256", "filename", "sku__slug", "uuid"]
     list_select_related = ["sku", "uploaded_by"]
     actions = ["check_integrity"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Artifact]:
+        # Partner staff: the uploads of their partner's SKUs only.
+        return partner_scope(
+            super().get_queryset(request), request.user, lambda partner: Q(sku__partner=partner)
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

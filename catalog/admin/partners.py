@@ -4,7 +4,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import Count, QuerySet
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 
@@ -15,6 +16,7 @@ from catalog.models import (
     Partner,
     PartnerKey,
 )
+from catalog.partner_scope import is_partner_staff, partner_of_staff, partner_scope
 from marketplace.actors import Actor
 from marketplace.admin.helpers import URL_FIELDS_HTTPS, as_form_error, reason_action
 from marketplace.exceptions import ApplicationError
@@ -38,6 +40,30 @@ class PartnerKeyForm(forms.ModelForm):
             return services.public_key_base64(self.cleaned_data["public_key"])
         except ApplicationError as exc:
             raise as_form_error(exc) from None
+
+
+class PartnerKeyAddForm(PartnerKeyForm):
+    """A Partner staff member registers a key for their own partner (PartnerKeyAdmin): the
+    partner is theirs, never one the request names."""
+
+    bound_partner: Partner  # PartnerKeyAdmin.get_form sets it
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.partner = self.bound_partner
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        # What registering the key would refuse, at its fields (services.partner_key_build).
+        try:
+            services.partner_key_build(
+                partner=self.bound_partner, key_id=data["key_id"], public_key=data["public_key"]
+            )
+        except ApplicationError as exc:
+            add_service_error(self, exc)
+        return data
 
 
 class PartnerKeyFormSet(UniqueConstraintMessages, BaseInlineFormSet):
@@ -91,13 +117,22 @@ class PartnerAdmin(admin.ModelAdmin):
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Partner]:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                key_count=Count("keys", distinct=True), sku_count=Count("skus", distinct=True)
-            )
+        # Partner staff see their own partner only: here, in the partner choosers
+        # (autocomplete) and by URL.
+        partners = partner_scope(
+            super().get_queryset(request), request.user, lambda partner: Q(pk=partner.pk)
         )
+        return partners.annotate(
+            key_count=Count("keys", distinct=True), sku_count=Count("skus", distinct=True)
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not is_partner_staff(request.user) and super().has_add_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The partner record (contract, payout) is Content ops'; Partner staff register their
+        # keys on Partner signing keys instead.
+        return not is_partner_staff(request.user) and super().has_change_permission(request, obj)
 
     @admin.display(description="Keys", ordering="key_count")
     def key_count(self, partner: Partner) -> int:
@@ -152,13 +187,70 @@ class PartnerKeyAdmin(admin.ModelAdmin):
     ]
     actions = ["revoke"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PartnerKey]:
+        return partner_scope(
+            super().get_queryset(request), request.user, lambda partner: Q(partner=partner)
+        )
+
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
+        if not is_partner_staff(request.user):
+            return list(self.list_filter)
+        return ["status", ("partner", admin.RelatedOnlyFieldListFilter)]
+
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # keys are registered on their partner's page
+        # Content ops and Security register keys on their partner's page. Partner staff, who
+        # may not change the partner, register their own partner's keys here.
+        if not is_partner_staff(request.user) or partner_of_staff(request.user) is None:
+            return False
+        return super().has_add_permission(request)
+
+    def get_fields(self, request: HttpRequest, obj: PartnerKey | None = None) -> list[str]:
+        if obj is None:
+            return ["key_id", "public_key"]
+        return super().get_fields(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: PartnerKey | None = None) -> list[str]:
+        return [] if obj is None else list(self.readonly_fields)
+
+    def get_form(
+        self,
+        request: HttpRequest,
+        obj: PartnerKey | None = None,
+        change: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        if obj is None:
+            partner = partner_of_staff(request.user)
+            if partner is None:
+                raise PermissionDenied
+            kwargs["form"] = type(
+                PartnerKeyAddForm.__name__, (PartnerKeyAddForm,), {"bound_partner": partner}
+            )
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: PartnerKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        partner = partner_of_staff(request.user)
+        if partner is None:
+            raise PermissionDenied
+        key = services.partner_key_register(
+            partner=partner,
+            key_id=form.cleaned_data["key_id"],
+            public_key=form.cleaned_data["public_key"],
+            actor=Actor.of_user(request.user),
+        )
+        # The admin's messages and log entry name the key the service registered.
+        for field in PartnerKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(key, field.attname))
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.action(description="Revoke selected keys (SKUs they verified leave sale)")
+    @admin.action(
+        description="Revoke selected keys (SKUs they verified leave sale)", permissions=["change"]
+    )
     def revoke(self, request: HttpRequest, queryset: QuerySet[PartnerKey]) -> HttpResponse | None:
         return reason_action(
             self,

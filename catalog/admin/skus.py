@@ -7,7 +7,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
@@ -20,6 +21,7 @@ from catalog.admin.service_errors import UniqueConstraintMessages, add_service_e
 from catalog.exceptions import InvalidSplits, TransitionRefused
 from catalog.manifests import manifest_for
 from catalog.models import ManifestStatus, Partner, RoyaltySplit, Sku, SkuStatus
+from catalog.partner_scope import is_partner_staff, partner_of_staff, partner_scope
 from catalog.selectors import sku_activation_blockers
 from catalog.services import StoredArtifact
 from marketplace.actors import Actor
@@ -30,6 +32,10 @@ from marketplace.money import format_amount
 
 
 class RoyaltySplitFormSet(UniqueConstraintMessages, BaseInlineFormSet):
+    # Shown, not offered (RoyaltySplitInline.get_formset): the admin takes the rows as they
+    # are stored, so there is nothing to check or to save.
+    read_only = False
+
     def shares(self) -> list[tuple[Partner, int]]:
         return [
             (form.cleaned_data["partner"], form.cleaned_data["basis_points"])
@@ -39,7 +45,7 @@ class RoyaltySplitFormSet(UniqueConstraintMessages, BaseInlineFormSet):
 
     def clean(self) -> None:
         super().clean()
-        if any(self.errors):
+        if self.read_only or any(self.errors):
             return
         try:
             services.sku_splits_check(sku=self.instance, splits=self.shares())
@@ -58,6 +64,11 @@ class RoyaltySplitInline(admin.TabularInline):
     autocomplete_fields = ["partner"]
     verbose_name = "royalty split"
     verbose_name_plural = "Royalty splits (basis points, summing to 10,000)"
+
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.read_only = not self.has_change_permission(request, obj)
+        return formset
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if obj is not None and obj.status == SkuStatus.RETIRED:
@@ -147,11 +158,16 @@ class SkuAdminForm(forms.ModelForm):
     user: User | None = None
     # Set when the form comes back because a service refused the save (SkuAdmin.changeform_view).
     refusal: SaveRefused | None = None
+    # The partner of a Partner staff member filling the form in (SkuAdmin.get_form): their SKU's
+    # partner whatever the request says; the form has no partner field for them.
+    bound_partner: Partner | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stored_artifact: StoredArtifact | None = None
         self.manifest: dict[str, Any] | None = None
+        if self.bound_partner is not None:
+            self.instance.partner = self.bound_partner
         if self.instance.manifest is not None and "manifest_text" in self.fields:
             self.initial["manifest_text"] = json.dumps(self.instance.manifest, indent=2)
         if "currency" in self.fields:
@@ -278,7 +294,58 @@ class SkuAdmin(admin.ModelAdmin):
     ) -> type[SkuAdminForm]:
         form = super().get_form(request, obj, change=change, **kwargs)
         refusal = getattr(request, "sku_save_refusal", None)
-        return type(form.__name__, (form,), {"user": request.user, "refusal": refusal})
+        return type(
+            form.__name__,
+            (form,),
+            {
+                "user": request.user,
+                "refusal": refusal,
+                "bound_partner": partner_of_staff(request.user),
+            },
+        )
+
+    # --- Partner staff: their partner's SKUs only, and only drafts to change ---
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Sku]:
+        return partner_scope(
+            super().get_queryset(request), request.user, lambda partner: Q(partner=partner)
+        )
+
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
+        if not is_partner_staff(request.user):
+            return list(self.list_filter)
+        # The partners of the rows they see (their own), not every partner's name.
+        return [
+            ("partner", admin.RelatedOnlyFieldListFilter) if name == "partner" else name
+            for name in self.list_filter
+        ]
+
+    def _of_another_partner(self, request: HttpRequest, sku: Sku) -> bool:
+        if not is_partner_staff(request.user):
+            return False
+        partner = partner_of_staff(request.user)
+        return partner is None or sku.partner_id != partner.pk
+
+    def has_view_permission(self, request: HttpRequest, obj: Sku | None = None) -> bool:
+        if obj is not None and self._of_another_partner(request, obj):
+            return False
+        return super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        if is_partner_staff(request.user) and partner_of_staff(request.user) is None:
+            return False
+        return super().has_add_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Sku | None = None) -> bool:
+        # A SKU past its draft is Content ops' to change (on sale, suspended, retired), not the
+        # partner's.
+        if (
+            obj is not None
+            and is_partner_staff(request.user)
+            and (self._of_another_partner(request, obj) or obj.status != SkuStatus.DRAFT)
+        ):
+            return False
+        return super().has_change_permission(request, obj)
 
     def changeform_view(
         self,
@@ -353,13 +420,18 @@ class SkuAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Sku | None = None) -> list[str]:
         fields = list(self.readonly_fields)
+        if is_partner_staff(request.user):
+            fields.append("partner")  # their own, set by the form (SkuAdminForm.bound_partner)
         if obj is None:
             return fields
         # Shown, not offered: what the services would refuse to change on this SKU.
         fixed = services.sku_fixed_fields(obj)
         if not obj.files_can_change():
             fixed |= {"manifest_signature"}
-        return [*fields, *(name for name in SkuAdminForm.Meta.fields if name in fixed)]
+        return [
+            *fields,
+            *(name for name in SkuAdminForm.Meta.fields if name in fixed and name not in fields),
+        ]
 
     def get_prepopulated_fields(self, request: HttpRequest, obj: Sku | None = None) -> dict:
         return {"slug": ["title"]} if obj is None else {}
@@ -412,6 +484,11 @@ class SkuAdmin(admin.ModelAdmin):
         )
 
     def save_model(self, request: HttpRequest, obj: Sku, form: SkuAdminForm, change: bool) -> None:
+        if is_partner_staff(request.user):
+            partner = partner_of_staff(request.user)
+            if partner is None:
+                raise PermissionDenied
+            obj.partner = partner  # never what the request names
         actor = Actor.of_user(request.user)
         with self._refusal_shown(form):
             services.sku_save(sku=obj, actor=actor)
@@ -438,7 +515,7 @@ class SkuAdmin(admin.ModelAdmin):
         # The admin's change message reads what formset.save() would have recorded; the service
         # replaces the splits as a whole, so every old one goes and the new ones are added.
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
-        if not formset.has_changed():
+        if formset.read_only or not formset.has_changed():
             return
         formset.deleted_objects = [split_form.instance for split_form in formset.initial_forms]
         with self._refusal_shown(form):
@@ -450,7 +527,8 @@ class SkuAdmin(admin.ModelAdmin):
         return False  # retire instead: orders and licenses refer to SKUs
 
     def has_publish_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("catalog.publish_sku")
+        # Putting on sale stays with Content ops, even for a member who also holds their role.
+        return not is_partner_staff(request.user) and request.user.has_perm("catalog.publish_sku")
 
     @admin.action(description="Activate selected SKUs (put on sale)", permissions=["publish"])
     def activate(self, request: HttpRequest, queryset: QuerySet[Sku]) -> None:
@@ -500,6 +578,14 @@ class SkuAdmin(admin.ModelAdmin):
     @admin.action(description="Verify manifests now", permissions=["change"])
     def verify_manifest(self, request: HttpRequest, queryset: QuerySet[Sku]) -> None:
         actor = Actor.of_user(request.user)
+        if is_partner_staff(request.user):
+            # A verdict can take a SKU off sale: Partner staff verify their drafts only.
+            others = queryset.exclude(status=SkuStatus.DRAFT).order_by("pk")
+            for sku in others:
+                self.message_user(
+                    request, f"{sku.slug}: not a draft; Content ops verify it.", messages.WARNING
+                )
+            queryset = queryset.filter(status=SkuStatus.DRAFT)
         for sku in queryset.order_by("pk"):
             check = services.sku_manifest_verify(sku_id=sku.pk, actor=actor)
             if check is None:
