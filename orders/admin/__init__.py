@@ -8,9 +8,10 @@ marketplace.roles.ORDER_ACTION_ROLES (a 403 for anyone else):
 - an order's page: Refund (full or partial), Hold delivery, Release delivery, Replay Finance,
   and its timeline from the audit log;
 - webhook events with their attempts, and Replay for failed and dead-lettered ones;
-- Finance postings (the outbox), Replay, and the reconciliation report.
+- Finance postings (the outbox), Replay, and the reconciliation report;
+- royalty lines, read-only (Partner staff see their own partner's only).
 """
 
-from orders.admin import finance, orders, webhooks
+from orders.admin import finance, orders, royalties, webhooks
 
-__all__ = ["finance", "orders", "webhooks"]
+__all__ = ["finance", "orders", "royalties", "webhooks"]

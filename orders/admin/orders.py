@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -23,6 +23,7 @@ from django.views.decorators.http import require_POST
 from accounts.approval_services import approval_next_step
 from accounts.models import ApprovalRequest
 from audit.admin.changelist import USER_ACTORS, emails_by_uuid
+from catalog.partner_scope import is_partner_staff, partner_scope
 from marketplace.actors import Actor
 from marketplace.admin.helpers import ReadOnlyAdmin, reason_action
 from marketplace.exceptions import ApplicationError
@@ -189,6 +190,35 @@ class OrderAdmin(ReadOnlyAdmin):
         "splits_pretty",
     ]
 
+    # --- Partner staff: their partner's sales, without the buyers ---
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Order]:
+        # The seller is the snapshot's, not the SKU's partner today: a suspended SKU may move
+        # to another partner, whose staff must not see the sales made before.
+        return partner_scope(
+            super().get_queryset(request),
+            request.user,
+            lambda partner: Q(seller_slug=partner.slug),
+        )
+
+    def get_list_display(self, request: HttpRequest) -> list[str]:
+        if is_partner_staff(request.user):
+            return [name for name in self.list_display if name != "buyer_email"]
+        return list(self.list_display)
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        if is_partner_staff(request.user):
+            return [name for name in self.search_fields if name != "=buyer__email"]
+        return list(self.search_fields)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Order | None = None) -> list[Any]:
+        if not is_partner_staff(request.user):
+            return self.fieldsets
+        return [
+            (name, {**options, "fields": [f for f in options["fields"] if f != "buyer_email"]})
+            for name, options in self.fieldsets
+        ]
+
     # --- Columns and fields ---
 
     @admin.display(description="Buyer", ordering="buyer__email")
@@ -270,7 +300,14 @@ class OrderAdmin(ReadOnlyAdmin):
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         order = self.get_object(request, unquote(object_id))
-        if order is not None and self.has_view_permission(request, order):
+        # Partner staff get the order's fields only: its refunds, postings, webhook events,
+        # timeline and other partners' royalty lines are not theirs (their own royalty lines
+        # have their page, orders.admin.royalties).
+        if (
+            order is not None
+            and self.has_view_permission(request, order)
+            and not is_partner_staff(request.user)
+        ):
             extra_context = {**(extra_context or {}), **self._order_context(request, order)}
         return super().change_view(request, object_id, form_url, extra_context)
 
