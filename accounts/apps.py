@@ -16,8 +16,11 @@ class AccountsConfig(AppConfig):
 def sign_in_ready() -> None:
     from django.conf import settings
     from django.contrib import admin
+    from django.contrib.auth.signals import user_logged_in
 
-    from accounts.oidc import StaffLogoutView
+    from accounts.oidc import StaffLogoutView, signed_in
+
+    user_logged_in.connect(signed_in, dispatch_uid="accounts.oidc.signed_in")
     from marketplace.roles import ROLE_NAMES
 
     # The admin's sign-in page offers the identity provider (accounts.context), and its

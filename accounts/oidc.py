@@ -47,6 +47,7 @@ from audit.services import audit_append
 from marketplace import oidc
 from marketplace.actors import Actor
 from marketplace.clients import client_ip
+from marketplace.middleware import outage_answer
 from marketplace.models import User
 from marketplace.roles import PARTNER_STAFF, ROLE_NAMES
 
@@ -423,13 +424,6 @@ class StaffCallbackView(OIDCAuthenticationCallbackView):
             return _refused(request, code, f"The identity provider refused the sign-in ({code}).")
         return _refused(request, "login_failed", "The sign-in did not complete; start again.")
 
-    def login_success(self) -> HttpResponse:
-        renewal = self.request.user.is_authenticated and self.request.user == self.user
-        response = super().login_success()
-        if not renewal:
-            self.request.session[SIGNED_IN_AT] = time.time()
-        return response
-
     @staticmethod
     def _end_session(request: HttpRequest, reason: str = "") -> None:
         user = request.user
@@ -508,12 +502,23 @@ class StaffSessionRenewal(SessionRefresh):
             # the landing page) the session is not even read, so the answer neither loads one
             # nor varies on Cookie.
             return None
+        try:
+            return self._renew(request)
+        except Exception as exc:
+            # The session, the user or the audit log may be what is down: the admin's plain
+            # 503 page, as a view would get (marketplace.middleware).
+            answer = outage_answer(request, exc)
+            if answer is None:
+                raise
+            return answer
+
+    def _renew(self, request: HttpRequest) -> HttpResponse | None:
         user = getattr(request, "user", None)
         if user is None or not user.is_authenticated or not user.is_staff:
             return None
         signed_in_at = request.session.get(SIGNED_IN_AT)
         if signed_in_at is None:
-            # A sign-in that did not come through the callback (a break-glass password).
+            # A session from before the stamp (signed_in, below) was kept: it starts now.
             request.session[SIGNED_IN_AT] = signed_in_at = time.time()
         now = time.time()
         last_seen = request.session.get(LAST_SEEN, signed_in_at)
@@ -567,3 +572,10 @@ def identity_link(*, user: User, issuer: str, subject: str, actor: Actor) -> Ide
             "identity_taken", "That identity is linked to another account."
         ) from None
     return identity
+
+
+def signed_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """Django's user_logged_in, for every way in (the provider, a break-glass password, the
+    dev password): the session's absolute lifetime starts at sign-in, not at a renewal."""
+    if request is not None and hasattr(request, "session"):
+        request.session[SIGNED_IN_AT] = request.session[LAST_SEEN] = time.time()

@@ -46,6 +46,7 @@ def _staff_client() -> Client:
 def test_health_is_503_naming_an_unreachable_cache(api_client, settings):
     port = _closed_port()
     settings.CACHES = {
+        **settings.CACHES,
         "default": {
             "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
             "LOCATION": f"redis://127.0.0.1:{port}/0",
@@ -54,7 +55,7 @@ def test_health_is_503_naming_an_unreachable_cache(api_client, settings):
                 "SOCKET_CONNECT_TIMEOUT": 1,
                 "IGNORE_EXCEPTIONS": True,
             },
-        }
+        },
     }
     response = api_client.get("/health")
 

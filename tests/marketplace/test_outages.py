@@ -196,6 +196,8 @@ def test_a_session_saved_by_the_middleware_with_the_database_down_is_a_503(
 ) -> None:
     """The landing page reads no database; the session middleware then saves the session,
     and that fails outside any view."""
+    # Sessions in the database, as on the embedded defaults (with Redis they are in Redis).
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.db"
     settings.SESSION_SAVE_EVERY_REQUEST = True
     staff = User.objects.create_user(email="ops@example.com", is_staff=True)
     client = Client(raise_request_exception=False)
@@ -345,7 +347,7 @@ def test_catalog_reads_with_the_cache_down_are_served_from_the_database(
     api_client: APIClient, settings: Any, db: None
 ) -> None:
     """As configured (IGNORE_EXCEPTIONS), the cache's own reads and writes degrade."""
-    settings.CACHES = redis_cache_at(closed_port(), ignore_exceptions=True)
+    settings.CACHES = {**settings.CACHES, **redis_cache_at(closed_port(), ignore_exceptions=True)}
 
     response = api_client.get("/api/v1/skus")
 
@@ -360,7 +362,7 @@ def test_a_write_with_the_cache_down_is_a_503_naming_the_cache(
     above), and the answer does not say where Redis is."""
     port = closed_port()
     sku = sku_for_sale()
-    settings.CACHES = redis_cache_at(port, ignore_exceptions=True)
+    settings.CACHES = {**settings.CACHES, **redis_cache_at(port, ignore_exceptions=True)}
 
     response = buyer_client.post(
         "/api/v1/checkout", {"sku": sku.slug}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
@@ -376,7 +378,7 @@ def test_a_cache_failure_that_reaches_a_request_is_a_503_naming_the_cache(
     """A Redis connection error that is not swallowed (here: a cache that does not ignore
     them) is an outage, not a 500."""
     port = closed_port()
-    settings.CACHES = redis_cache_at(port, ignore_exceptions=False)
+    settings.CACHES = {**settings.CACHES, **redis_cache_at(port, ignore_exceptions=False)}
 
     with caplog.at_level(logging.INFO):
         response = api_client.get("/api/v1/skus")

@@ -184,6 +184,7 @@ def redis_down(settings: Any) -> str:
     """The cache is Redis on a port where nothing listens; returns that address."""
     address = f"127.0.0.1:{free_port()}"
     settings.CACHES = {
+        **settings.CACHES,
         "default": {
             "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
             "LOCATION": f"redis://{address}/2",
@@ -194,7 +195,7 @@ def redis_down(settings: Any) -> str:
                 "SOCKET_TIMEOUT": 2,
                 "IGNORE_EXCEPTIONS": True,
             },
-        }
+        },
     }
     return address
 
