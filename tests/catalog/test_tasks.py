@@ -29,14 +29,15 @@ def test_an_attached_manifest_is_verified_by_the_worker(celery_worker, publisher
     manifest = manifest_for(sku, sku.artifact) | {"note": "second build"}
     Sku.objects.filter(pk=sku.pk).update(manifest_status=ManifestStatus.MISSING)
 
-    # Commits, then queues the check: nothing here verifies it.
-    services.sku_manifest_attach(
+    # Commits, then queues the check: nothing here verifies it (the worker may already have,
+    # by the time this reads it back).
+    attached = services.sku_manifest_attach(
         sku_id=sku.pk,
         manifest=manifest,
         signature=sign_manifest(publisher.key, manifest),
         actor=TEST_ACTOR,
     )
-    assert Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.PENDING
+    assert attached.manifest_status == ManifestStatus.PENDING
 
     wait_until(
         lambda: Sku.objects.get(pk=sku.pk).manifest_status == ManifestStatus.VERIFIED,
