@@ -112,6 +112,10 @@ def roles_of(claims: dict[str, Any]) -> list[str]:
     return sorted(role for role in mapped if role in ROLE_NAMES)
 
 
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,64}")
+
+
 def _has_second_factor(claims: dict[str, Any]) -> bool:
     amr = claims.get("amr") or []
     if isinstance(amr, list) and set(map(str, amr)) & set(settings.OIDC_MFA_AMR):
@@ -121,9 +125,23 @@ def _has_second_factor(claims: dict[str, Any]) -> bool:
 
 def claims_check(claims: dict[str, Any]) -> list[str]:
     """The roles of a sign-in whose claims pass, or LoginRefused saying why not."""
-    subject = str(claims.get("sub", ""))
-    if not claims.get("email"):
+    subject = str(claims.get("sub", ""))[:255]
+    email = claims.get("email")
+    if not email:
         raise LoginRefused("no_email", "The provider sent no e-mail address.", subject=subject)
+    partner = claims.get(settings.OIDC_PARTNER_CLAIM) if settings.OIDC_PARTNER_CLAIM else None
+    if (
+        len(str(claims.get("sub", ""))) > 255
+        or not isinstance(email, str)
+        or len(email) > 254
+        or not _EMAIL.fullmatch(email.strip())
+        or (partner is not None and not (isinstance(partner, str) and _SLUG.fullmatch(partner)))
+    ):
+        raise LoginRefused(
+            "invalid_claims",
+            "The provider's claims do not fit here (subject, e-mail address or partner).",
+            subject=subject,
+        )
     if claims.get("email_verified") is not True:
         raise LoginRefused(
             "email_unverified",
@@ -181,8 +199,16 @@ def staff_sign_in(*, claims: dict[str, Any], request: HttpRequest | None) -> Use
     Raises LoginRefused, after recording `staff.login_refused` (which outlives the rolled-back
     sign-in), when the claims do not pass."""
     try:
-        with transaction.atomic():
-            return _staff_sign_in(claims, request)
+        for attempt in range(2):
+            try:
+                with transaction.atomic():
+                    return _staff_sign_in(claims, request)
+            except IntegrityError:
+                # The same person's first sign-in in another tab made the account meanwhile:
+                # the second pass finds it.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
     except LoginRefused as refusal:
         _audit_refusal(request, refusal)
         if refusal.code in ("no_role", "no_partner"):
@@ -297,6 +323,21 @@ class StaffOIDCBackend(OIDCAuthenticationBackend):
 
     get_settings = staticmethod(oidc_setting)
 
+    def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> User | None:
+        # Django asks every backend with whatever credentials a caller has (the admin's
+        # password form, say); the library's would then redeem a `code` from the query string
+        # with no state, nonce or PKCE behind it. Only the callback, after checking its state,
+        # passes a nonce.
+        if (
+            request is None
+            or not kwargs.get("nonce")
+            or "username" in kwargs
+            or "password" in kwargs
+            or getattr(request.resolver_match, "url_name", None) != "oidc_authentication_callback"
+        ):
+            return None
+        return super().authenticate(request, **kwargs)
+
     def verify_token(self, token: str, **kwargs: Any) -> dict[str, Any]:
         try:
             return oidc.verify(
@@ -381,9 +422,12 @@ class StaffCallbackView(OIDCAuthenticationCallbackView):
     get_settings = staticmethod(oidc_setting)
 
     def get(self, request: HttpRequest) -> HttpResponse:
+        # Whether this answers a sign-in (or renewal) this session started: only then may a
+        # failure end the session; a link anyone can send must not sign anyone out.
+        self.state_known = request.GET.get("state") in request.session.get("oidc_states", {})
         error = request.GET.get("error")
         if error:
-            if request.GET.get("state") not in request.session.get("oidc_states", {}):
+            if not self.state_known:
                 # Not the answer to a sign-in this session started (a forged link): shown, and
                 # it changes nothing, least of all the session it was sent to.
                 return _refused(request, *STATE_MISMATCH)
@@ -412,7 +456,7 @@ class StaffCallbackView(OIDCAuthenticationCallbackView):
     def login_failure(self) -> HttpResponse:
         request = self.request
         error = request.GET.get("error", "")
-        if request.user.is_authenticated:
+        if request.user.is_authenticated and self.state_known:
             # A renewal that failed (the account disabled at the provider, the session there
             # ended, the roles gone): access ends here too.
             self._end_session(

@@ -3,20 +3,25 @@ checks every JWT it signs must pass here (staff ID tokens, buyers' access tokens
 
 Metadata comes from discovery (`{MARKETPLACE_OIDC_ISSUER}/.well-known/openid-configuration`),
 whose `issuer` must be the configured one exactly; it is kept for METADATA_SECONDS. The JWK Set
-is kept until a token names a key id it does not hold: then it is fetched again, once, and a
-key id still unknown is remembered as unknown for UNKNOWN_KID_SECONDS, so a stream of forged
-key ids cannot make us hammer the provider.
+is kept for MARKETPLACE_OIDC_JWKS_MAX_AGE_SECONDS (a key the provider withdraws stops being
+trusted within it) and fetched again sooner when a token names a key id it does not hold, at
+most REFETCH_BUDGET times a minute: a rotated key is followed at once, and a stream of forged
+key ids cannot make us call the provider for each request.
 
 A token passes only when: its `alg` is RS256 or ES256 (never `none`, never an HMAC, whatever
 the key), the key its `kid` names is of that algorithm's type, the signature verifies, `iss`
-and `aud` equal what is expected (a single audience, or a list holding it with `azp` naming
-the client), `exp` is in the future and `iat` (and `nbf`) not, with LEEWAY_SECONDS either way.
-Each refusal is a `TokenRefused` with a code the callers show or log.
+and `aud` equal what is expected (for an ID token a single audience, or a list holding it
+with `azp` naming the client), `exp` is in the future and `iat` (and `nbf`) not, with
+LEEWAY_SECONDS either way. An access token (`kind="access"`) must also say it is one (`typ`
+of MARKETPLACE_OIDC_API_TOKEN_TYPES, RFC 9068) and carry no `nonce`, so an ID token is never
+taken for one. Each refusal is a `TokenRefused` with a code the callers show or log.
 """
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +35,9 @@ ALGORITHMS = ("RS256", "ES256")
 _KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
 LEEWAY_SECONDS = 60
 METADATA_SECONDS = 3600
-UNKNOWN_KID_SECONDS = 300
+# Fetches of the JWK Set that unknown key ids may cause, per window, per process.
+REFETCH_BUDGET = 5
+REFETCH_WINDOW_SECONDS = 60.0
 
 
 class ProviderUnavailable(Exception):
@@ -81,8 +88,10 @@ class _Provider:
         self._lock = threading.Lock()
         self._metadata: ProviderMetadata | None = None
         self._metadata_at = 0.0
+        self._fetching = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._unknown: dict[str, float] = {}
+        self._keys_at = -math.inf
+        self._refetches: deque[float] = deque()
         self.jwks_fetches = 0
 
     def metadata(self) -> ProviderMetadata:
@@ -112,34 +121,48 @@ class _Provider:
             raise ProviderUnavailable(f"the provider's metadata lacks {exc}") from None
 
     def key(self, kid: str) -> jwt.PyJWK | None:
-        with self._lock:
-            if kid in self._keys:
-                return self._keys[kid]
-            if (
-                time.monotonic() - self._unknown.get(kid, -UNKNOWN_KID_SECONDS)
-                < UNKNOWN_KID_SECONDS
-            ):
-                return None
-        jwks_uri = self.metadata().jwks_uri
-        document = _get_json(jwks_uri)
+        """The provider's key `kid`, from the kept JWK Set while it is younger than
+        MARKETPLACE_OIDC_JWKS_MAX_AGE_SECONDS (so a key the provider withdrew stops being
+        trusted), else fetched again; an unknown kid fetches it again only within the refetch
+        budget. One fetch at a time: concurrent callers wait for it and read its result."""
+        with self._fetching:
+            with self._lock:
+                fresh = time.monotonic() - self._keys_at < settings.OIDC_JWKS_MAX_AGE_SECONDS
+                if fresh and kid in self._keys:
+                    return self._keys[kid]
+                if fresh and not self._refetch_allowed():
+                    return None
+            keys = self._fetch_keys()
+            with self._lock:
+                self._keys, self._keys_at = keys, time.monotonic()
+                return keys.get(kid)
+
+    def _refetch_allowed(self) -> bool:
+        """At most REFETCH_BUDGET fetches for unknown kids per REFETCH_WINDOW_SECONDS: a new
+        key is followed at once, while forged kids (each one new) cannot make us call the
+        provider for every request."""
+        now = time.monotonic()
+        while self._refetches and now - self._refetches[0] > REFETCH_WINDOW_SECONDS:
+            self._refetches.popleft()
+        if len(self._refetches) >= REFETCH_BUDGET:
+            return False
+        self._refetches.append(now)
+        return True
+
+    def _fetch_keys(self) -> dict[str, jwt.PyJWK]:
+        document = _get_json(self.metadata().jwks_uri)
         keys: dict[str, jwt.PyJWK] = {}
         for entry in document.get("keys") or []:
-            if (
-                not isinstance(entry, dict)
-                or entry.get("use", "sig") != "sig"
-                or not entry.get("kid")
-            ):
+            usable = isinstance(entry, dict) and entry.get("use", "sig") == "sig"
+            if not usable or not isinstance(entry.get("kid"), str):
                 continue
             try:
-                keys[str(entry["kid"])] = jwt.PyJWK(entry)
+                keys[entry["kid"]] = jwt.PyJWK(entry)
             except jwt.PyJWTError:
                 logger.info("oidc: skipping a JWK the platform cannot use (kid %s)", entry["kid"])
         with self._lock:
             self.jwks_fetches += 1
-            self._keys = keys
-            if kid not in keys:
-                self._unknown[kid] = time.monotonic()
-            return keys.get(kid)
+        return keys
 
 
 _providers: dict[str, _Provider] = {}
@@ -165,9 +188,16 @@ def metadata() -> ProviderMetadata:
 
 
 def verify(
-    token: str, *, audience: str, nonce: str | None = None, client_id: str | None = None
+    token: str,
+    *,
+    audience: str,
+    nonce: str | None = None,
+    client_id: str | None = None,
+    kind: str = "id",
 ) -> dict[str, Any]:
-    """The claims of `token` once every check above has passed; raises TokenRefused."""
+    """The claims of `token` once every check above has passed; raises TokenRefused.
+    `kind` is "id" (a staff ID token: `client_id` is ours) or "access" (a buyer's token for
+    the API)."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -178,6 +208,13 @@ def verify(
             "unsupported_algorithm",
             f"The token is signed with {algorithm!r}; only RS256 and ES256 are accepted.",
         )
+    if kind == "access" and settings.OIDC_API_TOKEN_TYPES:
+        typ = str(header.get("typ", "")).lower()
+        if typ not in {t.lower() for t in settings.OIDC_API_TOKEN_TYPES}:
+            raise TokenRefused(
+                "not_an_access_token",
+                f"The token's type is {typ or 'not given'!r}, not an access token.",
+            )
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise TokenRefused("unknown_key", "The token names no signing key (kid).")
@@ -212,9 +249,15 @@ def verify(
         raise TokenRefused("missing_claim", f"The token lacks the {exc.claim!r} claim.") from None
     except jwt.PyJWTError as exc:
         raise TokenRefused("invalid", f"The token is invalid: {exc}.") from None
-    audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-    if len(audiences) > 1 and claims.get("azp") != (client_id or audience):
-        raise TokenRefused("wrong_audience", "The token has several audiences and no azp for us.")
+    if kind == "access":
+        if "nonce" in claims:
+            raise TokenRefused("not_an_access_token", "The token is an ID token (it has a nonce).")
+    else:
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if len(audiences) > 1 and claims.get("azp") != (client_id or audience):
+            raise TokenRefused(
+                "wrong_audience", "The token has several audiences and no azp naming us."
+            )
     if not isinstance(claims["sub"], str) or not claims["sub"]:
         raise TokenRefused("missing_claim", "The token's subject is empty.")
     if nonce is not None and claims.get("nonce") != nonce:

@@ -51,7 +51,7 @@ class ProviderTokenAuthentication(BaseAuthentication):
         if token is None or not looks_like_jwt(token):
             return None
         try:
-            claims = oidc.verify(token, audience=settings.OIDC_API_AUDIENCE)
+            claims = oidc.verify(token, audience=settings.OIDC_API_AUDIENCE, kind="access")
         except oidc.TokenRefused as exc:
             raise _refused(exc.code, exc.reason) from None
         except oidc.ProviderUnavailable as exc:

@@ -598,6 +598,13 @@ OIDC_MFA_ACR = env.list("MARKETPLACE_OIDC_MFA_ACR", default=[])
 # an account disabled at the provider loses access here.
 OIDC_RENEW_SECONDS = env.int("MARKETPLACE_OIDC_RENEW_SECONDS", default=900)
 OIDC_TIMEOUT_SECONDS = env.float("MARKETPLACE_OIDC_TIMEOUT_SECONDS", default=5.0)
+# The provider's JWK Set is fetched again at least this often (a withdrawn key stops working).
+OIDC_JWKS_MAX_AGE_SECONDS = env.int("MARKETPLACE_OIDC_JWKS_MAX_AGE_SECONDS", default=3600)
+# The `typ` an access token on the API must carry (RFC 9068); empty: not checked, for a
+# provider that marks its access tokens as plain JWTs (then only `aud` tells them apart).
+OIDC_API_TOKEN_TYPES = env.list(
+    "MARKETPLACE_OIDC_API_TOKEN_TYPES", default=["at+jwt", "application/at+jwt"]
+)
 # A staff session ends this long after sign-in whatever its renewals, and after
 # MARKETPLACE_STAFF_SESSION_IDLE_MINUTES without a request.
 # (accounts.oidc.StaffSessionRenewal keeps both, on the admin's pages.)

@@ -205,6 +205,12 @@ for _variable, _value in (
         _refuse(_variable, "not set (staff sign in through the identity provider in production)")
 if OIDC_ISSUER:
     _refuse_http("MARKETPLACE_OIDC_ISSUER", OIDC_ISSUER)
+if OIDC_API_AUDIENCE and OIDC_API_AUDIENCE == OIDC_CLIENT_ID:
+    _refuse(
+        "MARKETPLACE_OIDC_API_AUDIENCE",
+        "must differ from MARKETPLACE_OIDC_CLIENT_ID (a staff ID token would pass as a buyer's "
+        "access token)",
+    )
 if not OIDC_REQUIRE_MFA:
     _refuse("MARKETPLACE_OIDC_REQUIRE_MFA", "must be on (staff sign-ins need a second factor)")
 AUTHENTICATION_BACKENDS = [

@@ -78,7 +78,9 @@ def test_the_email_is_taken_only_when_verified_and_free(provider: OIDCProvider):
     }
     for name, (account_claims, keeps_email) in cases.items():
         # The API's access token carries the claims as signed by the provider.
-        token = provider.sign(claims(provider, sub=name, **account_claims))
+        token = provider.sign(
+            claims(provider, sub=name, **account_claims), header={"typ": "at+jwt"}
+        )
 
         assert bearer(token).get("/api/v1/me").status_code == 200, name
 
@@ -101,7 +103,7 @@ def test_the_email_is_taken_only_when_verified_and_free(provider: OIDCProvider):
 def test_refused_tokens_are_401_problems_and_create_nobody(
     provider: OIDCProvider, changes: dict[str, Any], code: str
 ):
-    token = provider.sign(claims(provider, **changes))
+    token = provider.sign(claims(provider, **changes), header={"typ": "at+jwt"})
 
     response = bearer(token).get("/api/v1/me")
 
@@ -119,6 +121,18 @@ def test_forged_tokens_are_refused(provider: OIDCProvider):
 
     assert bearer(hs256).get("/api/v1/me").json()["code"] == "token-unsupported-algorithm"
     assert bearer(tampered).get("/api/v1/me").json()["code"] == "token-bad-signature"
+    assert not User.objects.exists()
+
+
+def test_a_staff_id_token_is_not_a_buyers_access_token(provider: OIDCProvider, settings: Any):
+    # Even where the API's audience is the staff client (production refuses that setting).
+    settings.OIDC_API_AUDIENCE = provider.client_id
+    id_token = provider.code_flow_tokens("buyer")["id_token"]
+
+    response = bearer(id_token).get("/api/v1/me")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "token-not-an-access-token"
     assert not User.objects.exists()
 
 

@@ -447,3 +447,50 @@ def test_the_providers_own_error_text_is_not_shown(provider: OIDCProvider):
 
     assert refused_code(response) == "access_denied"
     assert "Call us" not in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "query", [{}, {"state": "forged"}, {"code": "x"}, {"error": "login_required"}]
+)
+def test_a_callback_link_without_this_sessions_state_signs_nobody_out(
+    provider: OIDCProvider, query: dict[str, str]
+):
+    client = Client()
+    sign_in(client, account(provider, "ops-link-" + "-".join(query) or "none"))
+
+    client.get("/oidc/callback/", query)
+
+    assert client.get("/admin/").status_code == 200
+    assert not events("staff.logout")
+
+
+def test_the_password_form_never_redeems_a_code(provider: OIDCProvider):
+    before = provider.stats()["token_requests"]
+
+    response = Client().post(
+        "/admin/login/?code=stolen&state=forged",
+        {"username": "ops@example.com", "password": "guess"},
+    )
+
+    assert response.status_code == 200  # the form again, refusing the password
+    assert provider.stats()["token_requests"] == before
+    assert not User.objects.exists()
+
+
+def test_claims_that_do_not_fit_are_refused(provider: OIDCProvider):
+    name = account(provider, "ops-bad-partner", groups=["marketplace-partner-staff"])
+    provider.set_account(
+        name,
+        claims={
+            "email": f"{name}@example.com",
+            "email_verified": True,
+            "groups": ["marketplace-partner-staff"],
+            "partner": "../../etc",
+        },
+        amr=["pwd", "otp"],
+    )
+
+    response, _, _ = sign_in(Client(), name)
+
+    assert refused_code(response) == "invalid_claims"
+    assert not User.objects.exists()

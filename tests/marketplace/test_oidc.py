@@ -114,18 +114,55 @@ def test_a_tampered_payload_is_refused(provider: OIDCProvider):
     assert refusal(f"{header}.{payload}.{signature}") == "bad_signature"
 
 
-def test_an_unknown_kid_is_refetched_once_then_remembered(provider: OIDCProvider):
+def test_forged_kids_cannot_make_us_fetch_the_keys_for_each_request(provider: OIDCProvider):
     own_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    forged = jwt.encode(
-        claims_for(provider), own_key, algorithm="RS256", headers={"kid": "not-published"}
-    )
     oidc.verify(provider.access_token("buyer"), audience=API_AUDIENCE)  # the keys, cached
     before = provider.stats()["jwks_fetches"]
 
-    assert refusal(forged) == "unknown_key"
-    assert refusal(forged) == "unknown_key"
+    for n in range(25):
+        forged = jwt.encode(
+            claims_for(provider), own_key, algorithm="RS256", headers={"kid": f"forged-{n}"}
+        )
+        assert refusal(forged) == "unknown_key"
 
-    assert provider.stats()["jwks_fetches"] == before + 1
+    assert provider.stats()["jwks_fetches"] - before == oidc.REFETCH_BUDGET
+    # The budget spent, the provider's own tokens still pass from the kept keys.
+    assert oidc.verify(provider.access_token("buyer"), audience=API_AUDIENCE)
+
+
+def test_a_key_the_provider_withdrew_stops_passing_once_the_keys_are_old(
+    provider: OIDCProvider, settings: Any
+):
+    old_token = provider.sign(claims_for(provider))
+    assert oidc.verify(old_token, audience=API_AUDIENCE)
+    provider.rotate("RS256", drop_old=True)
+
+    settings.OIDC_JWKS_MAX_AGE_SECONDS = 0
+
+    assert refusal(old_token) == "unknown_key"
+    assert oidc.verify(provider.sign(claims_for(provider)), audience=API_AUDIENCE)
+
+
+def test_an_access_token_must_say_it_is_one(provider: OIDCProvider):
+    plain = provider.sign(claims_for(provider))
+    typed = provider.sign(claims_for(provider), header={"typ": "at+jwt"})
+    with_nonce = provider.sign(claims_for(provider, nonce="n-1"), header={"typ": "at+jwt"})
+
+    assert oidc.verify(provider.access_token("buyer"), audience=API_AUDIENCE, kind="access")
+    assert oidc.verify(typed, audience=API_AUDIENCE, kind="access")["sub"] == "someone"
+    for token in (plain, with_nonce):
+        with pytest.raises(oidc.TokenRefused) as refused:
+            oidc.verify(token, audience=API_AUDIENCE, kind="access")
+        assert refused.value.code == "not_an_access_token"
+
+
+def test_a_multi_audience_access_token_needs_no_azp_naming_the_api(provider: OIDCProvider):
+    token = provider.sign(
+        claims_for(provider, aud=[API_AUDIENCE, "https://userinfo.example"], azp="spa"),
+        header={"typ": "at+jwt"},
+    )
+
+    assert oidc.verify(token, audience=API_AUDIENCE, kind="access")["azp"] == "spa"
 
 
 def test_a_rotated_key_is_followed_with_one_fetch(provider: OIDCProvider):
