@@ -117,6 +117,13 @@ def _service_error_to_form(form: forms.Form, exc: ApplicationError) -> None:
     form.add_error(None, exc.detail)
 
 
+# What Partner staff do not see of their sales: who bought, the payment's own ids, and the
+# other partners' shares.
+_NOT_THEIRS = frozenset(
+    {"buyer_email", "splits_pretty", "payment_intent_id", "checkout_session_id"}
+)
+
+
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdmin):
     list_display = [
@@ -215,9 +222,15 @@ class OrderAdmin(ReadOnlyAdmin):
         if not is_partner_staff(request.user):
             return self.fieldsets
         return [
-            (name, {**options, "fields": [f for f in options["fields"] if f != "buyer_email"]})
+            (name, {**options, "fields": [f for f in options["fields"] if f not in _NOT_THEIRS]})
             for name, options in self.fieldsets
         ]
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        # `?buyer=<id>` would tell them which of their sales share a buyer.
+        if request is not None and is_partner_staff(request.user) and lookup.startswith("buyer"):
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     # --- Columns and fields ---
 

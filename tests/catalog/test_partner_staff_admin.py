@@ -491,6 +491,22 @@ def test_they_see_their_partners_sales_without_the_buyer(member_client, sales, b
     assert listed(by_email) == set()
 
 
+def test_their_sales_show_no_other_partners_share_nor_the_payments_ids(member_client, sales):
+    order = sales["a"]
+
+    page = member_client.get(f"{ORDERS}{order.pk}/change/").content.decode()
+
+    assert "Royalty splits" not in page
+    assert order.checkout_session_id not in page
+    assert (order.payment_intent_id or "no-intent") not in page
+
+
+def test_they_cannot_tell_which_sales_share_a_buyer(member_client, sales, buyer):
+    response = member_client.get(ORDERS, {"buyer": buyer.pk})
+
+    assert response.status_code == 400
+
+
 def test_another_partners_sale_by_url_or_search_shows_nothing_of_it(member_client, sales):
     order = sales["b"]
 
