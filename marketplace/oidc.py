@@ -5,8 +5,8 @@ Metadata comes from discovery (`{MARKETPLACE_OIDC_ISSUER}/.well-known/openid-con
 whose `issuer` must be the configured one exactly; it is kept for METADATA_SECONDS. The JWK Set
 is kept for MARKETPLACE_OIDC_JWKS_MAX_AGE_SECONDS (a key the provider withdraws stops being
 trusted within it) and fetched again sooner when a token names a key id it does not hold, at
-most REFETCH_BUDGET times a minute: a rotated key is followed at once, and a stream of forged
-key ids cannot make us call the provider for each request.
+most once per key id and REFETCH_BUDGET times a minute: a rotated key is followed at once, and
+a stream of forged key ids cannot make us call the provider for each request.
 
 A token passes only when: its `alg` is RS256 or ES256 (never `none`, never an HMAC, whatever
 the key), the key its `kid` names is of that algorithm's type, the signature verifies, `iss`
@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,10 @@ METADATA_SECONDS = 3600
 # Fetches of the JWK Set that unknown key ids may cause, per window, per process.
 REFETCH_BUDGET = 5
 REFETCH_WINDOW_SECONDS = 60.0
+# A kid the fetched keys did not hold is not fetched for again for this long (the newest
+# UNKNOWN_KEPT of them are remembered).
+UNKNOWN_SECONDS = 300.0
+UNKNOWN_KEPT = 1024
 
 
 class ProviderUnavailable(Exception):
@@ -92,6 +96,7 @@ class _Provider:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._keys_at = -math.inf
         self._refetches: deque[float] = deque()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         self.jwks_fetches = 0
 
     def metadata(self) -> ProviderMetadata:
@@ -127,14 +132,23 @@ class _Provider:
         budget. One fetch at a time: concurrent callers wait for it and read its result."""
         with self._fetching:
             with self._lock:
-                fresh = time.monotonic() - self._keys_at < settings.OIDC_JWKS_MAX_AGE_SECONDS
+                now = time.monotonic()
+                fresh = now - self._keys_at < settings.OIDC_JWKS_MAX_AGE_SECONDS
                 if fresh and kid in self._keys:
                     return self._keys[kid]
+                unknown_since = self._unknown.get(kid)
+                if fresh and unknown_since is not None and now - unknown_since < UNKNOWN_SECONDS:
+                    return None  # fetched for this kid already: at most once per kid
                 if fresh and not self._refetch_allowed():
                     return None
             keys = self._fetch_keys()
             with self._lock:
                 self._keys, self._keys_at = keys, time.monotonic()
+                if kid not in keys:
+                    self._unknown[kid] = self._keys_at
+                    self._unknown.move_to_end(kid)
+                    while len(self._unknown) > UNKNOWN_KEPT:
+                        self._unknown.popitem(last=False)
                 return keys.get(kid)
 
     def _refetch_allowed(self) -> bool:

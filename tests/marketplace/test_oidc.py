@@ -126,6 +126,16 @@ def test_forged_kids_cannot_make_us_fetch_the_keys_for_each_request(provider: OI
         assert refusal(forged) == "unknown_key"
 
     assert provider.stats()["jwks_fetches"] - before == oidc.REFETCH_BUDGET
+    # A kid already fetched for is not fetched for again.
+    again = provider.stats()["jwks_fetches"]
+    oidc.forget()
+    oidc.verify(provider.access_token("buyer"), audience=API_AUDIENCE)
+    forged = jwt.encode(
+        claims_for(provider), own_key, algorithm="RS256", headers={"kid": "forged-again"}
+    )
+    for _ in range(5):
+        assert refusal(forged) == "unknown_key"
+    assert provider.stats()["jwks_fetches"] - again == 2  # the keys, then once for the kid
     # The budget spent, the provider's own tokens still pass from the kept keys.
     assert oidc.verify(provider.access_token("buyer"), audience=API_AUDIENCE)
 
