@@ -1,8 +1,11 @@
 """Refunds above MARKETPLACE_APPROVAL_REFUND_MINOR wait for a second person of Finance: the
 `order.refund` approval kind (accounts.approvals), registered in OrdersConfig.ready().
 
-The amount is compared in minor units of the order's currency, whatever the currency (the
-default 50000 is 500.00 USD or EUR). A full refund is pinned, when it is filed, to what could
+The amount compared is the order's refunded total with this refund: what was refunded already,
+what waits in `order.refund` requests, and this one, in minor units of the order's currency,
+whatever the currency (the default 50000 is 500.00 USD or EUR). So one person cannot refund a
+large amount as several small ones; once an order's refunds cross the threshold, each further
+refund of it waits for a second person. A full refund is pinned, when it is filed, to what could
 be refunded then, so the approvers decide on one amount. Applying it is the refund staff make
 at once below the threshold (orders.services.order_refund), with the request's own idempotency
 key, so the payment provider refunds once however often it is sent.
@@ -15,7 +18,7 @@ from django.core.exceptions import ValidationError
 
 from accounts import approvals
 from accounts.approval_services import approval_request
-from accounts.models import ApprovalRequest
+from accounts.models import ApprovalRequest, ApprovalStatus
 from marketplace.actors import Actor
 from marketplace.models import User
 from marketplace.money import format_amount
@@ -27,8 +30,36 @@ from orders.models import Order, OrderStatus, Refund
 KIND = "order.refund"
 
 
-def refund_needs_approval(amount: int) -> bool:
-    return amount > settings.APPROVAL_REFUND_MINOR
+def refund_needs_approval(total: int) -> bool:
+    """Whether an order's refunded total, a refund included, takes a second person."""
+    return total > settings.APPROVAL_REFUND_MINOR
+
+
+def refunds_waiting(order: Order) -> int:
+    """What the order's `order.refund` requests not yet decided or being applied would
+    refund."""
+    waiting = ApprovalRequest.objects.filter(
+        kind=KIND,
+        params__order=str(order.pk),
+        status__in=[ApprovalStatus.PENDING],
+    ).values_list("params", flat=True)
+    return sum(params["amount"] for params in waiting)
+
+
+class _NeedsApproval(Exception):
+    """Not an error: the refund takes the approval path, for `amount`."""
+
+    def __init__(self, amount: int) -> None:
+        self.amount = amount
+
+
+def _within_threshold(order: Order, amount: int) -> None:
+    """order_refund's check, under the order's lock and the refund lock: refunds made one at a
+    time see each other's Refund rows, so two small ones cannot both slip under the
+    threshold."""
+    refunded = order.amount - services.order_refundable_amount(order)
+    if refund_needs_approval(refunded + refunds_waiting(order) + amount):
+        raise _NeedsApproval(amount)
 
 
 def _order(params: dict[str, Any]) -> Order:
@@ -91,16 +122,24 @@ def refund_apply(params: dict[str, Any], actor: Actor) -> dict[str, Any]:
 def order_refund_or_request(
     *, order_id: Any, amount: int | None, reason: str, requested_by: User, request_key: str
 ) -> Refund | ApprovalRequest:
-    """Refunds at once (orders.services.order_refund) up to MARKETPLACE_APPROVAL_REFUND_MINOR;
-    above it, files an `order.refund` request and answers it (nothing is refunded until
-    another Finance member approves). `amount` None is all that is left."""
+    """Refunds at once (orders.services.order_refund) while the order's refunded total with
+    this refund (refunded already, waiting in requests, this one) is at most
+    MARKETPLACE_APPROVAL_REFUND_MINOR; above it, files an `order.refund` request and answers
+    it (nothing is refunded until another Finance member approves). `amount` None is all that
+    is left. Called outside any transaction (order_refund calls the provider)."""
     order = Order.objects.get(pk=order_id)
-    pinned = services.order_refundable_amount(order) if amount is None else amount
     actor = Actor.of_user(requested_by)
-    if not isinstance(pinned, int) or not refund_needs_approval(pinned):
+    try:
         return services.order_refund(
-            order_id=order.pk, amount=amount, reason=reason, actor=actor, request_key=request_key
+            order_id=order.pk,
+            amount=amount,
+            reason=reason,
+            actor=actor,
+            request_key=request_key,
+            check=_within_threshold,
         )
+    except _NeedsApproval as needed:
+        pinned = needed.amount
     return approval_request(
         kind=KIND,
         params={

@@ -1,7 +1,7 @@
 """What finance and support staff do to an order: refund it, hold and release its delivery."""
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -65,6 +65,7 @@ def order_refund(
     reason: str,
     actor: Actor,
     request_key: str = "",
+    check: Callable[[Order, int], None] | None = None,
 ) -> Refund:
     """Refunds `amount` minor units (all that is left when None) through the order's gateway.
 
@@ -79,6 +80,10 @@ def order_refund(
     Raises RefundNotAllowed for an amount that is not a positive whole number or is more than
     is left, OrderStateConflict when the order has no captured payment, is disputed, or another
     refund of it is in flight; nothing is written then.
+
+    `check(order, amount)`, when given, runs under the order's row lock and the refund lock,
+    before the provider is asked: what it raises refuses the refund, with nothing written
+    (orders.approvals sends refunds that together cross the approval threshold there).
     """
     if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)):
         raise RefundNotAllowed(
@@ -115,6 +120,8 @@ def order_refund(
                     f"At most {refundable} {order.currency} (minor units) can still be refunded.",
                     errors={"amount": [f"At most {refundable} ({left}) can still be refunded."]},
                 )
+            if check is not None:
+                check(order, amount)
             already = order.amount - refundable
             known_refunds = set(order.refunds.values_list("gateway_refund_id", flat=True))
         # The provider is called outside the transaction (the refund lock keeps other requests

@@ -12,6 +12,7 @@ from accounts.models import ApprovalRequest, ApprovalStatus
 from audit.models import AuditEvent
 from marketplace.models import User
 from marketplace.roles import FINANCE, SECURITY
+from orders.approvals import order_refund_or_request
 from orders.models import Order, OrderStatus, Refund
 from tests.conftest import _staff
 from tests.orders.factories import order_checked_out, sku_for_sale
@@ -92,4 +93,56 @@ def test_a_refund_the_service_would_refuse_is_refused_before_anyone_is_asked(fin
         "At most 1000 (10.00 USD) can still be refunded."
     ]
     assert not ApprovalRequest.objects.exists()
+    assert not Refund.objects.exists()
+
+
+def test_refunds_split_under_the_threshold_still_wait_once_their_total_crosses_it(
+    settings, buyer, finance_staff
+):
+    settings.APPROVAL_REFUND_MINOR = 50000  # 500.00 USD
+    order = pay(order_checked_out(buyer, sku_for_sale(price=200000)))
+
+    outcomes = [
+        order_refund_or_request(
+            order_id=order.pk,
+            amount=50000,
+            reason="Buyer asked",
+            requested_by=finance_staff,
+            request_key=f"split-{n}",
+        )
+        for n in range(4)
+    ]
+
+    assert [type(outcome) for outcome in outcomes] == [
+        Refund,
+        ApprovalRequest,
+        ApprovalRequest,
+        ApprovalRequest,
+    ]
+    assert list(Refund.objects.filter(order=order).values_list("amount", flat=True)) == [50000]
+    assert [request.params["amount"] for request in outcomes[1:]] == [50000] * 3
+    assert ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).count() == 3
+
+
+def test_a_pending_refund_request_counts_towards_the_threshold(settings, buyer, finance_staff):
+    settings.APPROVAL_REFUND_MINOR = 50000
+    order = pay(order_checked_out(buyer, sku_for_sale(price=200000)))
+    filed = order_refund_or_request(
+        order_id=order.pk,
+        amount=60000,
+        reason="Buyer asked",
+        requested_by=finance_staff,
+        request_key="large",
+    )
+    assert isinstance(filed, ApprovalRequest)
+
+    small = order_refund_or_request(
+        order_id=order.pk,
+        amount=100,
+        reason="Buyer asked",
+        requested_by=finance_staff,
+        request_key="small",
+    )
+
+    assert isinstance(small, ApprovalRequest)
     assert not Refund.objects.exists()
