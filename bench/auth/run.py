@@ -419,7 +419,7 @@ def run(args: argparse.Namespace, provider: Any) -> dict[str, Any]:
     now = int(time.time())
     forged = provider.sign(
         {"iss": issuer, "aud": audience, "sub": claims["sub"], "iat": now, "exp": now + 600},
-        {"alg": "RS256", "kid": forged_kid},
+        {"alg": "RS256", "kid": forged_kid, "typ": "at+jwt"},
     )
     request_log = logging.getLogger("django.request")
     level, request_log.level = request_log.level, logging.ERROR  # the 401s are expected
