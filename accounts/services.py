@@ -204,17 +204,23 @@ def staff_account_ensure(
 # --- Access granted through an approval ---------------------------------------------------------
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
+FLAGS = ("is_staff", "is_superuser")
 
 
 def role_grant_params(*, user: User, target: Access) -> dict[str, Any]:
-    """The `role.grant` request's params for giving `user` the access `target`."""
+    """The `role.grant` request's params for giving `user` the access `target`: the change
+    from the access they have now (roles to add and remove, the flags that change), so that
+    applying it later changes only that."""
+    now = Access.of(user)
     return {
         "user": str(user.uuid),
-        "roles": sorted(target.roles),
-        "is_staff": target.is_staff,
-        "is_superuser": target.is_superuser,
+        "roles_added": sorted(target.roles - now.roles),
+        "roles_removed": sorted(now.roles - target.roles),
+        "flags": {
+            flag: getattr(target, flag)
+            for flag in FLAGS
+            if getattr(target, flag) != getattr(now, flag)
+        },
     }
 
 
@@ -228,9 +234,27 @@ def _grant_user(params: dict[str, Any]) -> User:
     return user
 
 
+def role_grant_beneficiary(params: dict[str, Any]) -> int:
+    """The account a `role.grant` changes (it may not approve its own grant)."""
+    return _grant_user(params).pk
+
+
+def _grant_change(params: dict[str, Any]) -> tuple[set[str], set[str], dict[str, bool]]:
+    if "roles" in params:
+        # Filed before grants were changes: applying the access it set would bring back what
+        # was taken away since.
+        raise InvalidInput("This grant sets the access as a whole; file it again.")
+    return set(params["roles_added"]), set(params["roles_removed"]), dict(params["flags"])
+
+
 def role_grant_check(params: dict[str, Any]) -> None:
     _grant_user(params)
-    roles = set(params.get("roles", []))
+    added, removed, flags = _grant_change(params)
+    if set(flags) - set(FLAGS) or not all(isinstance(on, bool) for on in flags.values()):
+        raise InvalidInput(f"A grant changes only {' and '.join(FLAGS)}.")
+    if not (added or removed or flags):
+        raise InvalidInput("The grant changes nothing.")
+    roles = added | removed
     missing = roles - set(Group.objects.filter(name__in=roles).values_list("name", flat=True))
     if missing:
         raise InvalidInput(f"There is no role {', '.join(sorted(missing))}.")
@@ -238,34 +262,36 @@ def role_grant_check(params: dict[str, Any]) -> None:
 
 def role_grant_summary(params: dict[str, Any]) -> str:
     user = _grant_user(params)
-    now = Access.of(user)
-    roles = set(params["roles"])
+    added, removed, flags = _grant_change(params)
     changes = []
-    if added := sorted(roles - now.roles):
-        changes.append(f"adds {', '.join(added)}")
-    if removed := sorted(now.roles - roles):
-        changes.append(f"removes {', '.join(removed)}")
+    if added:
+        changes.append(f"adds {', '.join(sorted(added))}")
+    if removed:
+        changes.append(f"removes {', '.join(sorted(removed))}")
     for flag, label in (("is_staff", "staff"), ("is_superuser", "superuser")):
-        if params[flag] != getattr(now, flag):
-            changes.append(f"{label}: {_yes(getattr(now, flag))} → {_yes(params[flag])}")
+        if flag in flags:
+            changes.append(f"{label} {'on' if flags[flag] else 'off'}")
     return (
-        f"Set the access of {user.email}: roles {', '.join(sorted(roles)) or 'none'}; "
-        f"staff {_yes(params['is_staff'])}; superuser {_yes(params['is_superuser'])} "
-        f"({'; '.join(changes) or 'no change from now'})."
+        f"Change the access of {user.email}: {'; '.join(changes)}. Only this changes when it "
+        "is approved; what else changes meanwhile stays as it is then."
     )
 
 
 @transaction.atomic
 def account_access_grant(*, params: dict[str, Any], actor: Actor) -> dict[str, Any]:
-    """Applies an approved `role.grant`: the account gets exactly the roles and the staff and
-    superuser flags of `params` (what the approvers read in the summary). Recorded as the
-    admin's edits are (`account.access_changed`)."""
+    """Applies an approved `role.grant`: adds and removes the roles of `params` and sets the
+    flags it names, to the account's access as it is now (access taken away since the request
+    was filed stays away; two grants compose). Recorded as the admin's edits are
+    (`account.access_changed`)."""
     user = User.objects.select_for_update().get(pk=_grant_user(params).pk)
+    added, removed, flags = _grant_change(params)
     before = Access.of(user)
-    user.is_staff = bool(params["is_staff"])
-    user.is_superuser = bool(params["is_superuser"])
+    for flag in FLAGS:
+        if flag in flags:
+            setattr(user, flag, bool(flags[flag]))
     user.save(update_fields=["is_staff", "is_superuser"])
-    user.groups.set(Group.objects.filter(name__in=params["roles"]))
+    user.groups.add(*Group.objects.filter(name__in=added))
+    user.groups.remove(*Group.objects.filter(name__in=removed))
     changed = account_access_record(user=user, before=before, actor=actor)
     return {"user": str(user.uuid), "changed": changed}
 

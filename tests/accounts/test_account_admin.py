@@ -96,9 +96,9 @@ def test_a_role_granted_in_the_admin_waits_for_a_second_person(admin_client):
     )
     assert request.params == {
         "user": str(user.uuid),
-        "roles": [FINANCE, SECURITY],
-        "is_staff": True,
-        "is_superuser": False,
+        "roles_added": [FINANCE, SECURITY],
+        "roles_removed": [SUPPORT],
+        "flags": {},
     }
     assert "adds Finance, Security; removes Support" in request.summary
     assert list(AuditEvent.objects.order_by("id")[before:].values_list("action", flat=True)) == [

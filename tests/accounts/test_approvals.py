@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from accounts import approvals
@@ -24,12 +25,13 @@ from accounts.approvals import (
     ApprovalRoleMissing,
 )
 from accounts.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
+from accounts.services import Access, role_grant_params
 from accounts.tasks import approvals_expire as approvals_expire_task
 from audit.models import AuditEvent
 from marketplace.exceptions import Conflict, InvalidInput
 from marketplace.maintenance import maintenance_on
 from marketplace.models import User
-from marketplace.roles import FINANCE, SECURITY
+from marketplace.roles import FINANCE, SECURITY, SUPPORT
 from tests.conftest import _staff
 from tests.support import pg
 from tests.support.audit import sealed_events
@@ -388,6 +390,67 @@ def test_refusals_are_conflicts_with_a_reason_code():
             ApprovalClosed,
         )
     } == {"own_request", "role_missing", "expired", "already_decided", "closed"}
+
+
+# --- Role grants ---------------------------------------------------------------------------------
+
+
+def file_grant(user: User, by: User, *, roles: set[str], **flags: bool) -> ApprovalRequest:
+    """Files the access `user` has now with `roles` added and `flags` set."""
+    now = Access.of(user)
+    target = Access(
+        now.is_active,
+        flags.get("is_staff", now.is_staff),
+        flags.get("is_superuser", now.is_superuser),
+        now.roles | roles,
+    )
+    return approval_request(
+        kind="role.grant",
+        params=role_grant_params(user=user, target=target),
+        reason="joins the on-call rota",
+        requested_by=by,
+    )
+
+
+def roles_of(user: User) -> set[str]:
+    return set(user.groups.values_list("name", flat=True))
+
+
+def test_a_grant_applies_its_change_not_access_taken_away_after_it_was_filed(security, security2):
+    user = _staff("ann@example.com", FINANCE)
+    User.objects.filter(pk=user.pk).update(is_superuser=True)
+    user.refresh_from_db()
+    request = file_grant(user, security, roles={SUPPORT})
+    assert request.params == {
+        "user": str(user.uuid),
+        "roles_added": [SUPPORT],
+        "roles_removed": [],
+        "flags": {},
+    }
+    assert request.summary.startswith("Change the access of ann@example.com: adds Support.")
+
+    # Taken away directly while the grant waits.
+    User.objects.filter(pk=user.pk).update(is_superuser=False)
+    user.groups.remove(Group.objects.get(name=FINANCE))
+
+    approval_approve(request.pk, by=security2)
+
+    user.refresh_from_db()
+    assert ApprovalRequest.objects.get(pk=request.pk).status == ApprovalStatus.APPLIED
+    assert (user.is_superuser, roles_of(user)) == (False, {SUPPORT})
+    [event] = sealed_events(action="account.access_changed")
+    assert event.data == {"roles_added": [SUPPORT]}
+
+
+def test_two_pending_grants_compose(security, security2):
+    user = _staff("ann@example.com", SUPPORT)
+    first = file_grant(user, security, roles={FINANCE})
+    second = file_grant(user, security, roles={SECURITY})
+
+    approval_approve(second.pk, by=security2)
+    approval_approve(first.pk, by=security2)
+
+    assert roles_of(user) == {SUPPORT, FINANCE, SECURITY}
 
 
 # --- Concurrency (PostgreSQL) -------------------------------------------------------------------
