@@ -3,7 +3,9 @@
 The threshold (MARKETPLACE_APPROVAL_THRESHOLD, snapshotted on the request) counts people in all:
 the requester plus threshold - 1 approvers, each a different active staff member holding a role
 of the kind (accounts.approvals). The requester never approves their own request (they may
-withdraw it by rejecting it). One rejection closes a request.
+withdraw it by rejecting it), nor does the person the change is for (the kind's beneficiary: the
+account a grant is for). One rejection closes a request. When the request applies, the requester
+and every approver must still be active staff in a role of the kind; otherwise it fails.
 
 Every decision takes the request's row lock and re-reads it first, so two approvals arriving
 together are serialised: the one that reaches the threshold applies the change, in the same
@@ -28,6 +30,7 @@ from django.utils import timezone
 
 from accounts.approvals import (
     ApprovalAlreadyDecided,
+    ApprovalBeneficiary,
     ApprovalClosed,
     ApprovalExpired,
     ApprovalOwnRequest,
@@ -183,9 +186,10 @@ def approval_approve(request_id: UUID | str, *, by: User, note: str = "") -> App
     under the request's lock, with `applied_at`). Records `approval.approved`, then
     `approval.applied` or `approval.failed` (the failure's error kept on the request).
 
-    Refused, with nothing written: the requester's own request (ApprovalOwnRequest), someone
-    without the role (ApprovalRoleMissing), after expiry (ApprovalExpired), a second decision
-    by the same person (ApprovalAlreadyDecided), a request no longer pending (ApprovalClosed).
+    Refused, with nothing written: the requester's own request (ApprovalOwnRequest), one whose
+    change is for the approver (ApprovalBeneficiary), someone without the role
+    (ApprovalRoleMissing), after expiry (ApprovalExpired), a second decision by the same person
+    (ApprovalAlreadyDecided), a request no longer pending (ApprovalClosed).
     """
     with transaction.atomic():
         request = _locked(request_id)
@@ -194,6 +198,12 @@ def approval_approve(request_id: UUID | str, *, by: User, note: str = "") -> App
             raise ApprovalOwnRequest(
                 f"{by.email} filed request {request.pk} and cannot approve it: another "
                 "staff member must."
+            )
+        beneficiary = kind_get(request.kind).beneficiary
+        if beneficiary is not None and beneficiary(request.params) == by.pk:
+            raise ApprovalBeneficiary(
+                f"Request {request.pk} changes the access of {by.email}, who cannot approve it: "
+                "another staff member must."
             )
         ApprovalDecision.objects.create(
             request=request, by=by, decision=ApprovalDecisionKind.APPROVE, note=note.strip()
@@ -216,25 +226,55 @@ def approval_approve(request_id: UUID | str, *, by: User, note: str = "") -> App
     return request
 
 
+def _entitlement_lost(request: ApprovalRequest, roles: tuple[str, ...]) -> str | None:
+    """Why the people counted for the request no longer make it (one of them is no longer
+    active staff in a role of the kind), or None. Read again now, not as they were when they
+    decided."""
+    people = [User.objects.get(pk=request.requested_by_id)] + [
+        decision.by
+        for decision in request.decisions.filter(
+            decision=ApprovalDecisionKind.APPROVE
+        ).select_related("by")
+    ]
+    for person in people:
+        if not has_role(person, *roles):
+            who = "requester" if person.pk == request.requested_by_id else "approver"
+            return (
+                f"The {who} {person.email} is no longer active staff in the role "
+                f"{' or '.join(roles)}: nothing was applied; file a new request if the change "
+                "is still needed."
+            )
+    return None
+
+
+def _failed(request: ApprovalRequest, actor: Actor, error: str) -> None:
+    """Marks the request failed with `error` and records `approval.failed`, in the caller's
+    transaction (which holds the request's lock)."""
+    request.status = ApprovalStatus.FAILED
+    request.error = error
+    request.save(update_fields=["status", "error"])
+    audit_append(
+        actor=actor,
+        action="approval.failed",
+        subject=_subject(request),
+        data={"kind": request.kind, "error": request.error[:500]},
+    )
+
+
 def _apply(request: ApprovalRequest, actor: Actor) -> None:
     """Applies an approved request. Caller holds the request's lock in its transaction, so this
     runs once per request. The kind's change runs in a savepoint: if it raises, its writes are
     undone and the request is marked failed with the error (the decisions stay)."""
     spec = kind_get(request.kind)
+    if (lost := _entitlement_lost(request, spec.roles)) is not None:
+        _failed(request, actor, lost)
+        return
     try:
         with transaction.atomic():
             outcome = spec.apply(request.params, actor) or {}
     except Exception as exc:  # recorded on the request and in the log, not retried
         logger.exception("approval %s (%s) failed to apply", request.pk, request.kind)
-        request.status = ApprovalStatus.FAILED
-        request.error = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
-        request.save(update_fields=["status", "error"])
-        audit_append(
-            actor=actor,
-            action="approval.failed",
-            subject=_subject(request),
-            data={"kind": request.kind, "error": request.error[:500]},
-        )
+        _failed(request, actor, getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}")
         return
     request.status = ApprovalStatus.APPLIED
     request.applied_at = timezone.now()

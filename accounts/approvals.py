@@ -9,9 +9,10 @@ explicit calls a reader can follow from the app that owns the change:
 
 A kind is `summary(params)` (what will happen, in words, for the people deciding), `apply(params,
 actor)` (the service call that makes the change and records its own audit events; it answers
-what to keep as the request's outcome) and an optional `check(params)` run when the request is
-filed, raising InvalidInput for what could never be applied. Requests, decisions and applying
-are accounts.approval_services.
+what to keep as the request's outcome), an optional `check(params)` run when the request is
+filed, raising InvalidInput for what could never be applied, and an optional
+`beneficiary(params)`: the pk of the user the change is for (who may not approve it). Requests,
+decisions and applying are accounts.approval_services.
 """
 
 from collections.abc import Callable
@@ -34,6 +35,7 @@ class ApprovalKind:
     summary: Callable[[Params], str]
     apply: Callable[[Params, Actor], dict[str, Any] | None]
     check: Callable[[Params], None] | None = None
+    beneficiary: Callable[[Params], Any] | None = None
 
 
 _KINDS: dict[str, ApprovalKind] = {}
@@ -46,12 +48,13 @@ def register(
     summary: Callable[[Params], str],
     apply: Callable[[Params, Actor], dict[str, Any] | None],
     check: Callable[[Params], None] | None = None,
+    beneficiary: Callable[[Params], Any] | None = None,
 ) -> None:
     """Registers a kind. The same registration again (ready() run twice) is a no-op; another
     one under a name already taken is a configuration error."""
     if not roles:
         raise ImproperlyConfigured(f"approval kind {kind!r} names no role that may decide it")
-    entry = ApprovalKind(kind, tuple(roles), summary, apply, check)
+    entry = ApprovalKind(kind, tuple(roles), summary, apply, check, beneficiary)
     existing = _KINDS.get(kind)
     if existing is not None and existing != entry:
         raise ImproperlyConfigured(f"approval kind {kind!r} is registered twice")
@@ -96,6 +99,12 @@ class ApprovalRefused(Conflict):
 
 class ApprovalOwnRequest(ApprovalRefused):
     reason = "own_request"
+
+
+class ApprovalBeneficiary(ApprovalRefused):
+    """The approver is the person the change is for (a grant of their own access)."""
+
+    reason = "beneficiary"
 
 
 class ApprovalRoleMissing(ApprovalRefused):

@@ -62,6 +62,7 @@ def register_approval_kinds() -> None:
         summary=services.role_grant_summary,
         apply=_role_grant_apply,
         check=services.role_grant_check,
+        beneficiary=services.role_grant_beneficiary,
     )
     approvals.register(
         breakglass.KIND,
@@ -69,4 +70,5 @@ def register_approval_kinds() -> None:
         summary=breakglass.breakglass_summary,
         apply=_breakglass_apply,
         check=breakglass.breakglass_check,
+        beneficiary=breakglass.breakglass_beneficiary,
     )

@@ -88,6 +88,11 @@ def _grant(params: dict[str, Any]) -> BreakGlassGrant:
     return grant
 
 
+def breakglass_beneficiary(params: dict[str, Any]) -> int:
+    """The account that signs in with the grant (it may not approve its own)."""
+    return _grant(params).user_id
+
+
 def breakglass_check(params: dict[str, Any]) -> None:
     grant = _grant(params)
     if grant.revoked_at is not None or grant.active_from is not None:

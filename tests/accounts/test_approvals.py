@@ -18,12 +18,14 @@ from accounts.approval_services import (
 )
 from accounts.approvals import (
     ApprovalAlreadyDecided,
+    ApprovalBeneficiary,
     ApprovalClosed,
     ApprovalExpired,
     ApprovalOwnRequest,
     ApprovalRefused,
     ApprovalRoleMissing,
 )
+from accounts.breakglass import breakglass_grant_request
 from accounts.models import ApprovalDecision, ApprovalRequest, ApprovalStatus
 from accounts.services import Access, role_grant_params
 from accounts.tasks import approvals_expire as approvals_expire_task
@@ -451,6 +453,59 @@ def test_two_pending_grants_compose(security, security2):
     approval_approve(first.pk, by=security2)
 
     assert roles_of(user) == {SUPPORT, FINANCE, SECURITY}
+
+
+def test_the_person_a_grant_is_for_cannot_approve_it(security, security2):
+    request = file_grant(security2, security, roles={FINANCE})
+    before = state(request)
+
+    with pytest.raises(ApprovalBeneficiary, match=r"changes the access of security2@example\.com"):
+        approval_approve(request.pk, by=security2)
+
+    assert state(request) == before
+    assert roles_of(security2) == {SECURITY}
+
+
+def test_the_person_a_breakglass_grant_is_for_cannot_approve_it(security, security2):
+    grant, request, _ = breakglass_grant_request(
+        email=security2.email, hours=1, reason="SSO outage", requested_by=security
+    )
+    before = state(request)
+
+    with pytest.raises(ApprovalBeneficiary):
+        approval_approve(request.pk, by=security2)
+
+    assert state(request) == before
+    grant.refresh_from_db()
+    assert grant.active_from is None
+
+
+@pytest.mark.parametrize("who", ["requester", "approver"])
+@pytest.mark.parametrize("loses", ["role", "staff", "active"])
+def test_a_request_fails_when_someone_counted_no_longer_holds_the_role(
+    settings, security, security2, security3, who, loses
+):
+    settings.APPROVAL_THRESHOLD = 3
+    request = file_maintenance_on(security)
+    approval_approve(request.pk, by=security2)
+    person = security if who == "requester" else security2
+    if loses == "role":
+        person.groups.clear()
+    else:
+        User.objects.filter(pk=person.pk).update(**{f"is_{loses}": False})
+
+    approval_approve(request.pk, by=security3)
+
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.FAILED
+    assert request.applied_at is None
+    assert request.error.startswith(
+        f"The {who} {person.email} is no longer active staff in the role Security"
+    )
+    assert not maintenance_on()
+    [event] = sealed_events(action="approval.failed")
+    assert (event.actor_id, event.data["error"]) == (str(security3.uuid), request.error)
+    assert not sealed_events(action="maintenance.on").exists()
 
 
 # --- Concurrency (PostgreSQL) -------------------------------------------------------------------
