@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import URLPattern, path, reverse
@@ -189,7 +189,10 @@ class ApprovalRequestAdmin(ReadOnlyAdmin):
     def _request_or_404(self, request: HttpRequest, object_id: str) -> ApprovalRequest:
         # Not narrowed to the kinds the user decides: the service refuses the others, and
         # says why.
-        obj = ApprovalRequest.objects.filter(pk=unquote(object_id)).first()
+        try:
+            obj = ApprovalRequest.objects.filter(pk=unquote(object_id)).first()
+        except (ValidationError, ValueError):  # not a uuid: no such request either
+            obj = None
         if obj is None:
             raise Http404(f"There is no approval request {object_id}.")
         return obj

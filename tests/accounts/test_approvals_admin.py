@@ -3,6 +3,7 @@ buttons (refusals shown as error messages, nothing written), the maintenance swi
 the page and, once approved, checkout answering 503 `maintenance` until it is off again."""
 
 import io
+import uuid
 from typing import Any
 
 import pytest
@@ -107,6 +108,15 @@ def test_a_refused_approval_is_an_error_message_and_writes_nothing(client, secur
     assert not ApprovalDecision.objects.exists()
     assert AuditEvent.objects.count() == events
     assert ApprovalRequest.objects.get(pk=request.pk).status == ApprovalStatus.PENDING
+
+
+@pytest.mark.parametrize("action", ["approve", "reject"])
+def test_an_id_that_is_not_a_request_is_a_404(client, security, action):
+    as_client(client, security)
+
+    assert client.post(f"{APPROVALS}not-a-uuid/{action}/").status_code == 404
+    assert client.post(f"{APPROVALS}{uuid.uuid4()}/{action}/").status_code == 404
+    assert not ApprovalDecision.objects.exists()
 
 
 def test_the_approvals_page_needs_csrf(security, security2):
