@@ -10,6 +10,8 @@ and every approver must still be active staff in a role of the kind; otherwise i
 Every decision takes the request's row lock and re-reads it first, so two approvals arriving
 together are serialised: the one that reaches the threshold applies the change, in the same
 transaction as its decision, and the other then finds the request applied and is refused. A
+kind with outside effects (a refund) is marked `applying` in that transaction instead and made
+once it commits, outside any transaction; a second decision finds it applying and is refused. A
 refusal raises an ApprovalRefused (or InvalidInput) and writes nothing.
 
 Audit events, each with the staff member (or the system, for expiry) as the actor and the request
@@ -89,7 +91,6 @@ def _staff_check(user: User, kind: str, roles: tuple[str, ...], *, doing: str) -
         )
 
 
-@transaction.atomic
 def approval_request(
     *, kind: str, params: dict[str, Any], reason: str, requested_by: User
 ) -> ApprovalRequest:
@@ -97,9 +98,22 @@ def approval_request(
     role of the kind: the requester is the first of the threshold's people). The kind's check
     runs now, so a change that could never be applied is refused before anyone is asked.
 
-    Records `approval.requested`. With a threshold of 1 (dev only) the request applies at once.
-    Raises InvalidInput (unknown kind, no reason, a refused check) or ApprovalRoleMissing;
-    nothing is written then."""
+    Records `approval.requested`. With a threshold of 1 (dev only) the request applies at once
+    (a kind with outside effects after the request is committed: call this outside any
+    transaction then). Raises InvalidInput (unknown kind, no reason, a refused check) or
+    ApprovalRoleMissing; nothing is written then."""
+    request, outside = _request_file(
+        kind=kind, params=params, reason=reason, requested_by=requested_by
+    )
+    if outside:
+        request = _apply_outside(request, Actor.of_user(requested_by))
+    return request
+
+
+@transaction.atomic
+def _request_file(
+    *, kind: str, params: dict[str, Any], reason: str, requested_by: User
+) -> tuple[ApprovalRequest, bool]:
     spec = kind_get(kind)
     reason = reason.strip()
     if not reason:
@@ -146,9 +160,8 @@ def approval_request(
             "expires_at": format_time(request.expires_at),
         },
     )
-    if request.approvals_needed == 0:
-        _apply(request, actor)
-    return request
+    outside = request.approvals_needed == 0 and _apply(request, actor)
+    return request, outside
 
 
 def _locked(request_id: UUID | str) -> ApprovalRequest:
@@ -191,6 +204,7 @@ def approval_approve(request_id: UUID | str, *, by: User, note: str = "") -> App
     (ApprovalRoleMissing), after expiry (ApprovalExpired), a second decision by the same person
     (ApprovalAlreadyDecided), a request no longer pending (ApprovalClosed).
     """
+    outside = False
     with transaction.atomic():
         request = _locked(request_id)
         _decidable(request, by, doing="approve")
@@ -222,7 +236,9 @@ def approval_approve(request_id: UUID | str, *, by: User, note: str = "") -> App
             },
         )
         if approvals >= request.approvals_needed:
-            _apply(request, actor)
+            outside = _apply(request, actor)
+    if outside:
+        request = _apply_outside(request, actor)
     return request
 
 
@@ -261,21 +277,38 @@ def _failed(request: ApprovalRequest, actor: Actor, error: str) -> None:
     )
 
 
-def _apply(request: ApprovalRequest, actor: Actor) -> None:
+def _apply(request: ApprovalRequest, actor: Actor) -> bool:
     """Applies an approved request. Caller holds the request's lock in its transaction, so this
     runs once per request. The kind's change runs in a savepoint: if it raises, its writes are
-    undone and the request is marked failed with the error (the decisions stay)."""
+    undone and the request is marked failed with the error (the decisions stay).
+
+    A kind with outside effects (`outside`) is only marked `applying` here, and this answers
+    True: the caller commits, then calls _apply_outside. Answers False otherwise."""
     spec = kind_get(request.kind)
     if (lost := _entitlement_lost(request, spec.roles)) is not None:
         _failed(request, actor, lost)
-        return
+        return False
+    if spec.outside:
+        # Committed before the change is made: a second approver finds it taken (closed).
+        request.status = ApprovalStatus.APPLYING
+        request.save(update_fields=["status"])
+        return True
     try:
         with transaction.atomic():
             outcome = spec.apply(request.params, actor) or {}
     except Exception as exc:  # recorded on the request and in the log, not retried
         logger.exception("approval %s (%s) failed to apply", request.pk, request.kind)
-        _failed(request, actor, getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}")
-        return
+        _failed(request, actor, _error_of(exc))
+        return False
+    _applied(request, actor, outcome)
+    return False
+
+
+def _error_of(exc: Exception) -> str:
+    return getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
+
+
+def _applied(request: ApprovalRequest, actor: Actor, outcome: dict[str, Any]) -> None:
     request.status = ApprovalStatus.APPLIED
     request.applied_at = timezone.now()
     request.outcome = outcome
@@ -286,6 +319,31 @@ def _apply(request: ApprovalRequest, actor: Actor) -> None:
         subject=_subject(request),
         data={"kind": request.kind, "outcome": outcome},
     )
+
+
+def _apply_outside(request: ApprovalRequest, actor: Actor) -> ApprovalRequest:
+    """Makes the change of a request marked `applying` (committed: no other decision can take
+    it), outside any transaction, as a change reaching the payment provider must be; then
+    records it applied or failed under the request's lock, in a short transaction of its own.
+    What the change wrote before failing stays (a refund has no undo); the kind makes sending
+    it again harmless (the refund's idempotency key). A process stopped in between leaves the
+    request `applying`, for someone to look at."""
+    spec = kind_get(request.kind)
+    try:
+        outcome, error = spec.apply(request.params, actor) or {}, ""
+    except Exception as exc:  # recorded on the request and in the log, not retried
+        logger.exception("approval %s (%s) failed to apply", request.pk, request.kind)
+        outcome, error = {}, _error_of(exc)
+    with transaction.atomic():
+        request = _locked(request.pk)
+        if request.status != ApprovalStatus.APPLYING:  # nothing else moves it: keep it as is
+            logger.error("approval %s left applying as %s", request.pk, request.status)
+            return request
+        if error:
+            _failed(request, actor, error)
+        else:
+            _applied(request, actor, outcome)
+    return request
 
 
 @transaction.atomic

@@ -11,8 +11,10 @@ A kind is `summary(params)` (what will happen, in words, for the people deciding
 actor)` (the service call that makes the change and records its own audit events; it answers
 what to keep as the request's outcome), an optional `check(params)` run when the request is
 filed, raising InvalidInput for what could never be applied, and an optional
-`beneficiary(params)`: the pk of the user the change is for (who may not approve it). Requests,
-decisions and applying are accounts.approval_services.
+`beneficiary(params)`: the pk of the user the change is for (who may not approve it). A kind whose
+change reaches outside the database (a refund through the payment provider) registers with
+`outside=True`: it is applied after the approval is committed, not inside its transaction.
+Requests, decisions and applying are accounts.approval_services.
 """
 
 from collections.abc import Callable
@@ -36,6 +38,7 @@ class ApprovalKind:
     apply: Callable[[Params, Actor], dict[str, Any] | None]
     check: Callable[[Params], None] | None = None
     beneficiary: Callable[[Params], Any] | None = None
+    outside: bool = False
 
 
 _KINDS: dict[str, ApprovalKind] = {}
@@ -49,12 +52,13 @@ def register(
     apply: Callable[[Params, Actor], dict[str, Any] | None],
     check: Callable[[Params], None] | None = None,
     beneficiary: Callable[[Params], Any] | None = None,
+    outside: bool = False,
 ) -> None:
     """Registers a kind. The same registration again (ready() run twice) is a no-op; another
     one under a name already taken is a configuration error."""
     if not roles:
         raise ImproperlyConfigured(f"approval kind {kind!r} names no role that may decide it")
-    entry = ApprovalKind(kind, tuple(roles), summary, apply, check, beneficiary)
+    entry = ApprovalKind(kind, tuple(roles), summary, apply, check, beneficiary, outside)
     existing = _KINDS.get(kind)
     if existing is not None and existing != entry:
         raise ImproperlyConfigured(f"approval kind {kind!r} is registered twice")

@@ -45,6 +45,9 @@ class Identity(models.Model):
 
 class ApprovalStatus(models.TextChoices):
     PENDING = "pending", "Pending"
+    # Approved; a change with effects outside the database (a refund) is being made, after the
+    # approval committed (accounts.approval_services).
+    APPLYING = "applying", "Applying"
     APPLIED = "applied", "Applied"
     REJECTED = "rejected", "Rejected"
     EXPIRED = "expired", "Expired"

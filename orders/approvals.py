@@ -41,7 +41,7 @@ def refunds_waiting(order: Order) -> int:
     waiting = ApprovalRequest.objects.filter(
         kind=KIND,
         params__order=str(order.pk),
-        status__in=[ApprovalStatus.PENDING],
+        status__in=[ApprovalStatus.PENDING, ApprovalStatus.APPLYING],
     ).values_list("params", flat=True)
     return sum(params["amount"] for params in waiting)
 
@@ -155,5 +155,11 @@ def order_refund_or_request(
 
 def register_approval_kinds() -> None:
     approvals.register(
-        KIND, roles=(FINANCE,), summary=refund_summary, apply=refund_apply, check=refund_check
+        KIND,
+        roles=(FINANCE,),
+        summary=refund_summary,
+        apply=refund_apply,
+        check=refund_check,
+        # The provider is called outside any transaction (orders.services.order_refund).
+        outside=True,
     )

@@ -5,9 +5,11 @@ at once, as before. Once approved, the refund goes to the provider once."""
 from typing import Any
 
 import pytest
+from django.db import connections
+from django.utils import timezone
 
 from accounts.approval_services import approval_approve
-from accounts.approvals import ApprovalOwnRequest, ApprovalRoleMissing
+from accounts.approvals import ApprovalClosed, ApprovalOwnRequest, ApprovalRoleMissing
 from accounts.models import ApprovalRequest, ApprovalStatus
 from audit.models import AuditEvent
 from marketplace.models import User
@@ -18,6 +20,8 @@ from tests.conftest import _staff
 from tests.orders.factories import order_checked_out, sku_for_sale
 from tests.orders.test_admin import messages_of, order_url, refund_form
 from tests.orders.test_support_services import pay, process_events
+from tests.support.audit import sealed_events
+from tests.support.stripe_api import StripeApiServer
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +150,82 @@ def test_a_pending_refund_request_counts_towards_the_threshold(settings, buyer, 
 
     assert isinstance(small, ApprovalRequest)
     assert not Refund.objects.exists()
+
+
+# --- Applied after the approval commits, with Stripe (the stand-in) ---------------------------
+
+
+@pytest.fixture
+def stripe_paid(buyer: User, stripe_api: StripeApiServer) -> Order:
+    """An order paid with a PaymentIntent the Stripe stand-in knows."""
+    order = order_checked_out(buyer, sku_for_sale(price=1000))
+    intent = stripe_api.payment_intent_add(amount=order.amount)
+    Order.objects.filter(pk=order.pk).update(
+        status=OrderStatus.PAID, paid_at=timezone.now(), payment_intent_id=intent["id"]
+    )
+    order.refresh_from_db()
+    return order
+
+
+def file_full_refund(order: Order, by: User) -> ApprovalRequest:
+    request = order_refund_or_request(
+        order_id=order.pk, amount=None, reason="Buyer asked", requested_by=by, request_key="k1"
+    )
+    assert isinstance(request, ApprovalRequest)
+    return request
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_approved_refund_reaches_stripe_once_after_the_approval_committed(
+    monkeypatch, stripe_api, stripe_paid, finance_staff
+):
+    request = file_full_refund(stripe_paid, finance_staff)
+    approvers = [_staff(f"finance{n}@example.com", FINANCE) for n in (2, 3)]
+    seen: list[tuple[bool, str]] = []
+    main_connection = connections["default"]  # this thread's (`connection` is per thread)
+    refund_create = stripe_api._refund_create
+
+    def observed(params: dict[str, Any]) -> dict[str, Any]:
+        try:  # what another process sees meanwhile
+            status = ApprovalRequest.objects.values_list("status", flat=True).get(pk=request.pk)
+        finally:
+            connections.close_all()  # this thread's
+        seen.append((main_connection.in_atomic_block, status))
+        return refund_create(params)
+
+    monkeypatch.setattr(stripe_api, "_refund_create", observed)
+
+    done = approval_approve(request.pk, by=approvers[0])
+
+    # Stripe was asked with no transaction open, the approval already committed as applying.
+    assert seen == [(False, ApprovalStatus.APPLYING)]
+    assert (done.status, done.applied_at is not None) == (ApprovalStatus.APPLIED, True)
+    [sent] = stripe_api.refunds.values()
+    assert (sent["amount"], sent["payment_intent"]) == (1000, stripe_paid.payment_intent_id)
+    assert Refund.objects.get(order=stripe_paid).gateway_refund_id == sent["id"]
+    assert done.outcome == {"refund": sent["id"], "amount": 1000}
+
+    with pytest.raises(ApprovalClosed):
+        approval_approve(request.pk, by=approvers[1])
+    assert len(stripe_api.refunds) == 1
+    assert sealed_events(action="approval.applied").count() == 1
+
+
+def test_an_approved_refund_stripe_refuses_fails_and_nothing_is_marked_refunded(
+    stripe_api, stripe_paid, finance_staff
+):
+    request = file_full_refund(stripe_paid, finance_staff)
+    stripe_api.down = True
+
+    done = approval_approve(request.pk, by=_staff("finance2@example.com", FINANCE))
+
+    done.refresh_from_db()
+    assert done.status == ApprovalStatus.FAILED
+    assert done.applied_at is None
+    assert "Nothing was refunded" in done.error
+    assert not Refund.objects.exists()
+    assert not sealed_events(action="order.refund_requested").exists()
+    [failed] = sealed_events(action="approval.failed")
+    assert failed.data["error"] == done.error[:500]
+    stripe_paid.refresh_from_db()
+    assert (stripe_paid.status, stripe_paid.amount_refunded) == (OrderStatus.PAID, 0)
