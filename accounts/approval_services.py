@@ -20,7 +20,9 @@ as the subject: `approval.requested`, `approval.approved`, `approval.rejected`,
 events too, with the approver whose decision applied it as their actor.
 """
 
+import getpass
 import logging
+import socket
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -67,6 +69,16 @@ def approval_staff(email: str) -> User:
     return user
 
 
+def command_origin() -> dict[str, str]:
+    """What the audit data of a step taken through a management command adds: the command's
+    `--as EMAIL` is the operator's word, so who ran it (the OS user) and where are kept too."""
+    try:
+        os_user = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment nor the password database
+        os_user = ""
+    return {"via": "command", "os_user": os_user, "host": socket.gethostname()}
+
+
 def approval_next_step(request: ApprovalRequest) -> str:
     """What happens next with a request just filed, in words (the admin and the commands say
     it)."""
@@ -92,7 +104,12 @@ def _staff_check(user: User, kind: str, roles: tuple[str, ...], *, doing: str) -
 
 
 def approval_request(
-    *, kind: str, params: dict[str, Any], reason: str, requested_by: User
+    *,
+    kind: str,
+    params: dict[str, Any],
+    reason: str,
+    requested_by: User,
+    via: dict[str, str] | None = None,
 ) -> ApprovalRequest:
     """Files a request for `kind` with `params`, on behalf of `requested_by` (who must hold a
     role of the kind: the requester is the first of the threshold's people). The kind's check
@@ -101,9 +118,10 @@ def approval_request(
     Records `approval.requested`. With a threshold of 1 (dev only) the request applies at once
     (a kind with outside effects after the request is committed: call this outside any
     transaction then). Raises InvalidInput (unknown kind, no reason, a refused check) or
-    ApprovalRoleMissing; nothing is written then."""
+    ApprovalRoleMissing; nothing is written then. `via` (command_origin) is added to the
+    audit data of a request filed through a command."""
     request, outside = _request_file(
-        kind=kind, params=params, reason=reason, requested_by=requested_by
+        kind=kind, params=params, reason=reason, requested_by=requested_by, via=via
     )
     if outside:
         request = _apply_outside(request, Actor.of_user(requested_by))
@@ -112,7 +130,12 @@ def approval_request(
 
 @transaction.atomic
 def _request_file(
-    *, kind: str, params: dict[str, Any], reason: str, requested_by: User
+    *,
+    kind: str,
+    params: dict[str, Any],
+    reason: str,
+    requested_by: User,
+    via: dict[str, str] | None,
 ) -> tuple[ApprovalRequest, bool]:
     spec = kind_get(kind)
     reason = reason.strip()
@@ -158,6 +181,7 @@ def _request_file(
             "reason": reason,
             "threshold": threshold,
             "expires_at": format_time(request.expires_at),
+            **(via or {}),
         },
     )
     outside = request.approvals_needed == 0 and _apply(request, actor)
@@ -194,7 +218,9 @@ def _decidable(request: ApprovalRequest, by: User, *, doing: str, role: bool = T
         _staff_check(by, request.kind, kind_get(request.kind).roles, doing=doing)
 
 
-def approval_approve(request_id: UUID | str, *, by: User, note: str = "") -> ApprovalRequest:
+def approval_approve(
+    request_id: UUID | str, *, by: User, note: str = "", via: dict[str, str] | None = None
+) -> ApprovalRequest:
     """`by` approves the request; the approval that completes the threshold applies it (once:
     under the request's lock, with `applied_at`). Records `approval.approved`, then
     `approval.applied` or `approval.failed` (the failure's error kept on the request).
@@ -233,6 +259,7 @@ def approval_approve(request_id: UUID | str, *, by: User, note: str = "") -> App
                 "approvals": approvals,
                 "needed": request.approvals_needed,
                 "note": note.strip(),
+                **(via or {}),
             },
         )
         if approvals >= request.approvals_needed:
@@ -347,7 +374,9 @@ def _apply_outside(request: ApprovalRequest, actor: Actor) -> ApprovalRequest:
 
 
 @transaction.atomic
-def approval_reject(request_id: UUID | str, *, by: User, reason: str) -> ApprovalRequest:
+def approval_reject(
+    request_id: UUID | str, *, by: User, reason: str, via: dict[str, str] | None = None
+) -> ApprovalRequest:
     """`by` rejects the request, which closes it; the requester may reject (withdraw) their
     own. Records `approval.rejected` with the reason. Refused like approval_approve (the
     requester aside), and without a reason (InvalidInput); nothing is written then."""
@@ -372,6 +401,7 @@ def approval_reject(request_id: UUID | str, *, by: User, reason: str) -> Approva
             "kind": request.kind,
             "reason": reason[:REASON_MAX],
             "withdrawn": by.pk == request.requested_by_id,
+            **(via or {}),
         },
     )
     return request

@@ -53,6 +53,9 @@ class BreakGlassBackend(ModelBackend):
             if check_password(password, grant.password_hash) and breakglass_use(
                 grant_pk=grant.pk, client_ip=client_ip(request) if request is not None else None
             ):
+                if request is not None and hasattr(request, "session"):
+                    # Which grant opened the session, for whoever reads it later.
+                    request.session["breakglass_grant"] = grant.pk
                 return grant.user
         return None
 

@@ -34,7 +34,7 @@ def _subject(grant: BreakGlassGrant) -> tuple[str, str]:
 
 @transaction.atomic
 def breakglass_grant_request(
-    *, email: str, hours: int, reason: str, requested_by: User
+    *, email: str, hours: int, reason: str, requested_by: User, via: dict[str, str] | None = None
 ) -> tuple[BreakGlassGrant, ApprovalRequest, str]:
     """Files a break-glass grant for the staff account `email`, for `hours` (1 to
     MARKETPLACE_BREAKGLASS_MAX_HOURS) from its approval. Answers the grant, its approval request
@@ -69,6 +69,7 @@ def breakglass_grant_request(
         params={"grant": grant.pk, "user": str(user.uuid), "hours": hours},
         reason=reason,
         requested_by=requested_by,
+        via=via,
     )
     grant.approval = request
     grant.save(update_fields=["approval"])
@@ -164,6 +165,11 @@ def breakglass_use(*, grant_pk: int, client_ip: str | None) -> bool:
         actor=Actor.of_user(grant.user),
         action="breakglass.used",
         subject=_subject(grant),
-        data={"user": str(grant.user.uuid), "client_ip": client_ip, "uses": grant.uses},
+        data={
+            "grant": grant.pk,
+            "user": str(grant.user.uuid),
+            "client_ip": client_ip,
+            "uses": grant.uses,
+        },
     )
     return True

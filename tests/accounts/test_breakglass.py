@@ -2,7 +2,9 @@
 approved it, within its window, until revoked; each use is recorded and counted, and a refused
 attempt writes nothing (django-axes counts those)."""
 
+import getpass
 import io
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -66,7 +68,8 @@ def test_a_grant_works_only_once_approved_within_its_window_until_revoked(
     security, security2, on_call
 ):
     out, err = grant_command(
-        "on.call@example.com", "--hours", "2", "--reason", "SSO outage", "--as", security.email
+        "on.call@example.com",
+        *("--hours", "2", "--reason", "SSO outage", "--as", security.email, "--for-other"),
     )
     password = out.strip()
     grant = BreakGlassGrant.objects.get()
@@ -92,7 +95,12 @@ def test_a_grant_works_only_once_approved_within_its_window_until_revoked(
     assert (grant.uses, grant.last_used_at is not None) == (1, True)
     [used] = sealed_events(action="breakglass.used")
     assert (used.actor_type, used.actor_id) == ("staff", str(on_call.uuid))
-    assert used.data == {"user": str(on_call.uuid), "client_ip": "203.0.113.7", "uses": 1}
+    assert used.data == {
+        "grant": grant.pk,
+        "user": str(on_call.uuid),
+        "client_ip": "203.0.113.7",
+        "uses": 1,
+    }
     [granted] = sealed_events(action="breakglass.granted")
     assert granted.actor_id == str(security2.uuid)
 
@@ -180,7 +188,7 @@ def test_a_refused_grant_files_nothing(security, on_call, args, message):
     events = AuditEvent.objects.count()
 
     with pytest.raises(CommandError, match=message):
-        grant_command(*args, "--reason", "x", "--as", security.email)
+        grant_command(*args, "--reason", "x", "--as", security.email, "--for-other")
 
     assert not BreakGlassGrant.objects.exists()
     assert not ApprovalRequest.objects.exists()
@@ -203,3 +211,54 @@ def test_only_security_files_a_grant(on_call):
     with pytest.raises(CommandError, match=r"may not file a breakglass\.grant request"):
         grant_command(on_call.email, "--hours", "1", "--reason", "x", "--as", on_call.email)
     assert not BreakGlassGrant.objects.exists()
+
+
+def test_the_command_files_a_grant_only_for_the_requesters_own_account_unless_told(
+    security, on_call
+):
+    with pytest.raises(CommandError, match="only for their own account"):
+        grant_command(on_call.email, "--hours", "1", "--reason", "x", "--as", security.email)
+    assert not BreakGlassGrant.objects.exists()
+    assert not ApprovalRequest.objects.exists()
+
+    _, err = grant_command(
+        on_call.email, "--hours", "1", "--reason", "x", "--as", security.email, "--for-other"
+    )
+
+    assert "Warning: this password is for on.call@example.com, not you" in err
+    assert "out of band" in err
+    assert BreakGlassGrant.objects.get().user == on_call
+
+
+def test_a_grant_filed_and_approved_through_the_commands_records_who_ran_them(security, security2):
+    origin = {"via": "command", "os_user": getpass.getuser(), "host": socket.gethostname()}
+
+    grant_command(security.email, "--hours", "1", "--reason", "SSO outage", "--as", security.email)
+    request = ApprovalRequest.objects.get()
+    call_command(
+        "approvals", "approve", str(request.pk), "--as", security2.email, stderr=io.StringIO()
+    )
+
+    [requested] = sealed_events(action="approval.requested")
+    [approved] = sealed_events(action="approval.approved")
+    assert (requested.actor_id, approved.actor_id) == (str(security.uuid), str(security2.uuid))
+    assert {key: requested.data[key] for key in origin} == origin
+    assert {key: approved.data[key] for key in origin} == origin
+    assert ApprovalRequest.objects.get().status == ApprovalStatus.APPLIED
+
+
+def test_a_sign_in_with_a_grant_stamps_the_grant_on_the_session(
+    client, security, security2, on_call
+):
+    grant, request, password = breakglass_grant_request(
+        email=on_call.email, hours=1, reason="SSO outage", requested_by=security
+    )
+    approval_approve(request.pk, by=security2)
+
+    response = client.post(
+        "/admin/login/?next=/admin/", {"username": on_call.email, "password": password}
+    )
+
+    assert response.status_code == 302, response.content
+    assert client.session["breakglass_grant"] == grant.pk
+    assert sealed_events(action="breakglass.used").get().data["grant"] == grant.pk

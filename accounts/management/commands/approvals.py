@@ -6,6 +6,7 @@ from accounts.approval_services import (
     approval_approve,
     approval_reject,
     approval_staff,
+    command_origin,
 )
 from accounts.models import ApprovalDecisionKind, ApprovalRequest, ApprovalStatus
 from audit.chain import format_time
@@ -17,7 +18,9 @@ class Command(BaseCommand):
         "Two-person approvals for operators without a browser: `list [--all]` shows the "
         "pending requests (tab-separated: id, kind, requester, expires, approvals, summary); "
         "`approve ID --as EMAIL [--note TEXT]` and `reject ID --as EMAIL --reason TEXT` decide "
-        "one. A refusal exits non-zero with its reason and changes nothing."
+        "one. A refusal exits non-zero with its reason and changes nothing. `--as` is taken on "
+        "the operator's word: the audit log records the decision as made through this command, "
+        "with the OS user and host that ran it."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -42,9 +45,13 @@ class Command(BaseCommand):
         try:
             by = approval_staff(options["by"])
             if action == "approve":
-                request = approval_approve(options["id"], by=by, note=options["note"])
+                request = approval_approve(
+                    options["id"], by=by, note=options["note"], via=command_origin()
+                )
             else:
-                request = approval_reject(options["id"], by=by, reason=options["reason"])
+                request = approval_reject(
+                    options["id"], by=by, reason=options["reason"], via=command_origin()
+                )
         except ApplicationError as exc:
             raise CommandError(f"Refused, nothing changed: {exc.detail}") from exc
         if request.status == ApprovalStatus.APPLIED:
