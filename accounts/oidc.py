@@ -598,26 +598,6 @@ class StaffSessionRenewal(SessionRefresh):
             return None
 
 
-def identity_link(*, user: User, issuer: str, subject: str, actor: Actor) -> Identity:
-    """Links an existing account to an identity at the provider (an operator's decision)."""
-    try:
-        with transaction.atomic():
-            identity = Identity.objects.create(
-                user=user, issuer=issuer, subject=subject, email=user.email
-            )
-            audit_append(
-                actor=actor,
-                action="identity.linked",
-                subject=("user", str(user.uuid)),
-                data={"issuer": issuer, "subject": subject},
-            )
-    except IntegrityError:
-        raise LoginRefused(
-            "identity_taken", "That identity is linked to another account."
-        ) from None
-    return identity
-
-
 def signed_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     """Django's user_logged_in, for every way in (the provider, a break-glass password, the
     dev password): the session's absolute lifetime starts at sign-in, not at a renewal."""

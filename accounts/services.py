@@ -453,3 +453,36 @@ def group_change_record(
         data={"name": group.name, "was": name_before, "added": added, "removed": removed},
     )
     return True
+
+
+def identity_link(*, email: str, issuer: str, subject: str, actor: Actor) -> Any:
+    """Binds the existing account `email` to (issuer, subject) at the identity provider, an
+    operator's decision for an account the first provider sign-in refused (`email_in_use`).
+    Records `identity.linked`. A superuser account is refused: whoever holds that identity at
+    the provider would get the superuser flag, which roles from the provider never set or take
+    away; make such a person's access from roles instead."""
+    from accounts.models import Identity
+
+    user = User.objects.filter(email__iexact=email.strip()).first()
+    if user is None:
+        raise InvalidInput(
+            f"There is no account {email!r}.", errors={"email": ["No such account."]}
+        )
+    if user.is_superuser:
+        raise InvalidInput(f"{user.email} is a superuser: it is not linked to a provider identity.")
+    if not subject or len(subject) > 255 or not issuer:
+        raise InvalidInput("The issuer and the subject (at most 255 characters) are needed.")
+    try:
+        with transaction.atomic():
+            identity = Identity.objects.create(
+                user=user, issuer=issuer, subject=subject, email=user.email
+            )
+            audit_append(
+                actor=actor,
+                action="identity.linked",
+                subject=_user_subject(user),
+                data={"issuer": issuer, "subject": subject},
+            )
+    except IntegrityError:
+        raise InvalidInput(f"{subject} at {issuer} is linked to an account already.") from None
+    return identity

@@ -6,12 +6,14 @@ test_staff_login_browser.py."""
 import re
 import time
 from collections.abc import Iterator
+from io import StringIO
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
 import requests
 from django.contrib.auth.models import Group
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from accounts.models import Identity
@@ -494,3 +496,30 @@ def test_claims_that_do_not_fit_are_refused(provider: OIDCProvider):
 
     assert refused_code(response) == "invalid_claims"
     assert not User.objects.exists()
+
+
+def test_an_operator_links_an_existing_account_and_its_sign_in_reaches_it(
+    provider: OIDCProvider,
+):
+    existing = User.objects.create_user(email="made-by-hand@example.com", is_staff=True)
+    name = account(provider, "ops-linked", email="made-by-hand@example.com")
+    assert refused_code(sign_in(Client(), name)[0]) == "email_in_use"
+
+    call_command("identity_link", "made-by-hand@example.com", name, stdout=StringIO())
+    response, _, _ = sign_in(Client(), name)
+
+    assert response.status_code == 302
+    assert Identity.objects.get(subject=name).user == existing
+    assert events("identity.linked")[-1].data == {"issuer": provider.issuer, "subject": name}
+    with pytest.raises(CommandError, match="linked to an account already"):
+        call_command("identity_link", "made-by-hand@example.com", name, stdout=StringIO())
+
+
+def test_a_superuser_is_not_linked_to_a_provider_identity(provider: OIDCProvider):
+    User.objects.create_superuser(email="root@example.com", password="x" * 20)
+
+    with pytest.raises(CommandError, match="superuser"):
+        call_command("identity_link", "root@example.com", "someone", stdout=StringIO())
+
+    assert not Identity.objects.exists()
+    assert not events("identity.linked")
