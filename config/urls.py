@@ -6,6 +6,7 @@ from licensing.api import views as licensing_views
 from marketplace.landing import landing
 from marketplace.metrics import metrics
 from marketplace.views import health, health_details, jwks
+from previews import serving as preview_serving
 
 urlpatterns = [
     path("", landing, name="landing"),
@@ -20,11 +21,15 @@ urlpatterns = [
     path("api/v1/", include("accounts.api.urls")),
     path("api/v1/", include("orders.api.urls")),
     path("api/v1/", include("licensing.api.urls")),
+    path("api/v1/", include("previews.api.urls")),
     path(
         "marketplace/deliveries/<str:token>",
         licensing_views.package_download,
         name="delivery-package",
     ),
+    path("previews/<str:token>", preview_serving.preview_root, name="preview-root"),
+    path("previews/<str:token>/", preview_serving.preview_serve, name="preview-serve"),
+    path("previews/<str:token>/<path:path>", preview_serving.preview_serve, name="preview-file"),
     path("", include("orders.urls")),
     path("", include("accounts.urls")),
     path("admin/", admin.site.urls),

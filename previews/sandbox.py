@@ -187,9 +187,20 @@ class Sandbox:
         return self.process.pid
 
     @classmethod
-    def start(cls, spec: SandboxSpec, *, stdout: int | None = subprocess.DEVNULL) -> Sandbox:
-        """Start ``spec.command`` under bwrap. Side effect: as root, chowns ``socket_dir``."""
-        sandbox_id = secrets.token_hex(8)
+    def start(
+        cls,
+        spec: SandboxSpec,
+        *,
+        stdout: int | None = subprocess.DEVNULL,
+        sandbox_id: str | None = None,
+    ) -> Sandbox:
+        """Start ``spec.command`` under bwrap. Side effect: as root, chowns ``socket_dir``.
+
+        ``sandbox_id`` (letters, digits, ``-``) is the marker the garbage collector finds it by;
+        a random one when not given."""
+        sandbox_id = sandbox_id or secrets.token_hex(8)
+        if not sandbox_id.replace("-", "").isalnum():
+            raise ValueError(f"a sandbox id is letters, digits and dashes: {sandbox_id!r}")
         host_uid = None
         if os.geteuid() == 0:
             host_uid = HOST_UID_BASE + secrets.randbelow(65536)
@@ -225,7 +236,9 @@ class Sandbox:
                 status, _ = unix_http_get(self.spec.socket_path, "/", timeout=1.0)
                 if status:
                     return True
-            time.sleep(0.05)
+            # Until the socket exists a try costs one failed connect: poll often, as the time
+            # to ready is what a buyer waits for.
+            time.sleep(0.005)
         return False
 
     def stop(self, grace: float = 2.0) -> None:
@@ -291,6 +304,14 @@ def sandboxes_running() -> list[int]:
     """The pids of the outer bwrap processes of the sandboxes this module started, leaked or not."""
     marked = _marked_bwraps()
     return sorted(pid for pid in marked if _ppid(pid) not in marked)
+
+
+def sandbox_id_of(pid: int) -> str | None:
+    """The marker (sandbox id) in a sandbox's command line."""
+    argv = _proc_read(pid, "cmdline")
+    with contextlib.suppress(ValueError, IndexError):
+        return argv[argv.index(MARKER.encode()) + 1].decode()
+    return None
 
 
 def sandbox_expires_at(pid: int) -> float | None:

@@ -45,6 +45,8 @@ from marketplace.validation import full_clean
 
 # Fields only their own services change; a plain save keeps what the database holds.
 _SERVICE_OWNED_FIELDS = (
+    # Switched on only with preview material (previews.services.sku_preview_set).
+    "preview_enabled",
     "status",
     "status_reason",
     "status_changed_at",

@@ -345,6 +345,58 @@ AUDIT_CHECKPOINT_SECONDS = env.float("MARKETPLACE_AUDIT_CHECKPOINT_SECONDS", def
 AUDIT_SEAL_SECONDS = env.float("MARKETPLACE_AUDIT_SEAL_SECONDS", default=2.0)
 SIGNING_ENDPOINT = env.str("MARKETPLACE_SIGNING_ENDPOINT", default="")
 
+# --- Previews ----------------------------------------------------------------------------------
+
+# Who runs the sandboxes: `local` (bubblewrap processes on the workers' host, which must also be
+# the web servers' host: they reach each sandbox over its Unix socket) or `kubernetes`.
+PREVIEW_PROVISIONER = env.str("MARKETPLACE_PREVIEW_PROVISIONER", default="local")
+# A session lasts its SKU's preview TTL, never longer than this.
+PREVIEW_MAX_TTL_SECONDS = env.int("MARKETPLACE_PREVIEW_MAX_TTL_SECONDS", default=3600)
+PREVIEW_MAX_OPEN_PER_BUYER = env.int("MARKETPLACE_PREVIEW_MAX_OPEN_PER_BUYER", default=2)
+PREVIEW_MAX_STARTED_PER_HOUR = env.int("MARKETPLACE_PREVIEW_MAX_STARTED_PER_HOUR", default=10)
+# Sessions open at once across the platform; above it, 503 with Retry-After.
+PREVIEW_CAPACITY = env.int("MARKETPLACE_PREVIEW_CAPACITY", default=20)
+# The longest a request's `Prefer: wait=N` may hold it until the session is ready.
+PREVIEW_READY_WAIT_SECONDS = env.float("MARKETPLACE_PREVIEW_READY_WAIT_SECONDS", default=5.0)
+# A sandbox not answering on its socket this long after its start is torn down, marked failed.
+PREVIEW_START_TIMEOUT_SECONDS = env.float("MARKETPLACE_PREVIEW_START_TIMEOUT_SECONDS", default=10.0)
+# The origin preview URLs are built on (a separate one keeps sandbox pages further from the
+# platform's cookies); empty, the platform's own host.
+PREVIEW_BASE_URL = env.str("MARKETPLACE_PREVIEW_BASE_URL", default="")
+# Local provisioner: sockets and the verified copies of preview material.
+PREVIEW_DIR = Path(env.str("MARKETPLACE_PREVIEW_DIR", default=str(DATA_DIR / "previews")))
+PREVIEW_SANDBOX_MEMORY_BYTES = env.int(
+    "MARKETPLACE_PREVIEW_SANDBOX_MEMORY_BYTES", default=256 * 1024 * 1024
+)
+PREVIEW_SANDBOX_PROCESSES = env.int("MARKETPLACE_PREVIEW_SANDBOX_PROCESSES", default=32)
+PREVIEW_SANDBOX_CPU_SECONDS = env.int("MARKETPLACE_PREVIEW_SANDBOX_CPU_SECONDS", default=120)
+PREVIEW_SANDBOX_TMPFS_BYTES = env.int(
+    "MARKETPLACE_PREVIEW_SANDBOX_TMPFS_BYTES", default=16 * 1024 * 1024
+)
+PREVIEW_MATERIAL_MAX_BYTES = env.int(
+    "MARKETPLACE_PREVIEW_MATERIAL_MAX_BYTES", default=256 * 1024 * 1024
+)
+PREVIEW_MATERIAL_MAX_FILES = env.int("MARKETPLACE_PREVIEW_MATERIAL_MAX_FILES", default=1000)
+# Kubernetes provisioner (previews.provisioners.kubernetes, docs/previews.md).
+PREVIEW_KUBE_API_URL = env.str("MARKETPLACE_PREVIEW_KUBE_API_URL", default="")
+PREVIEW_KUBE_TOKEN_FILE = env.str("MARKETPLACE_PREVIEW_KUBE_TOKEN_FILE", default="")
+PREVIEW_KUBE_CA_FILE = env.str("MARKETPLACE_PREVIEW_KUBE_CA_FILE", default="")
+PREVIEW_KUBE_NAMESPACE_PREFIX = env.str(
+    "MARKETPLACE_PREVIEW_KUBE_NAMESPACE_PREFIX", default="preview-"
+)
+PREVIEW_KUBE_IMAGE = env.str("MARKETPLACE_PREVIEW_KUBE_IMAGE", default="")
+PREVIEW_KUBE_CPU = env.str("MARKETPLACE_PREVIEW_KUBE_CPU", default="500m")
+PREVIEW_KUBE_MEMORY = env.str("MARKETPLACE_PREVIEW_KUBE_MEMORY", default="256Mi")
+PREVIEW_KUBE_PLATFORM_CIDRS = env.list("MARKETPLACE_PREVIEW_KUBE_PLATFORM_CIDRS", default=[])
+PREVIEW_KUBE_STORAGE_CIDRS = env.list("MARKETPLACE_PREVIEW_KUBE_STORAGE_CIDRS", default=[])
+PREVIEW_KUBE_PLATFORM_NAMESPACE = env.str(
+    "MARKETPLACE_PREVIEW_KUBE_PLATFORM_NAMESPACE", default="marketplace"
+)
+PREVIEW_KUBE_TIMEOUT_SECONDS = env.float("MARKETPLACE_PREVIEW_KUBE_TIMEOUT_SECONDS", default=10.0)
+# The runbooks' preview pool network: passed to the pool's nodes as annotations and a selector.
+PREVIEW_SUBNET_IDS = env.list("MARKETPLACE_PREVIEW_SUBNET_IDS", default=[])
+PREVIEW_SECURITY_GROUP = env.str("MARKETPLACE_PREVIEW_SECURITY_GROUP", default="")
+
 # --- Beat schedule -----------------------------------------------------------------------------
 
 CELERY_BEAT_SCHEDULE = {
@@ -425,6 +477,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "licensing.tasks.delivery_spool_sweep",
         "schedule": 300.0,
         "options": {"expires": 290},
+    },
+    # Preview sessions past their expiry, stuck starting, or ended but not torn down.
+    "previews-sweep": {
+        "task": "previews.tasks.previews_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    # The runbooks' hourly collector: the sweep, plus sandboxes no session knows (leaked).
+    "previews-gc": {
+        "task": "previews.tasks.previews_gc",
+        "schedule": crontab(minute=11),
+        "options": {"expires": 3000},
     },
     # Pending approval requests past their expiry are marked expired (accounts.approval_services).
     "accounts-approvals-expire": {

@@ -51,6 +51,12 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # Tests give each test its own folder (tests/conftest.py); a worker process they start is told.
 AUDIT_EXPORT_DIR = Path(os.environ.get("MARKETPLACE_TEST_AUDIT_DIR") or DATA_DIR / "audit")
 
+# Short, as a Unix socket's path is at most 107 bytes, and outside the data folder, which
+# mkdtemp makes 0700: a sandbox's host uid must pass through every folder above its binds.
+if "MARKETPLACE_PREVIEW_DIR" not in os.environ:
+    PREVIEW_DIR = Path(tempfile.mkdtemp(prefix=f"mkp-previews-{_worker}-"))
+    PREVIEW_DIR.chmod(0o711)
+
 ALLOWED_HOSTS = [*ALLOWED_HOSTS, "testserver"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 WHITENOISE_USE_FINDERS = True

@@ -1,7 +1,6 @@
 """The buyer's side of licensing: their license, their package and its proof, and the public
 license check."""
 
-import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -39,6 +38,7 @@ from marketplace.api.problems import error_response, problem_response
 from marketplace.api.schema import problem
 from marketplace.clients import client_ip
 from marketplace.exceptions import ApplicationError
+from marketplace.ranges import RangeNotSatisfiable, requested_range
 from orders.selectors import order_get_for_buyer
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -146,43 +146,6 @@ class DeliveryKeyView(APIView):
 
 LINK_METHODS = "GET, HEAD, OPTIONS"
 _STREAM_CHUNK = 256 * 1024
-# One byte range, RFC 9110 §14.1.2: `first-last`, `first-` or `-suffix`. Longer numbers than
-# any package size are not parsed (such a Range is ignored, as the RFC allows).
-_BYTE_RANGE = re.compile(r"\s*(\d{0,18})\s*-\s*(\d{0,18})\s*", re.ASCII)
-
-
-class _Unsatisfiable(Exception):
-    pass
-
-
-def _requested_range(request: HttpRequest, *, etag: str, size: int) -> tuple[int, int] | None:
-    """The one byte range (first, last, inclusive) a GET asks for, or None for the whole
-    package: no Range, or one to ignore (RFC 9110 §14.2) because it is malformed, in another
-    unit, asks for several ranges (answered whole, as docs/licensing.md says), or comes with an
-    If-Range that is not this package's ETag. _Unsatisfiable when no byte of it exists."""
-    header = request.headers.get("Range")
-    if not header:
-        return None
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range.strip() != etag:
-        return None  # a weak or other ETag, or a date (we send no Last-Modified)
-    unit, _, spec = header.partition("=")
-    found = _BYTE_RANGE.fullmatch(spec)
-    if unit.strip().lower() != "bytes" or found is None or found.group(0).strip() == "-":
-        return None
-    first_text, last_text = found.groups()
-    if not first_text:
-        suffix = int(last_text)
-        if suffix == 0 or size == 0:
-            raise _Unsatisfiable
-        return max(size - suffix, 0), size - 1
-    first = int(first_text)
-    if last_text and int(last_text) < first:
-        return None  # not a valid range-spec
-    if first >= size:
-        raise _Unsatisfiable
-    last = min(int(last_text), size - 1) if last_text else size - 1
-    return first, last
 
 
 class _PackageStream:
@@ -258,8 +221,8 @@ def package_download(request: HttpRequest, token: str) -> HttpResponse:
         # A Range has no meaning for HEAD (RFC 9110 §14.2): the whole package's headers.
         return HttpResponse(headers={**headers, "Content-Length": str(size)})
     try:
-        wanted = _requested_range(request, etag=etag, size=size)
-    except _Unsatisfiable:
+        wanted = requested_range(request, etag=etag, size=size)
+    except RangeNotSatisfiable:
         return problem_response(
             request,
             status=416,

@@ -120,6 +120,16 @@ def worker_start(settings: Any, *, name: str = "", purge: bool = True) -> Worker
         "MARKETPLACE_DELIVERY_HEARTBEAT_SECONDS": str(settings.DELIVERY_HEARTBEAT_SECONDS),
         "MARKETPLACE_DELIVERY_STALE_SECONDS": str(settings.DELIVERY_STALE_SECONDS),
         "MAINTENANCE_MODE": "1" if settings.MAINTENANCE_MODE else "0",
+        # Previews: the sandboxes' folder and limits, and the provisioner (a fake Kubernetes
+        # API's address when a test points there).
+        "MARKETPLACE_PREVIEW_DIR": str(settings.PREVIEW_DIR),
+        "MARKETPLACE_PREVIEW_PROVISIONER": settings.PREVIEW_PROVISIONER,
+        "MARKETPLACE_PREVIEW_START_TIMEOUT_SECONDS": str(settings.PREVIEW_START_TIMEOUT_SECONDS),
+        "MARKETPLACE_PREVIEW_SANDBOX_MEMORY_BYTES": str(settings.PREVIEW_SANDBOX_MEMORY_BYTES),
+        "MARKETPLACE_PREVIEW_SANDBOX_PROCESSES": str(settings.PREVIEW_SANDBOX_PROCESSES),
+        "MARKETPLACE_PREVIEW_SANDBOX_CPU_SECONDS": str(settings.PREVIEW_SANDBOX_CPU_SECONDS),
+        "MARKETPLACE_PREVIEW_SANDBOX_TMPFS_BYTES": str(settings.PREVIEW_SANDBOX_TMPFS_BYTES),
+        "MARKETPLACE_PREVIEW_KUBE_API_URL": settings.PREVIEW_KUBE_API_URL,
     }
     storage = settings.STORAGES["default"]
     if storage["BACKEND"].endswith("FileSystemStorage"):
