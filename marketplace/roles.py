@@ -42,6 +42,21 @@ _LICENSING_VIEW = (
     "licensing.view_proof",
 )
 
+# Preview material, its files, sessions and pauses: read in the admin. Revoking, isolating,
+# lifting a pause, withdrawing and the preview switch are service calls allowed by role
+# (PREVIEW_ACTION_ROLES); uploading material is the add permission of its (immutable) rows.
+_PREVIEWS_VIEW = (
+    "previews.view_previewmaterial",
+    "previews.view_previewfile",
+    "previews.view_previewsession",
+    "previews.view_previewpause",
+)
+_PREVIEWS_MATERIAL = (
+    "previews.view_previewmaterial",
+    "previews.view_previewfile",
+    "previews.add_previewmaterial",
+)
+
 ROLE_PERMISSIONS: dict[str, set[str]] = {
     CONTENT_OPS: {
         *(
@@ -53,6 +68,8 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.delete_category",
         "catalog.view_artifact",
         "catalog.publish_sku",
+        *_PREVIEWS_VIEW,
+        *_PREVIEWS_MATERIAL,
     },
     FINANCE: {
         "catalog.view_partner",
@@ -86,6 +103,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         # deciding and revoking are by role (accounts.approvals), not a model permission.
         "accounts.view_approvalrequest",
         "accounts.view_breakglassgrant",
+        *_PREVIEWS_VIEW,
     },
     SUPPORT: {
         "catalog.view_partner",
@@ -97,6 +115,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "orders.view_webhookevent",
         "orders.view_webhookattempt",
         *_LICENSING_VIEW,
+        *_PREVIEWS_VIEW,
     },
     # What they review and decide is added with moderation; until then they read the catalog.
     MODERATOR: {
@@ -119,6 +138,9 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.view_royaltysplit",
         "orders.view_order",
         "orders.view_royaltyline",
+        # Their SKUs' preview material and sessions (without the buyers), not the pauses.
+        *_PREVIEWS_MATERIAL,
+        "previews.view_previewsession",
     },
 }
 
@@ -146,6 +168,18 @@ LICENSING_ACTION_ROLES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Who may take each staff action on previews (previews.admin, previews_revoke --as), by role;
+# superusers may take all. Partner staff manage their own SKUs' material only
+# (catalog.partner_scope); isolating the pool for every SKU also waits for a second Security
+# member (the `previews.isolate_all` approval).
+PREVIEW_ACTION_ROLES: dict[str, tuple[str, ...]] = {
+    "manage_material": (CONTENT_OPS, PARTNER_STAFF),
+    "revoke_session": (SECURITY, SUPPORT),
+    "isolate_pool": (SECURITY,),
+    "lift_pause": (SECURITY,),
+}
+
+
 def has_role(user: Any, *roles: str) -> bool:
     """An active staff user in one of `roles`, or a superuser."""
     if isinstance(user, AnonymousUser) or not (user.is_active and user.is_staff):
@@ -159,6 +193,10 @@ def may_take_order_action(user: Any, action: str) -> bool:
 
 def may_take_licensing_action(user: Any, action: str) -> bool:
     return has_role(user, *LICENSING_ACTION_ROLES[action])
+
+
+def may_take_preview_action(user: Any, action: str) -> bool:
+    return has_role(user, *PREVIEW_ACTION_ROLES[action])
 
 
 def roles_sync() -> None:
