@@ -284,7 +284,6 @@ def _create_demo_sku(
             license_duration_days=rng.choice([None, 365]),
             license_seats=rng.choice([1, 1, 5]),
             license_entitlements=["standard"] + (["commercial"] if rng.random() < 0.5 else []),
-            preview_enabled=rng.random() < 0.6,
         ),
         actor=actor,
     )

@@ -39,7 +39,7 @@ PREVIEW_CSP = "; ".join(
         "default-src 'self' data: blob: 'unsafe-inline' 'unsafe-eval'",
         "connect-src 'self'",
         "form-action 'self'",
-        "frame-ancestors 'self'",
+        "frame-ancestors 'none'",
         "base-uri 'self'",
         "object-src 'none'",
     ]

@@ -143,7 +143,6 @@ class SkuAdminForm(forms.ModelForm):
             "license_seats",
             "license_entitlements",
             "license_terms_url",
-            "preview_enabled",
             "preview_ttl_seconds",
         ]
         widgets = {
@@ -274,6 +273,8 @@ class SkuAdmin(admin.ModelAdmin):
     autocomplete_fields = ["partner"]
     actions = ["activate", "suspend", "retire", "verify_manifest"]
     readonly_fields = [
+        # Switched on and off with the SKU's preview material (Previews, Preview materials).
+        "preview_enabled",
         "status",
         "status_reason",
         "status_changed_at",

@@ -86,6 +86,7 @@ def _sku_ready(sku: Sku, before: Sku | None) -> None:
     fields."""
     if before is None:
         sku.status = SkuStatus.DRAFT
+        sku.preview_enabled = False
         sku.artifact = None
         sku.manifest = None
         sku.manifest_signature = ""

@@ -116,6 +116,9 @@ def test_demo_data_leaves_an_audit_chain_that_verifies():
         "sku.activated": skus - statuses[SkuStatus.DRAFT],
         "sku.suspended": statuses[SkuStatus.SUSPENDED],
         "sku.retired": statuses[SkuStatus.RETIRED],
+        # A sandbox and four samples (previews.demo), each switched on.
+        "preview.material_added": 5,
+        "sku.preview_enabled": 5,
     }
     activated = AuditEvent.objects.filter(action="sku.activated").first()
     sku = Sku.objects.get(pk=activated.subject_id)

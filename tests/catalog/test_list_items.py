@@ -28,9 +28,10 @@ def varied(publisher):
         price_amount=500,
         currency="JPY",
         category=nested,
-        preview_enabled=True,
         preview_ttl_seconds=3600,
     )
+    # Switched on by previews.services.sku_preview_set, with material; the row is what counts.
+    Sku.objects.filter(slug="jpy").update(preview_enabled=True)
     publish_sku(
         other,
         slug="kwd",

@@ -13,15 +13,16 @@ from catalog.demo import load_catalog_demo
 from marketplace.actors import Actor
 from marketplace.models import User
 from marketplace.roles import CONTENT_OPS, roles_sync
+from previews.demo import load_previews_demo
 
 ACTOR = Actor.system("load_demo_data")
 
 
 class Command(BaseCommand):
     help = (
-        "Loads demo partners, categories and SKUs (with artifacts, signed manifests and royalty "
-        "splits) and a staff account, whose credentials it prints. Safe to run again: the "
-        "staff password is kept unless --staff-password sets another."
+        "Loads demo partners, categories and SKUs (with artifacts, signed manifests, royalty "
+        "splits and preview material) and a staff account, whose credentials it prints. Safe "
+        "to run again: the staff password is kept unless --staff-password sets another."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -45,6 +46,11 @@ class Command(BaseCommand):
             f"{result.skus_created} SKUs created, {result.skus_active} on sale"
         )
         self.stdout.write(f"  partners' demo signing keys: {result.keys_dir}")
+        previews = load_previews_demo(actor=ACTOR)
+        self.stdout.write(
+            f"  previews: a sandbox for {', '.join(previews.sandboxes) or 'no SKU'}, "
+            f"samples for {', '.join(previews.samples) or 'no SKU'}"
+        )
 
         # The password the demo chose is kept beside the demo data, so that the next run
         # prints it again instead of replacing it (a demo account: production has none).
