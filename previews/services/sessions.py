@@ -75,9 +75,10 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(1, math.ceil((moment - now).total_seconds()))
 
 
-def _limits_check(buyer: User, now: datetime) -> None:
+def _limits_check(buyer: User, now: datetime, *, sandboxed: bool) -> None:
     """Raises PreviewLimitReached or PreviewCapacityFull, each with the seconds until a place
-    frees. Caller holds the pool lock."""
+    frees. The capacity counts sandboxes (a sample's session runs nothing). Caller holds the
+    pool lock."""
     mine = PreviewSession.objects.filter(buyer=buyer)
     open_mine = mine.open()
     if open_mine.count() >= settings.PREVIEW_MAX_OPEN_PER_BUYER:
@@ -98,8 +99,8 @@ def _limits_check(buyer: User, now: datetime) -> None:
             f"hour, the most allowed; try again in {wait} s.",
             extra={"limit": "hourly", "retry_after": wait},
         )
-    everyone = PreviewSession.objects.open()
-    if everyone.count() >= settings.PREVIEW_CAPACITY:
+    everyone = PreviewSession.objects.open().filter(kind=MaterialKind.SANDBOX)
+    if sandboxed and everyone.count() >= settings.PREVIEW_CAPACITY:
         soonest = everyone.aggregate(at=Min("expires_at"))["at"]
         raise PreviewCapacityFull(
             "Every preview sandbox is in use; try again shortly.",
@@ -154,10 +155,10 @@ def preview_open(*, buyer: User, sku_slug: str) -> PreviewOpened:
             f"Previews of {sku.slug} are paused by the operators; try again later."
         )
     now = timezone.now()
-    _limits_check(buyer, now)
+    sandboxed = material.kind == MaterialKind.SANDBOX
+    _limits_check(buyer, now, sandboxed=sandboxed)
     ttl = min(sku.preview_ttl_seconds, settings.PREVIEW_MAX_TTL_SECONDS)
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    sandboxed = material.kind == MaterialKind.SANDBOX
     session = PreviewSession(
         buyer=buyer,
         sku=sku,
