@@ -377,7 +377,7 @@ PREVIEW_MATERIAL_MAX_BYTES = env.int(
     "MARKETPLACE_PREVIEW_MATERIAL_MAX_BYTES", default=256 * 1024 * 1024
 )
 PREVIEW_MATERIAL_MAX_FILES = env.int("MARKETPLACE_PREVIEW_MATERIAL_MAX_FILES", default=1000)
-# Kubernetes provisioner (previews.provisioners.kubernetes, docs/previews.md).
+# Kubernetes provisioner (previews.provisioners.kubernetes, docs/previews-kubernetes.md).
 PREVIEW_KUBE_API_URL = env.str("MARKETPLACE_PREVIEW_KUBE_API_URL", default="")
 PREVIEW_KUBE_TOKEN_FILE = env.str("MARKETPLACE_PREVIEW_KUBE_TOKEN_FILE", default="")
 PREVIEW_KUBE_CA_FILE = env.str("MARKETPLACE_PREVIEW_KUBE_CA_FILE", default="")
@@ -393,6 +393,35 @@ PREVIEW_KUBE_PLATFORM_NAMESPACE = env.str(
     "MARKETPLACE_PREVIEW_KUBE_PLATFORM_NAMESPACE", default="marketplace"
 )
 PREVIEW_KUBE_TIMEOUT_SECONDS = env.float("MARKETPLACE_PREVIEW_KUBE_TIMEOUT_SECONDS", default=10.0)
+# The preview node pool: sandboxes get a nodeSelector and a toleration of its label and taint
+# `marketplace.preview/pool=<value>`; empty, they go wherever the scheduler puts them.
+PREVIEW_KUBE_NODE_POOL = env.str("MARKETPLACE_PREVIEW_KUBE_NODE_POOL", default="")
+# A RuntimeClass for a stronger boundary than namespaces (gVisor, Kata); empty, the default.
+PREVIEW_KUBE_RUNTIME_CLASS = env.str("MARKETPLACE_PREVIEW_KUBE_RUNTIME_CLASS", default="")
+_preview_problems = [
+    f"{name} must be at least {low}, not {value}"
+    for name, value, low in (
+        ("MARKETPLACE_PREVIEW_MAX_TTL_SECONDS", PREVIEW_MAX_TTL_SECONDS, 60),
+        ("MARKETPLACE_PREVIEW_MAX_OPEN_PER_BUYER", PREVIEW_MAX_OPEN_PER_BUYER, 1),
+        ("MARKETPLACE_PREVIEW_MAX_STARTED_PER_HOUR", PREVIEW_MAX_STARTED_PER_HOUR, 1),
+        ("MARKETPLACE_PREVIEW_CAPACITY", PREVIEW_CAPACITY, 0),
+        ("MARKETPLACE_PREVIEW_READY_WAIT_SECONDS", PREVIEW_READY_WAIT_SECONDS, 0),
+        ("MARKETPLACE_PREVIEW_START_TIMEOUT_SECONDS", PREVIEW_START_TIMEOUT_SECONDS, 1),
+        ("MARKETPLACE_PREVIEW_SANDBOX_PROCESSES", PREVIEW_SANDBOX_PROCESSES, 4),
+        ("MARKETPLACE_PREVIEW_SANDBOX_MEMORY_BYTES", PREVIEW_SANDBOX_MEMORY_BYTES, 32 * 1024**2),
+        ("MARKETPLACE_PREVIEW_SANDBOX_CPU_SECONDS", PREVIEW_SANDBOX_CPU_SECONDS, 1),
+        ("MARKETPLACE_PREVIEW_SANDBOX_TMPFS_BYTES", PREVIEW_SANDBOX_TMPFS_BYTES, 1024**2),
+    )
+    if value < low
+]
+if PREVIEW_PROVISIONER not in ("local", "kubernetes"):
+    _preview_problems.append(
+        f"MARKETPLACE_PREVIEW_PROVISIONER is {PREVIEW_PROVISIONER!r}; use local or kubernetes"
+    )
+if _preview_problems:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("; ".join(_preview_problems))
 # The runbooks' preview pool network: passed to the pool's nodes as annotations and a selector.
 PREVIEW_SUBNET_IDS = env.list("MARKETPLACE_PREVIEW_SUBNET_IDS", default=[])
 PREVIEW_SECURITY_GROUP = env.str("MARKETPLACE_PREVIEW_SECURITY_GROUP", default="")

@@ -225,6 +225,11 @@ if SECURE_HSTS_SECONDS < 31536000:
         "must be at least 31536000, a year (shorter lets a browser fall back to http://)",
     )
 
+if PREVIEW_BASE_URL:
+    _refuse_http("MARKETPLACE_PREVIEW_BASE_URL", PREVIEW_BASE_URL)
+if PREVIEW_PROVISIONER == "kubernetes" and not PREVIEW_KUBE_IMAGE:
+    _refuse("MARKETPLACE_PREVIEW_KUBE_IMAGE", "not set (the image the sandboxes run)")
+
 if _problems:
     raise ImproperlyConfigured(
         f"Refusing to start with MARKETPLACE_SERVICE_ENV={SERVICE_ENV}:\n  - "
