@@ -12,6 +12,8 @@ import base64
 import importlib
 import os
 import pkgutil
+import shutil
+import tempfile
 import time
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -41,10 +43,22 @@ from marketplace.actors import Actor
 from orders.models import FinancePosting, Order, OrderStatus, PostingStatus, WebhookEvent
 from orders.services import finance_posting_send, webhook_event_process, webhook_secrets
 from orders.tasks import orders_metrics_refresh
+from previews.models import EndReason, MaterialKind, PreviewSession, SessionStatus
+from previews.sandbox import Sandbox, SandboxSpec
+from previews.sandbox import available as sandbox_available
+from previews.services import (
+    preview_buyer_end,
+    preview_expire,
+    preview_open,
+    preview_start,
+    previews_gc,
+    previews_sweep,
+)
 from tests.catalog.factories import TEST_ACTOR
 from tests.licensing.factories import order_licensed, order_paid, sku_licensed
 from tests.orders.factories import order_checked_out, sku_for_sale
 from tests.orders.stripe_events import session_event, signed
+from tests.previews.factories import add_material, previewable_sku
 from tests.support.kernel import KernelServer, json_reply, server_error
 from tests.support.pg import pg_connect
 
@@ -519,3 +533,99 @@ def test_a_failed_kernel_push_is_counted_by_reason_and_leaves_the_backlog(
     assert value("marketplace_audit_kernel_push_failures_total", reason=reason) == failures + 1
     assert value("marketplace_audit_kernel_backlog_events") == 3
     assert value("marketplace_audit_kernel_lag_seconds_count") == lag
+
+
+# --- previews ----------------------------------------------------------------------------------
+
+
+def test_open_previews_queue_and_capacity_are_set_by_the_sweep(
+    buyer: Any, other_buyer: Any, settings: Any
+) -> None:
+    settings.PREVIEW_CAPACITY = 7
+    preview_open(buyer=buyer, sku_slug=previewable_sku(MaterialKind.SAMPLE).slug)
+    preview_open(buyer=other_buyer, sku_slug=previewable_sku(MaterialKind.SANDBOX).slug)
+
+    previews_sweep()  # no worker: the sandbox's session waits, requested
+
+    assert value("marketplace_preview_sessions_active", status="ready") == 1
+    assert value("marketplace_preview_sessions_active", status="requested") == 1
+    assert value("marketplace_preview_sessions_active", status="starting") == 0
+    assert value("marketplace_preview_queue_depth") == 1
+    assert value("marketplace_preview_capacity") == 7
+
+
+def test_an_ended_preview_is_counted_by_its_reason_once_it_commits(
+    buyer: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    opened = preview_open(buyer=buyer, sku_slug=previewable_sku(MaterialKind.SAMPLE).slug)
+    name = "marketplace_preview_sessions_ended_total"
+    ended, revoked = value(name, reason="ended"), value(name, reason="revoked")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        preview_buyer_end(buyer=buyer, session_id=opened.session.pk)
+
+    assert value(name, reason="ended") == ended + 1
+    assert value(name, reason="revoked") == revoked
+
+
+def test_an_expired_previews_teardown_lag_is_observed(
+    buyer: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    opened = preview_open(buyer=buyer, sku_slug=previewable_sku(MaterialKind.SAMPLE).slug)
+    PreviewSession.objects.filter(pk=opened.session.pk).update(
+        created_at=timezone.now() - timedelta(minutes=20),
+        expires_at=timezone.now() - timedelta(seconds=5),
+    )
+    count = value("marketplace_preview_teardown_lag_seconds_count")
+    total = value("marketplace_preview_teardown_lag_seconds_sum")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert preview_expire(session_id=opened.session.pk) == SessionStatus.TORN_DOWN
+
+    assert value("marketplace_preview_teardown_lag_seconds_count") == count + 1
+    assert 5 <= value("marketplace_preview_teardown_lag_seconds_sum") - total < 60
+
+
+def test_a_sandbox_that_fails_to_start_observes_a_failed_start(
+    buyer: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.PREVIEW_START_TIMEOUT_SECONDS = 2
+    sku = previewable_sku(MaterialKind.SANDBOX)
+    add_material(sku, command=["/usr/bin/false"])  # a command that exits at once
+    opened = preview_open(buyer=buyer, sku_slug=sku.slug)
+    name = "marketplace_preview_start_seconds_count"
+    failed, ready = value(name, outcome="failed"), value(name, outcome="ready")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        preview_start(session_id=opened.session.pk)
+
+    assert value(name, outcome="failed") == failed + 1
+    assert value(name, outcome="ready") == ready
+    assert PreviewSession.objects.get(pk=opened.session.pk).end_reason == EndReason.FAILED
+
+
+@pytest.mark.skipif(sandbox_available() is not None, reason=sandbox_available() or "")
+def test_a_sandbox_no_session_owns_is_counted_as_leaked_by_the_collector(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="mkp-leak-"))
+    root.chmod(0o711)
+    try:
+        (root / "material").mkdir()
+        (root / "socket").mkdir()
+        spec = SandboxSpec(
+            material_dir=root / "material",
+            command=["/usr/bin/sleep", "30"],
+            socket_dir=root / "socket",
+            ttl_seconds=30,
+        )
+        leaked = Sandbox.start(spec, sandbox_id="leaked0metrics0test")
+        count = value("marketplace_preview_leaked_sandboxes_total", provisioner="local")
+
+        result = previews_gc()
+
+        assert "leaked0metrics0test" in result.leaked_ids
+        assert value("marketplace_preview_leaked_sandboxes_total", provisioner="local") == (
+            count + result.leaked
+        )
+        leaked.process.wait(timeout=5)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
