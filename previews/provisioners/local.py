@@ -231,9 +231,14 @@ class LocalProvisioner:
         return environment_id in _outer_bwraps().values()
 
     def running(self) -> list[Running]:
+        """The sandboxes of this preview folder: each has its socket folder here from before
+        it starts until it is torn down. Another platform on the host (another deployment,
+        another test process) runs its own under its own folder, in sessions this database
+        does not hold: its collector sees to them, this one must not kill them."""
         return [
             Running(environment_id=env_id, expires_at=sandbox.sandbox_expires_at(pid))
             for pid, env_id in _outer_bwraps().items()
+            if (self.socket_root / env_id).is_dir()
         ]
 
 
