@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 _OUTPUT_KEPT = 2048
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its terminating NUL
+# A start's copy of material is bounded by its task's time limit (previews.tasks): a staging
+# folder older than this was left by a worker that died.
+STAGING_ABANDONED_SECONDS = 3600
 # The sandboxes this process started, by environment id: it is their parent, so it reaps them.
 _started: dict[str, sandbox.Sandbox] = {}
 _started_lock = threading.Lock()
@@ -114,12 +117,21 @@ class LocalProvisioner:
         destination.chmod(0o644)
 
     def material_prune(self, keep: set[str]) -> list[str]:
-        """Removes local copies of material whose digest is not in `keep`; answers them."""
+        """Removes local copies of material whose digest is not in `keep`, and copies left
+        half-made long ago; answers them. A half-made copy younger than
+        STAGING_ABANDONED_SECONDS is another worker's, under way."""
         removed = []
         if not self.material_root.is_dir():
             return removed
+        abandoned_before = time.time() - STAGING_ABANDONED_SECONDS
         for entry in self.material_root.iterdir():
-            if entry.name.startswith(".") or entry.name not in keep:
+            if entry.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < abandoned_before:
+                        shutil.rmtree(entry, ignore_errors=True)
+                        removed.append(entry.name)
+                continue
+            if entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
         return removed

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from audit.services import audit_append
@@ -201,9 +201,13 @@ def _material_cache_prune() -> None:
         return
     from previews.provisioners.local import LocalProvisioner
 
+    # Each SKU's current version (its newest not withdrawn), and whatever an open session runs.
+    newer = PreviewMaterial.objects.filter(
+        sku=OuterRef("sku"), withdrawn_at__isnull=True, version__gt=OuterRef("version")
+    )
     keep = set(
         PreviewMaterial.objects.filter(
-            Q(withdrawn_at__isnull=True) | Q(sessions__status__in=OPEN_STATUSES)
+            Q(~Exists(newer), withdrawn_at__isnull=True) | Q(sessions__status__in=OPEN_STATUSES)
         ).values_list("digest", flat=True)
     )
     LocalProvisioner().material_prune(keep)
