@@ -105,6 +105,11 @@ def bwrap_argv(
     for dest, fd in fds.items():
         argv += ["--bind-fd" if dest == SOCKET_DIR else "--ro-bind-fd", str(fd), dest]
     argv += [
+        # The root and /dev are tmpfs that bwrap makes, writable by the sandbox's uid and of no
+        # size limit: read-only once everything is mounted, so /tmp (capped) is the one place
+        # to write (and the socket folder, sealed once the command listens).
+        "--remount-ro", "/dev",
+        "--remount-ro", "/",
         "--chdir", "/preview",
         "--uid", str(SANDBOX_UID),
         "--gid", str(SANDBOX_UID),
