@@ -37,7 +37,7 @@ def isolate_all_summary(params: dict[str, Any]) -> str:
     # The count is of when the request was filed; applying revokes what is open then.
     open_now = PreviewSession.objects.open().count()
     then = (
-        "new previews are refused until the pause is lifted (the Preview pauses page, Lift)"
+        "new previews are refused until the pause is lifted (Lift on the Preview pauses page)"
         if pause
         else "new previews are still taken"
     )

@@ -279,5 +279,5 @@ class IsolateForm(forms.Form):
         initial=True,
         label="Pause new sessions",
         help_text="New previews of the SKU (or of every SKU) are refused until the pause is "
-        "lifted (the Preview pauses page, Lift).",
+        "lifted (Lift on the Preview pauses page).",
     )
