@@ -70,7 +70,16 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {"cookie", "authorization", "host", "content-length"}
+# The client's address is withheld in every spelling a proxy in front may add it (the
+# X-Forwarded-* family is dropped by prefix below).
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    "cookie",
+    "authorization",
+    "host",
+    "content-length",
+    "forwarded",
+    "x-real-ip",
+}
 _NOT_RETURNED = _HOP_BY_HOP | {
     "set-cookie",
     "content-security-policy",
