@@ -324,12 +324,26 @@ def _proxy(request: HttpRequest, session: PreviewSession, token: str, path: str)
         lowered = name.lower()
         if lowered in _NOT_RETURNED:
             continue
-        if lowered == "location" and value.startswith("/") and not value.startswith("//"):
-            value = prefix + value
+        if lowered == "location":
+            value = _location(value, prefix)
         response[name] = value
     if "Content-Type" not in response:
         response["Content-Type"] = "application/octet-stream"
     return _secured(response)
+
+
+def _location(value: str, prefix: str) -> str:
+    """A sandbox's redirect kept below the preview's prefix: a path (`/next`) or a URL on the
+    Host it was sent (`http://preview/next`) is put under it; one already under it (a server
+    honouring X-Forwarded-Prefix) is left as it is, as is another site's address."""
+    for origin in ("http://preview/", "https://preview/"):
+        if value.startswith(origin):
+            value = value[len(origin) - 1 :]
+    if not value.startswith("/") or value.startswith("//"):
+        return value
+    if value == prefix or value.startswith((f"{prefix}/", f"{prefix}?")):
+        return value
+    return prefix + value
 
 
 class _UpstreamStream:
