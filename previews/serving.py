@@ -147,6 +147,9 @@ def _sample(request: HttpRequest, session: PreviewSession, path: str) -> HttpRes
             )
         )
     material = session.material
+    if not path and "/" in material.entry:
+        # Served at the root, a nested entry's relative links would resolve beside the root.
+        return _secured(HttpResponseRedirect(quote(material.entry)))
     path = path or material.entry
     if not path:
         return _listing(session)
