@@ -3,6 +3,7 @@
 import re
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,6 +39,8 @@ def _waited(session: Any, request: Request) -> tuple[Any, dict[str, str]]:
     wait = prefer_wait(request)
     if wait is None:
         return session, {}
+    # What is applied is the wait as capped, not the one asked for.
+    wait = min(wait, settings.PREVIEW_READY_WAIT_SECONDS)
     return preview_wait(session=session, seconds=wait), {"Preference-Applied": f"wait={wait:g}"}
 
 
