@@ -269,7 +269,9 @@ def previews_isolate(
 def preview_pause_lift(*, pause_id: int, actor: Actor, by: User | None = None) -> PreviewPause:
     """Lifts a pause: new sessions are taken again. Records `preview.pause_lifted`."""
     preview_pool_lock()
-    pause = PreviewPause.objects.select_for_update().select_related("sku").get(pk=pause_id)
+    pause = (
+        PreviewPause.objects.select_for_update(of=("self",)).select_related("sku").get(pk=pause_id)
+    )
     if pause.lifted_at is None:
         pause.lifted_at = timezone.now()
         pause.lifted_by = by
