@@ -22,6 +22,7 @@ from marketplace.api.problems import (
     outage_body,
     outage_log,
     outage_of,
+    problem_body,
 )
 from marketplace.exceptions import ApplicationError
 
@@ -70,6 +71,30 @@ class OutageMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         return outage_answer(request, exception)
+
+
+class ContentLengthCheck:
+    """A Content-Length that is not a number of bytes is a 400 before anything reads it (the
+    metrics middleware would fail on it with a 500, and a body's limit must be trusted). A
+    server in front (gunicorn) refuses most such requests already; this covers the rest."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if not (length.isascii() and length.isdigit()):
+            return JsonResponse(
+                problem_body(
+                    status=400,
+                    code="bad-content-length",
+                    detail="Content-Length is not a number of bytes.",
+                    instance=request.path,
+                ),
+                status=400,
+                content_type=PROBLEM_CONTENT_TYPE,
+            )
+        return self.get_response(request)
 
 
 class OutageWithoutTraceback(logging.Filter):

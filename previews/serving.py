@@ -292,7 +292,24 @@ def _proxy(request: HttpRequest, session: PreviewSession, token: str, path: str)
                 headers={"Allow": ", ".join(sorted(PROXY_METHODS))},
             )
         )
-    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = -1
+    if length < 0:
+        return _secured(
+            problem_response(request, status=400, detail="Content-Length is not a number of bytes.")
+        )
+    if request.META.get("HTTP_TRANSFER_ENCODING"):
+        # Django reads a request body by its Content-Length only: a chunked body would reach
+        # the sandbox empty. Said, rather than passed on wrong.
+        return _secured(
+            problem_response(
+                request,
+                status=411,
+                detail="Send a preview's request body with a Content-Length, not chunked.",
+            )
+        )
     if length > REQUEST_BODY_MAX:
         return _secured(
             problem_response(
@@ -313,7 +330,8 @@ def _proxy(request: HttpRequest, session: PreviewSession, token: str, path: str)
             request.method or "GET", target, body=body, headers=_forwarded_headers(request, prefix)
         )
         upstream = connection.getresponse()
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, ValueError):
+        # ValueError: a header value http.client will not send (a CR or LF in it).
         connection.close()
         return _refused(
             request, SandboxUnavailable("The preview's sandbox did not answer; try again.")

@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Before anything reads the body's length (the metrics middleware does).
+    "marketplace.middleware.ContentLengthCheck",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Early, so that its process_exception runs after the others' (metrics count the error

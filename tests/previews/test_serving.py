@@ -556,6 +556,32 @@ def test_a_body_over_one_mebibyte_is_413_and_never_reaches_the_sandbox(echo_prev
 
 @needs_sandbox
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"HTTP_TRANSFER_ENCODING": "chunked"}, 411),
+        ({"CONTENT_LENGTH": "abc"}, 400),  # marketplace.middleware.ContentLengthCheck
+        ({"CONTENT_LENGTH": "-5"}, 400),
+    ],
+)
+def test_a_body_whose_length_is_not_given_plainly_is_refused_before_the_sandbox(
+    echo_preview, headers, status
+):
+    token = echo_preview.token
+    client = Client()
+    before = echoed(client.get(f"/previews/{token}/count"))["answered"]
+
+    refused = client.generic("POST", f"/previews/{token}/upload", b"", **headers)
+
+    assert refused.status_code == status
+    assert refused["Content-Type"] == "application/problem+json"
+    if status == 411:  # the 400s come from a middleware, before any view
+        assert_secured(refused)
+    assert echoed(client.get(f"/previews/{token}/count"))["answered"] == before + 1
+
+
+@needs_sandbox
+@pytest.mark.django_db(transaction=True)
 def test_a_sandbox_that_died_is_503_then_the_sweep_ends_it(echo_preview):
     token = echo_preview.token
     session = PreviewSession.objects.get(pk=echo_preview.session.pk)
