@@ -3,9 +3,10 @@
 Standard library only, no Django: sessions, the API and the provisioners are built around it.
 
 A sandbox gets its own user, PID, IPC, UTS, cgroup and network namespaces. The network namespace
-has only ``lo``, down, so nothing inside can reach any address; the one way in is the Unix socket
-the command listens on in ``socket_dir`` (``/run/preview`` inside). The root is an empty tmpfs made
-by bwrap holding read-only binds of ``/usr`` (with the merged-usr ``/bin`` and ``/lib`` links) and
+has only a loopback of its own (bwrap brings it up: 127.0.0.1 inside is not the host's), so
+nothing inside can reach any other address; the one way in is the Unix socket the command listens
+on in ``socket_dir`` (``/run/preview`` inside). The root is an empty tmpfs made by bwrap, read-only
+once it holds read-only binds of ``/usr`` (with the merged-usr ``/bin`` and ``/lib`` links) and
 ``/lib64``: enough to run ``/usr/bin/python3`` and coreutils, and nothing of ``/etc``, ``/var``,
 ``/root``, ``/home``, ``/work`` or the platform's data folder, which are simply absent. ``/etc`` is
 left out on purpose (Python in isolated mode does not need it, and it holds ``shadow``).
