@@ -605,16 +605,20 @@ def test_a_sandbox_that_fails_to_start_observes_a_failed_start(
 
 
 @pytest.mark.skipif(sandbox_available() is not None, reason=sandbox_available() or "")
-def test_a_sandbox_no_session_owns_is_counted_as_leaked_by_the_collector(tmp_path: Path) -> None:
-    root = Path(tempfile.mkdtemp(prefix="mkp-leak-"))
-    root.chmod(0o711)
+def test_a_sandbox_no_session_owns_is_counted_as_leaked_by_the_collector(settings: Any) -> None:
+    # The collector looks only at sandboxes whose socket is under this platform's folder.
+    material = Path(tempfile.mkdtemp(prefix="mkp-leak-"))
+    material.chmod(0o711)
+    sockets = Path(settings.PREVIEW_DIR) / "sockets"
+    sockets.mkdir(parents=True, exist_ok=True)
+    sockets.chmod(0o711)
+    socket_dir = sockets / "leaked0metrics0test"
+    socket_dir.mkdir(mode=0o700)
     try:
-        (root / "material").mkdir()
-        (root / "socket").mkdir()
         spec = SandboxSpec(
-            material_dir=root / "material",
+            material_dir=material,
             command=["/usr/bin/sleep", "30"],
-            socket_dir=root / "socket",
+            socket_dir=socket_dir,
             ttl_seconds=30,
         )
         leaked = Sandbox.start(spec, sandbox_id="leaked0metrics0test")
@@ -628,4 +632,5 @@ def test_a_sandbox_no_session_owns_is_counted_as_leaked_by_the_collector(tmp_pat
         )
         leaked.process.wait(timeout=5)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(material, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
