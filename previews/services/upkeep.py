@@ -178,8 +178,14 @@ def previews_gc() -> SweepResult:
             ).values_list("environment_id", flat=True)
         )
         leaked = [item.environment_id for item in running if item.environment_id not in owned]
-        for environment_id in leaked:
-            provisioner.teardown(environment_id)
+        for environment_id in list(leaked):
+            try:
+                provisioner.teardown(environment_id)
+            except Exception:
+                # One that cannot be torn down now does not keep the others running; the next
+                # run finds it again.
+                logger.exception("previews gc: %s %s not torn down", name, environment_id)
+                leaked.remove(environment_id)
         if leaked:
             metrics.leaked_found.labels(provisioner=name).inc(len(leaked))
             result.leaked += len(leaked)
