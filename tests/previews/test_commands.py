@@ -3,9 +3,12 @@
 import io
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +39,18 @@ def run(*args: str) -> tuple[str, str]:
 
 def opened(slug: str, email: str) -> PreviewOpened:
     return preview_open(buyer=User.objects.create_user(email=email), sku_slug=slug)
+
+
+@pytest.fixture(autouse=True)
+def own_preview_folder(settings: Any) -> Iterator[Path]:
+    """The collector looks at the sandboxes of the preview folder, which the suite's process
+    shares across tests: one an earlier test left running would be counted here as leaked. Each
+    test gets its own (world-traversable, as a sandbox's host uid must reach its binds)."""
+    folder = Path(tempfile.mkdtemp(prefix="mkp-previews-gc-"))
+    folder.chmod(0o711)
+    settings.PREVIEW_DIR = folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -73,7 +88,7 @@ def test_gc_tears_down_a_sandbox_no_session_owns(db):
     leaked_id = uuid.uuid4().hex
     socket_dir = provisioner.socket_root / leaked_id
     socket_dir.mkdir(parents=True)
-    material = provisioner.root / f"gc-test-{leaked_id}"
+    material = provisioner.root / "material-of-the-test"
     material.mkdir()
     material.chmod(0o755)
     spec = sandbox.SandboxSpec(
@@ -98,7 +113,6 @@ def test_gc_tears_down_a_sandbox_no_session_owns(db):
         assert event.data == {"count": 1, "environments": [leaked_id]}
     finally:
         box.stop()
-        shutil.rmtree(material, ignore_errors=True)
 
 
 # --- previews_revoke ---------------------------------------------------------------------------
