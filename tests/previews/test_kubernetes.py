@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -18,11 +19,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from marketplace.storages import s3_storage as s3_storage_config
 from previews.provisioners import provisioner_get
 from previews.provisioners.base import MaterialFile, ProvisionFailed, Running, StartRequest
 from previews.provisioners.kubernetes import KubernetesApiError, KubernetesProvisioner, fetch
@@ -40,6 +44,7 @@ ENV_ID = "9f3c2a7e51d04b6c"
 NAMESPACE = f"preview-{ENV_ID}"
 COMMAND = ["python3", "-m", "http.server", "8080"]
 SANDBOX_TMP = "/tmp"  # noqa: S108 - inside the Pod
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "previews-kubernetes.md"
 
 
 def make_request(**overrides: Any) -> StartRequest:
@@ -161,9 +166,13 @@ def test_without_subnets_or_security_group_there_are_no_annotations(
     assert "runtimeClassName" not in pod["spec"]
 
 
-def test_the_network_policy_denies_everything_but_the_platform_storage_and_dns(
-    kube_api: KubeApiServer,
+def test_the_network_policy_lets_in_the_platform_only_and_nothing_out_without_material(
+    kube_api: KubeApiServer, settings: Any
 ) -> None:
+    # Storage CIDRs are set (the fixture), but there is nothing to fetch: no egress at all,
+    # not the platform, not DNS, not storage.
+    settings.PREVIEW_KUBE_PLATFORM_NAMESPACE = "shop-web"
+
     start()
 
     [policy] = posted(kube_api, "networkpolicies")
@@ -175,54 +184,17 @@ def test_the_network_policy_denies_everything_but_the_platform_storage_and_dns(
                 "from": [
                     {
                         "namespaceSelector": {
-                            "matchLabels": {"kubernetes.io/metadata.name": "marketplace"}
+                            "matchLabels": {"kubernetes.io/metadata.name": "shop-web"}
                         }
                     }
                 ],
                 "ports": [{"protocol": "TCP", "port": 8080}],
             }
         ],
-        "egress": [
-            {
-                "to": [
-                    {"ipBlock": {"cidr": "10.20.0.0/16"}},
-                    {"ipBlock": {"cidr": "52.216.0.0/15"}},
-                    {"ipBlock": {"cidr": "3.5.0.0/19"}},
-                ]
-            },
-            {
-                "to": [
-                    {
-                        "namespaceSelector": {
-                            "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
-                        },
-                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                    }
-                ],
-                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-            },
-        ],
+        "egress": [],
     }
-
-
-def test_without_cidrs_the_policy_allows_dns_only_never_an_empty_rule(
-    kube_api: KubeApiServer, settings: Any
-) -> None:
-    # A rule with no `to` at all would allow every destination.
-    settings.PREVIEW_KUBE_PLATFORM_CIDRS = []
-    settings.PREVIEW_KUBE_STORAGE_CIDRS = []
-    settings.PREVIEW_KUBE_PLATFORM_NAMESPACE = "shop-web"
-
-    start()
-
-    [policy] = posted(kube_api, "networkpolicies")
-    assert [rule["to"][0].get("podSelector") for rule in policy["spec"]["egress"]] == [
-        {"matchLabels": {"k8s-app": "kube-dns"}}
-    ]
-    assert all(rule.get("to") for rule in policy["spec"]["egress"])
-    assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"] == {
-        "matchLabels": {"kubernetes.io/metadata.name": "shop-web"}
-    }
+    [pod] = posted(kube_api, "pods")
+    assert "hostAliases" not in pod["spec"]
 
 
 def test_the_quota_and_the_limit_range(kube_api: KubeApiServer, settings: Any) -> None:
@@ -366,22 +338,41 @@ def test_without_files_the_file_list_is_empty(kube_api: KubeApiServer) -> None:
 
 @pytest.mark.s3
 def test_the_init_container_fetches_presigned_files_and_checks_them(
-    kube_api: KubeApiServer, s3_storage: Any, tmp_path: Path
+    kube_api: KubeApiServer, s3_storage: Any, settings: Any, tmp_path: Path
 ) -> None:
+    settings.PREVIEW_KUBE_STORAGE_CIDRS = ["127.0.0.0/8", "10.0.5.0/24"]
     contents = {"index.html": b"<h1>preview</h1>", "fonts/pixel.ttf": b"\x00\x01font" * 100}
     files = []
     for path, data in contents.items():
         key = default_storage.save(f"previews/material/{path}", ContentFile(data))
         files.append(MaterialFile(path, key, hashlib.sha256(data).hexdigest(), len(data)))
 
-    start(make_request(files=tuple(files)))
+    before = time.time()
+    start(make_request(files=tuple(files)), timeout=30.0)
+    after = time.time()
 
     [config_map] = posted(kube_api, "configmaps")
     listing = json.loads(config_map["data"]["files.json"])
     assert [(item["path"], item["sha256"], item["size"]) for item in listing] == [
         (f.path, f.sha256, f.size) for f in files
     ]
-    assert all("Signature=" in item["url"] for item in listing), listing
+    # Presigned for the start's timeout and no longer (not the storage's 300 s): the main
+    # container can reach storage too.
+    for item in listing:
+        query = parse_qs(urlsplit(item["url"]).query)
+        assert "Signature" in query, item["url"]
+        assert int(before) + 30 <= int(query["Expires"][0]) <= after + 30
+    # The only way out: the storage CIDRs, on the URLs' port (moto's; 443 on S3). The storage
+    # host is an address already, so there is nothing to alias.
+    [policy] = posted(kube_api, "networkpolicies")
+    assert policy["spec"]["egress"] == [
+        {
+            "to": [{"ipBlock": {"cidr": "127.0.0.0/8"}}, {"ipBlock": {"cidr": "10.0.5.0/24"}}],
+            "ports": [{"protocol": "TCP", "port": urlsplit(s3_storage.endpoint).port}],
+        }
+    ]
+    [pod] = posted(kube_api, "pods")
+    assert "hostAliases" not in pod["spec"]
     # The script the init container runs, run here on what the ConfigMap holds.
     fetch = tmp_path / "fetch"
     fetch.mkdir()
@@ -418,10 +409,86 @@ def test_the_init_container_fetches_presigned_files_and_checks_them(
     assert "X-Amz" not in refused.stderr
 
 
+def _storage_named(settings: Any, bucket: Any, host: str) -> None:
+    """The default storage: `bucket`'s moto server, reached by the name `host`."""
+    endpoint = urlsplit(bucket.endpoint)._replace(netloc=f"{host}:{urlsplit(bucket.endpoint).port}")
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": s3_storage_config(
+            bucket=bucket.name, endpoint_url=endpoint.geturl(), region="us-east-1", kms_key_id=""
+        ),
+    }
+
+
+def _material(data: bytes = b"<h1>hi</h1>") -> tuple[MaterialFile, ...]:
+    key = default_storage.save("previews/material/index.html", ContentFile(data))
+    return (MaterialFile("index.html", key, hashlib.sha256(data).hexdigest(), len(data)),)
+
+
+@pytest.mark.s3
+def test_a_storage_host_by_name_is_resolved_at_the_start_and_given_as_host_aliases(
+    kube_api: KubeApiServer, s3_storage: Any, settings: Any
+) -> None:
+    # The Pod has no DNS: the worker resolves the host, keeps its addresses inside the CIDRs
+    # (localhost's ::1 is not) and writes them in the Pod's /etc/hosts.
+    settings.PREVIEW_KUBE_STORAGE_CIDRS = ["127.0.0.0/8"]
+    _storage_named(settings, s3_storage, "localhost")
+
+    start(make_request(files=_material()))
+
+    [config_map] = posted(kube_api, "configmaps")
+    [item] = json.loads(config_map["data"]["files.json"])
+    assert urlsplit(item["url"]).hostname == "localhost"
+    [pod] = posted(kube_api, "pods")
+    assert pod["spec"]["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": ["localhost"]}]
+    [policy] = posted(kube_api, "networkpolicies")
+    assert policy["spec"]["egress"] == [
+        {
+            "to": [{"ipBlock": {"cidr": "127.0.0.0/8"}}],
+            "ports": [{"protocol": "TCP", "port": urlsplit(s3_storage.endpoint).port}],
+        }
+    ]
+
+
+@pytest.mark.s3
+def test_storage_outside_the_cidrs_fails_before_anything_is_created(
+    kube_api: KubeApiServer, s3_storage: Any, settings: Any
+) -> None:
+    # The fixture's CIDRs are S3's ranges; moto is on loopback: the sandbox could not reach it.
+    files = _material()
+
+    with pytest.raises(ProvisionFailed) as failed:
+        start(make_request(files=files))
+    settings.PREVIEW_KUBE_STORAGE_CIDRS = []
+    with pytest.raises(ProvisionFailed) as without_cidrs:
+        start(make_request(files=files))
+
+    for detail in (failed.value.detail, without_cidrs.value.detail):
+        assert detail == (
+            "the storage host 127.0.0.1 (127.0.0.1) is not inside "
+            "MARKETPLACE_PREVIEW_KUBE_STORAGE_CIDRS: the sandbox could not fetch its material"
+        )
+    assert kube_api.requests == []
+
+
+@pytest.mark.s3
+def test_a_storage_host_that_does_not_resolve_fails_before_anything_is_created(
+    kube_api: KubeApiServer, s3_storage: Any, settings: Any
+) -> None:
+    files = _material()
+    _storage_named(settings, s3_storage, "storage.invalid")
+
+    with pytest.raises(ProvisionFailed, match=r"the storage host storage\.invalid could not be"):
+        start(make_request(files=files))
+
+    assert kube_api.requests == []
+
+
 @pytest.mark.s3
 def test_material_whose_file_list_passes_a_config_map_fails_before_anything_is_created(
-    kube_api: KubeApiServer, s3_storage: Any
+    kube_api: KubeApiServer, s3_storage: Any, settings: Any
 ) -> None:
+    settings.PREVIEW_KUBE_STORAGE_CIDRS = ["127.0.0.0/8"]
     # Presigning is computed locally: the files need not be in the bucket for this.
     files = tuple(
         MaterialFile(f"assets/{n:04}.png", f"previews/material/assets/{n:04}.png", "0" * 64, 1)
@@ -703,6 +770,50 @@ def test_names_and_label_values() -> None:
     assert label_value("Pixel Fonts & Co_") == "Pixel-Fonts-Co"
     assert label_value("_" * 80) == ""
     assert len(label_value("a" * 80)) == 63
+
+
+def test_the_docs_rbac_and_admission_policies_are_valid_objects() -> None:
+    # What an operator applies from docs/previews-kubernetes.md#rbac: each object parses and
+    # passes the strict schema (no unknown field) of each version the stand-in checks. The CEL
+    # itself is evaluated only by an API server (`status.typeChecking` after applying).
+    from tests.support.kube_api.checks import schema_problems
+
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("\n## RBAC\n") : text.index("\n## How the web reaches a sandbox")]
+    blocks = re.findall(r"^```yaml\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
+    objects = [o for block in blocks for o in yaml.safe_load_all(block)]
+
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("ClusterRole", "marketplace-previews"),
+        ("ClusterRoleBinding", "marketplace-previews"),
+        ("ValidatingAdmissionPolicy", "marketplace-previews-namespaces"),
+        ("ValidatingAdmissionPolicy", "marketplace-previews-objects"),
+        ("ValidatingAdmissionPolicy", "marketplace-previews-pods"),
+        ("ValidatingAdmissionPolicy", "marketplace-previews-services"),
+        ("ValidatingAdmissionPolicyBinding", "marketplace-previews-namespaces"),
+        ("ValidatingAdmissionPolicyBinding", "marketplace-previews-objects"),
+        ("ValidatingAdmissionPolicyBinding", "marketplace-previews-pods"),
+        ("ValidatingAdmissionPolicyBinding", "marketplace-previews-services"),
+    ]
+    problems = {(o["kind"], o["metadata"]["name"]): schema_problems(o) for o in objects}
+    assert {key: found for key, found in problems.items() if found} == {}
+    kinds = [o["kind"] for o in objects]
+    policies = {
+        o["metadata"]["name"] for o, k in zip(objects, kinds, strict=True) if k.endswith("Policy")
+    }
+    bound = {
+        o["spec"]["policyName"]
+        for o, k in zip(objects, kinds, strict=True)
+        if k == "ValidatingAdmissionPolicyBinding"
+    }
+    assert bound == policies
+    for o in objects:
+        if o["kind"] == "ValidatingAdmissionPolicy":
+            assert o["spec"]["failurePolicy"] == "Fail"
+            # `namespace` is a CEL keyword: a variable of that name would not compile.
+            assert "namespace" not in {v["name"] for v in o["spec"].get("variables", [])}
+        if o["kind"] == "ValidatingAdmissionPolicyBinding":
+            assert o["spec"]["validationActions"] == ["Deny"]
 
 
 def test_the_stand_in_refuses_what_the_api_server_refuses(kube_api: KubeApiServer) -> None:

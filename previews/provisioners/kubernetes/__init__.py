@@ -2,10 +2,12 @@
 
 A namespace per session makes teardown one call (deleting the namespace deletes everything in it)
 and gives each session its own NetworkPolicy, ResourceQuota and LimitRange, so nothing one
-sandbox does reaches another. In it: a default-deny NetworkPolicy whose only ways out are the
-platform and object storage (the runbooks' rule) and cluster DNS; a Pod that runs the
-material's command as an unprivileged user on a read-only root file system; a Service
-``preview`` in front of it, which the platform's web pods proxy to.
+sandbox does reaches another. In it: a default-deny NetworkPolicy that lets in the platform's
+web pods on the service port only, and lets out nothing but object storage on the presigned
+URLs' port (no platform, no DNS: the storage host is resolved by the worker and given to the
+Pod as hostAliases); a Pod that runs the material's command as an unprivileged user on a
+read-only root file system; a Service ``preview`` in front of it, which the platform's web
+pods proxy to.
 
 The Pod never sees the platform's storage credentials: an init container downloads each file
 of the material from a presigned URL (listed in a ConfigMap only the init container mounts),

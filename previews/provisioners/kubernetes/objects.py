@@ -9,9 +9,11 @@ import ipaddress
 import json
 import math
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -45,9 +47,6 @@ FETCH_DIR = "/fetch"
 TMP_DIR = "/tmp"  # noqa: S108 - the sandbox's own emptyDir, not the host's /tmp
 # The API refuses a ConfigMap whose data passes 1 MiB; a little room for its metadata.
 CONFIG_MAP_MAX_BYTES = 1024 * 1024 - 4096
-# A presigned URL has to outlive the start (scheduling, image pull, download), not the session:
-# the files are on the Pod's disk once the init container is done.
-URL_LIFETIME_MARGIN_SECONDS = 120
 
 _ENVIRONMENT_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -74,7 +73,6 @@ class KubeConfig:
     image: str
     cpu: str
     memory: str
-    platform_cidrs: tuple[str, ...]
     storage_cidrs: tuple[str, ...]
     platform_namespace: str
     timeout: float
@@ -94,7 +92,6 @@ class KubeConfig:
             image=settings.PREVIEW_KUBE_IMAGE,
             cpu=settings.PREVIEW_KUBE_CPU,
             memory=settings.PREVIEW_KUBE_MEMORY,
-            platform_cidrs=tuple(settings.PREVIEW_KUBE_PLATFORM_CIDRS),
             storage_cidrs=tuple(settings.PREVIEW_KUBE_STORAGE_CIDRS),
             platform_namespace=settings.PREVIEW_KUBE_PLATFORM_NAMESPACE,
             timeout=float(settings.PREVIEW_KUBE_TIMEOUT_SECONDS),
@@ -115,12 +112,11 @@ class KubeConfig:
                     raise ValueError(value)
             except ValueError:
                 return f"MARKETPLACE_PREVIEW_KUBE_{name}={value!r} is not a Kubernetes quantity"
-        for name, cidrs in (("PLATFORM", self.platform_cidrs), ("STORAGE", self.storage_cidrs)):
-            for cidr in cidrs:
-                try:
-                    ipaddress.ip_network(cidr, strict=False)
-                except ValueError:
-                    return f"MARKETPLACE_PREVIEW_KUBE_{name}_CIDRS has {cidr!r}, not a CIDR"
+        for cidr in self.storage_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                return f"MARKETPLACE_PREVIEW_KUBE_STORAGE_CIDRS has {cidr!r}, not a CIDR"
         if not _DNS_LABEL.fullmatch(self.platform_namespace):
             return (
                 f"MARKETPLACE_PREVIEW_KUBE_PLATFORM_NAMESPACE={self.platform_namespace!r} "
@@ -175,6 +171,10 @@ class SandboxPlan:
     material_bytes: int
     material_files: int
     config: KubeConfig
+    # The TCP ports of the presigned URLs (443 for S3), () when there is nothing to fetch.
+    storage_ports: tuple[int, ...] = ()
+    # (address, host name) for each storage host the init container resolves by /etc/hosts.
+    host_aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def labels(self) -> dict[str, str]:
@@ -215,25 +215,24 @@ class SandboxPlan:
         return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
     def network_policy_manifest(self) -> dict[str, Any]:
+        # Nothing out but object storage on the presigned URLs' port, and only when there is
+        # material to fetch: the platform calls the sandbox, never the other way round, and
+        # there is no DNS (the init container finds storage by hostAliases). The policy holds
+        # for the whole Pod: the main container can reach storage on that port too (the URLs
+        # expire with the start; the docs say what else bounds it).
         egress: list[dict[str, Any]] = []
-        cidrs = [*self.config.platform_cidrs, *self.config.storage_cidrs]
-        if cidrs:
-            # Never an empty `to`: a rule without peers would allow every destination.
-            egress.append({"to": [{"ipBlock": {"cidr": _cidr(c)}} for c in dict.fromkeys(cidrs)]})
-        # The storage host of a presigned URL (and the platform, by name) have to be resolved.
-        egress.append(
-            {
-                "to": [
-                    {
-                        "namespaceSelector": {
-                            "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
-                        },
-                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                    }
-                ],
-                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-            }
-        )
+        if self.storage_ports:
+            # sandbox_plan made sure the storage hosts are inside the CIDRs, so `to` is never
+            # empty (a rule without peers would allow every destination).
+            egress.append(
+                {
+                    "to": [
+                        {"ipBlock": {"cidr": _cidr(c)}}
+                        for c in dict.fromkeys(self.config.storage_cidrs)
+                    ],
+                    "ports": [{"protocol": "TCP", "port": port} for port in self.storage_ports],
+                }
+            )
         return {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
@@ -434,6 +433,13 @@ class SandboxPlan:
             ]
         if config.runtime_class:
             spec["runtimeClassName"] = config.runtime_class
+        if self.host_aliases:
+            hostnames: dict[str, list[str]] = {}
+            for address, host in self.host_aliases:
+                hostnames.setdefault(address, []).append(host)
+            spec["hostAliases"] = [
+                {"ip": address, "hostnames": names} for address, names in hostnames.items()
+            ]
         metadata: dict[str, Any] = {
             "name": POD_NAME,
             "namespace": self.namespace,
@@ -464,6 +470,45 @@ def presigned_urls(request: StartRequest, *, lifetime: int) -> list[str]:
         raise ProvisionFailed(f"the material's URLs could not be presigned: {exc}") from exc
 
 
+def storage_route(
+    urls: list[str], cidrs: tuple[str, ...]
+) -> tuple[tuple[int, ...], tuple[tuple[str, str], ...]]:
+    """The TCP ports the init container needs open to fetch `urls`, and the (address, host
+    name) pairs its /etc/hosts needs: the Pod has no DNS, so each host is resolved here, at the
+    start, and only its addresses inside `cidrs` (MARKETPLACE_PREVIEW_KUBE_STORAGE_CIDRS) are
+    kept. Raises ProvisionFailed for a host that cannot be resolved or has no address inside.
+    """
+    networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    # Every file's URL names the same storage: each host is resolved once.
+    hosts = dict.fromkeys(
+        (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        for parts in map(urlsplit, urls)
+    )
+    aliases: dict[tuple[str, str], None] = {}
+    for host, port in hosts:
+        try:
+            addresses = [ipaddress.ip_address(host)]
+            literal = True
+        except ValueError:
+            literal = False
+            try:
+                found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ProvisionFailed(
+                    f"the storage host {host} could not be resolved for the sandbox: {exc}"
+                ) from exc
+            addresses = list(dict.fromkeys(ipaddress.ip_address(f[4][0]) for f in found))
+        inside = [a for a in addresses if any(a in network for network in networks)]
+        if not inside:
+            raise ProvisionFailed(
+                f"the storage host {host} ({', '.join(map(str, addresses))}) is not inside "
+                "MARKETPLACE_PREVIEW_KUBE_STORAGE_CIDRS: the sandbox could not fetch its material"
+            )
+        if not literal:
+            aliases.update(((str(a), host), None) for a in inside)
+    return tuple(dict.fromkeys(port for _, port in hosts)), tuple(aliases)
+
+
 def sandbox_plan(
     request: StartRequest, config: KubeConfig, *, now: float, timeout: float
 ) -> SandboxPlan:
@@ -488,7 +533,10 @@ def sandbox_plan(
         relative = PurePosixPath(item.path)
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise ProvisionFailed(f"the material names an unsafe path: {item.path!r}")
-    urls = presigned_urls(request, lifetime=math.ceil(timeout) + URL_LIFETIME_MARGIN_SECONDS)
+    # The URLs live no longer than the start: the files are on the Pod's disk once the init
+    # container is done, and the main container can reach storage too (network_policy_manifest).
+    urls = presigned_urls(request, lifetime=max(1, math.ceil(timeout)))
+    storage_ports, host_aliases = storage_route(urls, config.storage_cidrs)
     plan = SandboxPlan(
         namespace=namespace,
         session_label=label_value(request.session_id) or "unknown",
@@ -503,6 +551,8 @@ def sandbox_plan(
         material_bytes=sum(item.size for item in request.files),
         material_files=len(request.files),
         config=config,
+        storage_ports=storage_ports,
+        host_aliases=host_aliases,
     )
     size = sum(len(k) + len(v.encode()) for k, v in plan.config_map_data().items())
     if size > CONFIG_MAP_MAX_BYTES:

@@ -38,7 +38,7 @@ method=..., path_contains=...)` scripts failures of matching requests; `refuse_c
 its parsed body and the status answered), `objects(plural, namespace)` and `get(...)`.
 
 Fixture `kube_api`: a fresh server for one test, the settings pointing the provisioner at it
-(API URL, a token file, an image, platform and storage CIDRs, short timeouts).
+(API URL, a token file, an image, storage CIDRs, short timeouts).
 """
 
 from __future__ import annotations
@@ -739,7 +739,6 @@ def kube_api(settings: Any, tmp_path: Path) -> Iterator[KubeApiServer]:
     settings.PREVIEW_KUBE_IMAGE = "registry.example.com/marketplace/preview-runtime:1"
     settings.PREVIEW_KUBE_NAMESPACE_PREFIX = "preview-"
     settings.PREVIEW_KUBE_PLATFORM_NAMESPACE = "marketplace"
-    settings.PREVIEW_KUBE_PLATFORM_CIDRS = ["10.20.0.0/16"]
     settings.PREVIEW_KUBE_STORAGE_CIDRS = ["52.216.0.0/15", "3.5.0.0/19"]
     settings.PREVIEW_KUBE_TIMEOUT_SECONDS = 2.0
     settings.PREVIEW_KUBE_NODE_POOL = ""
