@@ -1,12 +1,14 @@
-"""Serve the working directory read-only over HTTP: on the Unix socket named by PREVIEW_SOCKET
-(the local provisioner), or on the TCP port PREVIEW_PORT (the Kubernetes provisioner).
+"""Serve the working directory read-only over HTTP: on the listening socket the sandbox hands it
+(the file descriptor in PREVIEW_LISTEN_FD: the local provisioner), or on the TCP port PREVIEW_PORT
+(the Kubernetes provisioner).
 
-Runs inside a preview sandbox as ``/usr/bin/python3 -I -B /sandbox-bin/demo_server.py``, so it
-uses the standard library only. ``python3 -m http.server`` cannot bind a Unix socket.
+Runs inside a preview sandbox as ``/usr/bin/python3 -I -B server.py``, so it uses the standard
+library only.
 """
 
 import http.server
 import os
+import socket
 import socketserver
 
 
@@ -17,6 +19,17 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         return "preview-socket"  # a Unix socket peer has no address; the default would fail
 
 
+class InheritedSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Serves on a socket already bound and listening (socket activation)."""
+
+    daemon_threads = True
+
+    def __init__(self, fd: int) -> None:
+        super().__init__("", Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = socket.socket(fileno=fd)
+
+
 def main() -> None:
     port = os.environ.get("PREVIEW_PORT")
     if port:
@@ -24,11 +37,7 @@ def main() -> None:
             server.daemon_threads = True
             server.serve_forever()
         return
-    path = os.environ["PREVIEW_SOCKET"]
-    if os.path.exists(path):
-        os.unlink(path)
-    with socketserver.ThreadingUnixStreamServer(path, Handler) as server:
-        server.daemon_threads = True
+    with InheritedSocketServer(int(os.environ["PREVIEW_LISTEN_FD"])) as server:
         server.serve_forever()
 
 

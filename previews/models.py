@@ -24,7 +24,7 @@ class PreviewMaterial(ConstraintErrorsAtFields, models.Model):
     sku = models.ForeignKey(Sku, on_delete=models.PROTECT, related_name="preview_materials")
     version = models.PositiveIntegerField()
     kind = models.CharField(max_length=16, choices=MaterialKind.choices)
-    # A sandbox's command, run in /preview with PREVIEW_SOCKET naming the socket to serve on.
+    # A sandbox's command, run in /preview, serving on the socket it inherits (PREVIEW_LISTEN_FD).
     command = models.JSONField(default=list, blank=True)
     # The file a sample opens with ("" lists the files).
     entry = models.CharField(max_length=500, blank=True)

@@ -4,10 +4,14 @@ Standard library only, no Django: sessions, the API and the provisioners are bui
 
 A sandbox gets its own user, PID, IPC, UTS, cgroup and network namespaces. The network namespace
 has only a loopback of its own (bwrap brings it up: 127.0.0.1 inside is not the host's), so
-nothing inside can reach any other address; the one way in is the Unix socket the command listens
-on in ``socket_dir`` (``/run/preview`` inside). The root is an empty tmpfs made by bwrap, read-only
-once it holds read-only binds of ``/usr`` (with the merged-usr ``/bin`` and ``/lib`` links) and
-``/lib64``: enough to run ``/usr/bin/python3`` and coreutils, and nothing of ``/etc``, ``/var``,
+nothing inside can reach any other address; the one way in is a Unix socket that the platform
+binds and listens on in ``socket_dir`` (on the host, never bound into the sandbox) and hands to the
+command as an open file descriptor (``PREVIEW_LISTEN_FD``, and ``LISTEN_FDS=1`` as systemd's socket
+activation says): the sandbox can accept on it, but has no host folder it could write to or swap
+the socket's path in. Nested user namespaces are refused (``--disable-userns``). The root is an
+empty tmpfs made by bwrap, read-only once it holds read-only binds of ``/usr`` (with the
+merged-usr ``/bin`` and ``/lib`` links) and ``/lib64``: enough to run ``/usr/bin/python3`` and
+coreutils, and nothing of ``/etc``, ``/var``,
 ``/root``, ``/home``, ``/work`` or the platform's data folder, which are simply absent. ``/etc`` is
 left out on purpose (Python in isolated mode does not need it, and it holds ``shadow``).
 
@@ -16,9 +20,9 @@ everything inside. ``RLIMIT_NPROC`` counts the tasks of a *host* uid, and the ke
 enforce it for root, so when the platform runs as root each sandbox runs as its own unprivileged
 host uid, picked at random from ``HOST_UID_BASE`` + [0, 65536) and mapped to ``nobody`` (65534)
 inside: its process count is its own, it cannot signal another sandbox, and the host paths it could
-reach by name are only world-readable ones. The preview material, the programs and the socket
-directory are opened by the platform and bound by file descriptor (``--ro-bind-fd``), so the
-sandbox uid needs no access to the folders that hold them.
+reach by name are only world-readable ones. The preview material and the programs are opened by
+the platform and bound by file descriptor (``--ro-bind-fd``), so the sandbox uid needs no access
+to the folders that hold them.
 """
 
 from __future__ import annotations
@@ -40,8 +44,6 @@ from pathlib import Path
 BWRAP = "/usr/bin/bwrap"
 MARKER = "PREVIEW_SANDBOX"
 EXPIRES = "PREVIEW_SANDBOX_EXPIRES"
-SOCKET_DIR = "/run/preview"
-SOCKET_PATH = f"{SOCKET_DIR}/http.sock"
 SOCKET_NAME = "http.sock"
 PROGRAM_DIR = "/sandbox-bin"
 SANDBOX_TMP = "/tmp"  # noqa: S108 - inside the sandbox: its own size-capped tmpfs
@@ -56,10 +58,10 @@ class SandboxSpec:
     """What runs in a sandbox and within which limits.
 
     ``material_dir`` is bound read-only at ``/preview`` (the working directory) and must be
-    world-readable below itself; ``socket_dir`` is bound read-write at ``/run/preview``, the only
-    writable host path; both must be reachable by path (o+x on every parent) by the sandbox's host
-    uid, as bwrap 0.8 resolves a bound fd's path again; ``programs`` are single files bound
-    read-only at ``/sandbox-bin/<name>``.
+    world-readable below itself and reachable by path (o+x on every parent) by the sandbox's host
+    uid, as bwrap 0.8 resolves a bound fd's path again; ``socket_dir`` is the platform's own
+    folder (0700) where it binds the socket it hands to the command; ``programs`` are single files
+    bound read-only at ``/sandbox-bin/<name>``.
     """
 
     material_dir: Path
@@ -83,12 +85,22 @@ def demo_command() -> list[str]:
 
 
 def bwrap_argv(
-    spec: SandboxSpec, *, sandbox_id: str, expires_at: float, fds: dict[str, int]
+    spec: SandboxSpec,
+    *,
+    sandbox_id: str,
+    expires_at: float,
+    fds: dict[str, int],
+    listen_fd: int,
 ) -> list[str]:
-    """The bwrap command line; ``fds`` maps each bind destination to an open ``O_PATH`` fd."""
+    """The bwrap command line; ``fds`` maps each bind destination to an open ``O_PATH`` fd, and
+    ``listen_fd`` is the listening socket the command inherits."""
     argv = [
         BWRAP,
-        "--unshare-all",  # user, pid, ipc, uts, net, cgroup
+        "--unshare-all",  # pid, ipc, uts, net, cgroup, and a user namespace where it can
+        "--unshare-user",  # always, so the next can shut the door behind it
+        # No user namespace inside: the kernel's unprivileged-namespace surface stays shut.
+        "--disable-userns",
+        "--assert-userns-disabled",
         "--die-with-parent",
         "--new-session",
         "--clearenv",
@@ -97,18 +109,19 @@ def bwrap_argv(
         "--setenv", EXPIRES, str(int(expires_at)),
         "--setenv", "PATH", "/usr/bin:/bin",
         "--setenv", "HOME", SANDBOX_TMP,
-        "--setenv", "PREVIEW_SOCKET", SOCKET_PATH,
+        "--setenv", "PREVIEW_LISTEN_FD", str(listen_fd),
+        "--setenv", "LISTEN_FDS", "1",
         *_system_binds(),
         "--proc", "/proc",
         "--dev", "/dev",
         "--perms", "1777", "--size", str(spec.tmpfs_bytes), "--tmpfs", SANDBOX_TMP,
     ]  # fmt: skip
     for dest, fd in fds.items():
-        argv += ["--bind-fd" if dest == SOCKET_DIR else "--ro-bind-fd", str(fd), dest]
+        argv += ["--ro-bind-fd", str(fd), dest]
     argv += [
         # The root and /dev are tmpfs that bwrap makes, writable by the sandbox's uid and of no
         # size limit: read-only once everything is mounted, so /tmp (capped) is the one place
-        # to write (and the socket folder, sealed once the command listens).
+        # to write.
         "--remount-ro", "/dev",
         "--remount-ro", "/",
         "--chdir", "/preview",
@@ -161,7 +174,6 @@ def _open_binds(spec: SandboxSpec) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
         fds["/preview"] = os.open(spec.material_dir, os.O_PATH | os.O_DIRECTORY)
-        fds[SOCKET_DIR] = os.open(spec.socket_dir, os.O_PATH | os.O_DIRECTORY)
         for program in spec.programs:
             fds[f"{PROGRAM_DIR}/{program.name}"] = os.open(program, os.O_PATH)
     except OSError:
@@ -200,7 +212,7 @@ class Sandbox:
         stdout: int | None = subprocess.DEVNULL,
         sandbox_id: str | None = None,
     ) -> Sandbox:
-        """Start ``spec.command`` under bwrap. Side effect: as root, chowns ``socket_dir``.
+        """Start ``spec.command`` under bwrap, listening for it on ``spec.socket_path``.
 
         ``sandbox_id`` (letters, digits, ``-``) is the marker the garbage collector finds it by;
         a random one when not given."""
@@ -210,11 +222,20 @@ class Sandbox:
         host_uid = None
         if os.geteuid() == 0:
             host_uid = HOST_UID_BASE + secrets.randbelow(65536)
-            os.chown(spec.socket_dir, host_uid, host_uid)
         os.chmod(spec.socket_dir, 0o700)
-        fds = _open_binds(spec)
+        listener = _listen(spec.socket_path)
+        try:
+            fds = _open_binds(spec)
+        except OSError:
+            listener.close()
+            raise
+        listen_fd = listener.fileno()
         argv = bwrap_argv(
-            spec, sandbox_id=sandbox_id, expires_at=time.time() + spec.ttl_seconds, fds=fds
+            spec,
+            sandbox_id=sandbox_id,
+            expires_at=time.time() + spec.ttl_seconds,
+            fds=fds,
+            listen_fd=listen_fd,
         )
         try:
             process = subprocess.Popen(  # noqa: S603 - a fixed binary, our own argv
@@ -222,13 +243,16 @@ class Sandbox:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=subprocess.STDOUT if stdout is not None else None,
-                pass_fds=tuple(fds.values()),
+                pass_fds=(*fds.values(), listen_fd),
                 start_new_session=True,
                 preexec_fn=functools.partial(_limit_child, spec, host_uid),
             )
         finally:
             for fd in fds.values():
                 os.close(fd)
+            # The sandbox holds the only copy: once it is gone, a connect is refused at once
+            # rather than queued for a listener nobody runs.
+            listener.close()
         return cls(spec, process, sandbox_id)
 
     def alive(self) -> bool:
@@ -265,6 +289,21 @@ class Sandbox:
             time.sleep(0.02)
 
 
+def _listen(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path`` (a stale one is replaced), owner-only."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(128)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 def unix_http_get(socket_path: Path, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
     """A bare HTTP/1.0 GET over a Unix socket: ``(status, body)``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -275,7 +314,10 @@ def unix_http_get(socket_path: Path, path: str, *, timeout: float = 5.0) -> tupl
         while chunk := conn.recv(65536):
             chunks.append(chunk)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    try:
+        return int(head.split(b" ", 2)[1]), body
+    except (IndexError, ValueError):
+        raise OSError(f"not an HTTP answer: {head[:80]!r}") from None
 
 
 def _proc_read(pid: int, name: str) -> list[bytes]:

@@ -64,9 +64,9 @@ class MaterialAddForm(forms.ModelForm):
         max_length=COMMAND_LINE_MAX,
         widget=forms.TextInput(attrs={"size": 80}),
         help_text=(
-            "Sandboxes only: the command that serves the files over HTTP on the socket named by "
-            "PREVIEW_SOCKET, run in /preview, split like a shell line "
-            "(e.g. /usr/bin/python3 -I server.py)."
+            "Sandboxes only: the command that serves the files over HTTP on the listening socket "
+            "it inherits (file descriptor PREVIEW_LISTEN_FD), run in /preview, split like a "
+            "shell line (e.g. /usr/bin/python3 -I server.py)."
         ),
     )
 

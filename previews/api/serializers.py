@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from previews.models import PreviewSession
+from previews.selectors import GONE_DETAIL
 
 
 class PreviewSerializer(serializers.ModelSerializer):
@@ -12,7 +13,10 @@ class PreviewSerializer(serializers.ModelSerializer):
     reason = serializers.SerializerMethodField(
         help_text="Why it ended (`expired`, `ended`, `revoked`, `failed`, `rotated`), once ended."
     )
-    detail = serializers.CharField(source="end_detail", help_text="What ended it, in words.")
+    detail = serializers.SerializerMethodField(
+        help_text="What ended it, in words (the same words for every session ended for one "
+        "reason: what the sandbox said, or an operator's reason, stays with the operators)."
+    )
 
     class Meta:
         model = PreviewSession
@@ -32,6 +36,9 @@ class PreviewSerializer(serializers.ModelSerializer):
 
     def get_reason(self, session: PreviewSession) -> str | None:
         return session.end_reason or None
+
+    def get_detail(self, session: PreviewSession) -> str:
+        return GONE_DETAIL.get(session.end_reason, "") if session.end_reason else ""
 
 
 class PreviewCreatedSerializer(PreviewSerializer):

@@ -152,7 +152,9 @@ class LocalProvisioner:
         except OSError as exc:
             raise ProvisionFailed(f"the material could not be copied from storage: {exc}") from exc
         _traversable(self.root)
-        _traversable(self.socket_root)
+        # The platform's own: a sandbox never sees it (it inherits the listening socket).
+        self.socket_root.mkdir(mode=0o700, exist_ok=True)
+        self.socket_root.chmod(0o700)
         socket_dir = self.socket_root / env_id
         if len(str(socket_dir / sandbox.SOCKET_NAME).encode()) > SOCKET_PATH_MAX:
             raise ProvisionFailed(
@@ -189,7 +191,6 @@ class LocalProvisioner:
                 else f"the command did not answer HTTP on its socket within {timeout:g} s"
             )
             raise ProvisionFailed(f"{why}: {said}" if said else why)
-        self._seal_socket_dir(socket_dir)
         return Environment(
             environment_id=env_id,
             endpoint=f"unix:{spec.socket_path}",
@@ -208,15 +209,6 @@ class LocalProvisioner:
                     f"{self.root}; chmod o+x it or set MARKETPLACE_PREVIEW_DIR elsewhere"
                 )
         return None
-
-    @staticmethod
-    def _seal_socket_dir(socket_dir: Path) -> None:
-        """As root, once the socket exists, the folder is given back to root: the sandbox then
-        cannot create files in it (the one host folder it could write to)."""
-        if os.geteuid() == 0:
-            with contextlib.suppress(OSError):
-                os.chown(socket_dir, 0, 0)
-                socket_dir.chmod(0o711)
 
     def teardown(self, environment_id: str) -> bool:
         found = False

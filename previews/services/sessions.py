@@ -11,6 +11,7 @@ catches what a lost task or a killed worker left.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -269,6 +270,8 @@ def preview_start(*, session_id: Any) -> str:
         return _start_failed(session_id, exc.detail, torn_down=True)
     except Exception as exc:
         logger.exception("preview %s: the sandbox's start failed unexpectedly", session_id)
+        with contextlib.suppress(Exception):  # whatever the start had made
+            provisioner.teardown(session.environment_id)
         return _start_failed(
             session_id, f"the sandbox could not be started: {exc}", torn_down=False
         )
@@ -293,7 +296,10 @@ def preview_start(*, session_id: Any) -> str:
             )
             return session.status
     # Ended while it started (revoked, expired, its buyer ended it): nothing may keep running.
-    preview_teardown(session_id=session_id)
+    # Its teardown may already have run and found nothing (the sandbox did not exist yet), so
+    # this start removes what it made itself, whatever the session's status says now.
+    found = provisioner.teardown(environment.environment_id)
+    preview_teardown(session_id=session_id, found_before=found)
     return SessionStatus.TORN_DOWN
 
 
@@ -371,15 +377,16 @@ def preview_buyer_end(*, buyer: User, session_id: Any) -> PreviewSession:
     )
 
 
-def preview_teardown(*, session_id: Any) -> str:
+def preview_teardown(*, session_id: Any, found_before: bool = False) -> str:
     """Tears an ended session's sandbox down (on a worker) and marks it torn down. Safe to run
-    twice; a provisioner error is raised for the task to retry, the session staying ended."""
+    twice; a provisioner error is raised for the task to retry, the session staying ended.
+    `found_before`: the caller already tore a sandbox of it down (recorded as found)."""
     session = PreviewSession.objects.select_related("material", "sku").filter(pk=session_id).first()
     if session is None or session.status != SessionStatus.ENDED:
         return session.status if session else "missing"
-    found = False
+    found = found_before
     if session.provisioner:
-        found = provisioner_get(session.provisioner).teardown(session.environment_id)
+        found = provisioner_get(session.provisioner).teardown(session.environment_id) or found
     with transaction.atomic():
         session = _locked(session_id)
         if session.status != SessionStatus.ENDED:

@@ -190,7 +190,7 @@ def test_delete_ends_the_preview_and_its_token_is_gone(client, buyer_client, sam
     body = answer.json()
     assert body["status"] == SessionStatus.ENDED
     assert body["reason"] == "ended"
-    assert body["detail"] == "ended by the buyer"
+    assert body["detail"] == "The preview was ended."  # the API says the reason in its own words
     assert body["ended_at"] is not None
     ended = AuditEvent.objects.get(action="preview.ended", subject_id=created["id"])
     assert ended.data == {"reason": "ended", "detail": "ended by the buyer"}
@@ -483,3 +483,21 @@ def test_the_openapi_document_lists_the_three_operations(api_client):
     assert {"get", "delete"} <= set(detail)
     assert set(detail["get"]["responses"]) >= {"200", "404"}
     assert set(detail["delete"]["responses"]) >= {"200", "404"}
+
+
+@pytest.mark.django_db
+def test_a_buyer_sees_why_in_the_platforms_words_never_the_sandboxs_or_an_operators(
+    buyer, buyer_client
+):
+    sku = previewable_sku(MaterialKind.SAMPLE)
+    opened = preview_open(buyer=buyer, sku_slug=sku.slug)
+    preview_end(
+        session_id=opened.session.pk,
+        reason="failed",
+        detail="bwrap: /srv/platform/previews/x: Permission denied",
+        actor=TEST_ACTOR,
+    )
+
+    body = buyer_client.get(f"/api/v1/previews/{opened.session.pk}").json()
+
+    assert (body["reason"], body["detail"]) == ("failed", "The preview's sandbox failed.")

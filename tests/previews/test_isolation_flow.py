@@ -212,13 +212,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             os._exit(3)
 
 
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 def main():
-    path = os.environ["PREVIEW_SOCKET"]
-    if os.path.exists(path):
-        os.unlink(path)
-    with socketserver.ThreadingUnixStreamServer(path, Handler) as server:
-        server.daemon_threads = True
-        server.serve_forever()
+    # The socket the platform listens on, inherited (socket activation).
+    server = Server("", Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = socket.socket(fileno=int(os.environ["PREVIEW_LISTEN_FD"]))
+    server.serve_forever()
 
 
 main()
@@ -304,10 +307,10 @@ def test_from_inside_its_sandbox_a_preview_reaches_no_address_no_host_file_and_w
         "/x": "EROFS",
         "/dev/x": "EROFS",
         "/dev/shm/x": "EROFS",  # noqa: S108 - inside the sandbox
-        "/run/x": "EROFS",
+        "/run/x": "ENOENT",  # no /run at all (nothing is bound there)
         "/preview/x": "EROFS",
-        # Given back to root once the command listened: the sandbox's uid cannot add to it.
-        "/run/preview/x": "EACCES",
+        # No host folder is bound: the listening socket is inherited, not made here.
+        "/run/preview/x": "ENOENT",
         "/usr/x": "EROFS",
         "/tmp": writes["/tmp"],  # noqa: S108 - the sandbox's own tmpfs, below
     }
@@ -321,10 +324,11 @@ def test_from_inside_its_sandbox_a_preview_reaches_no_address_no_host_file_and_w
     assert who["environ"] == [
         "HOME",
         "LC_CTYPE",
+        "LISTEN_FDS",
         "PATH",
+        "PREVIEW_LISTEN_FD",
         "PREVIEW_SANDBOX",
         "PREVIEW_SANDBOX_EXPIRES",
-        "PREVIEW_SOCKET",
         "PWD",
     ]
     # Its own processes only: bwrap's init and the server, no worker, no database.

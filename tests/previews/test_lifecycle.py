@@ -5,6 +5,7 @@ killed with SIGKILL), started in this process where a start's own outcome is the
 import io
 import socket
 import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from previews.services import (
     preview_open,
     preview_revoke,
     preview_start,
+    preview_teardown,
     previews_sweep,
 )
 from tests.catalog.factories import TEST_ACTOR
@@ -151,7 +153,7 @@ def test_a_session_starts_on_the_worker_and_the_buyer_ends_it(
     assert (ended.json()["status"], ended.json()["reason"], ended.json()["detail"]) == (
         SessionStatus.ENDED,
         EndReason.ENDED,
-        "ended by the buyer",
+        "The preview was ended.",
     )
     assert gone_reason(client, body["token"]) == (410, "ended")
     wait_until(lambda: status_of(session.pk) == SessionStatus.TORN_DOWN, worker=celery_worker)
@@ -484,3 +486,41 @@ def test_a_worker_killed_mid_start_its_start_delivered_again_fails_the_session(s
         ("preview.failed", {"reason": "failed", "detail": detail}),
         ("preview.torn_down", torn_down_data("failed", found=False)),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_ended_and_torn_down_before_its_sandbox_exists_leaves_nothing_running(buyer):
+    # A large file to copy: the sandbox does not exist yet while the start is under way, so the
+    # teardown that runs then finds nothing; the start must remove what it makes afterwards.
+    # The start runs on this thread, as on a worker: bwrap dies with the thread that made it.
+    sku = previewable_sku()
+    add_material(
+        sku,
+        uploads=[*sandbox_uploads(), Upload("big.bin", io.BytesIO(b"\0" * (48 * 1024 * 1024)))],
+        command=SERVER_COMMAND,
+    )
+    opened = preview_open(buyer=buyer, sku_slug=sku.slug)
+    session_id = opened.session.pk
+    acted: list[str] = []
+
+    def end_it_mid_start() -> None:
+        try:
+            deadline = time.monotonic() + 10
+            while status_of(session_id) == SessionStatus.REQUESTED and time.monotonic() < deadline:
+                time.sleep(0.001)  # the copy takes tens of milliseconds: act within them
+            acted.append(status_of(session_id))
+            preview_revoke(session_id=session_id, reason="ended mid-start", actor=TEST_ACTOR)
+            acted.append(preview_teardown(session_id=session_id))
+        finally:
+            connection.close()
+
+    ender = threading.Thread(target=end_it_mid_start)
+    ender.start()
+    outcome = preview_start(session_id=session_id)
+    ender.join(timeout=30)
+
+    session = session_of(session_id)
+    assert acted == [SessionStatus.STARTING, SessionStatus.TORN_DOWN]
+    assert outcome == SessionStatus.TORN_DOWN
+    assert session.status == SessionStatus.TORN_DOWN
+    assert nothing_runs(session.environment_id)

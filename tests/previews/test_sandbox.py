@@ -84,12 +84,13 @@ def demo(tmp_path):
     sandbox.stop()
 
 
-def test_argv_binds_only_system_directories_and_the_three_fds(tmp_path):
+def test_argv_binds_only_system_directories_read_only_and_hands_over_the_socket(tmp_path):
     argv = bwrap_argv(
         make_spec(tmp_path, ["true"]),
         sandbox_id="x",
         expires_at=0,
-        fds={"/preview": 3, "/run/preview": 4},
+        fds={"/preview": 3},
+        listen_fd=4,
     )
 
     binds = [argv[i + 1] for i, arg in enumerate(argv) if arg in ("--ro-bind", "--bind")]
@@ -98,9 +99,19 @@ def test_argv_binds_only_system_directories_and_the_three_fds(tmp_path):
         "3",
         "/preview",
     ]
-    assert argv[argv.index("--bind-fd") + 1 : argv.index("--bind-fd") + 3] == ["4", "/run/preview"]
+    # No host folder is bound writable: the command inherits the socket the platform listens on.
+    assert "--bind-fd" not in argv
+    assert "--bind" not in argv
+    assert argv[argv.index("PREVIEW_LISTEN_FD") + 1] == "4"
     assert argv[argv.index("--tmpfs") - 1] == str(4 * MiB)
-    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv"):
+    for flag in (
+        "--unshare-all",
+        "--disable-userns",
+        "--assert-userns-disabled",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ):
         assert flag in argv
     assert "--share-net" not in argv
     assert argv[-2:] == ["--", "true"]
@@ -137,6 +148,29 @@ def test_no_network_at_all(tmp_path):
     assert result.pop("interfaces") == ["lo"]
     assert "connected" not in result.values()
     assert result["1.1.1.1:53"] == "OSError"  # ENETUNREACH: no route at all
+
+
+def test_no_namespace_of_its_own_can_be_made_inside(tmp_path):
+    # A user namespace would give the command root "inside" it and the kernel's whole
+    # namespace surface (nf_tables, mounts, keyctl...) to try.
+    status, out = run_probe(
+        tmp_path,
+        """
+        import ctypes, json, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        result = {}
+        for name, flag in [("user", 0x10000000), ("net", 0x40000000), ("mount", 0x00020000)]:
+            result[name] = "made" if libc.unshare(flag) == 0 else os.strerror(ctypes.get_errno())
+        print(json.dumps(result))
+        """,
+    )
+
+    assert status == 0, out
+    assert json.loads(out) == {
+        "user": "No space left on device",  # --disable-userns: max_user_namespaces is 0
+        "net": "Operation not permitted",
+        "mount": "Operation not permitted",
+    }
 
 
 def test_host_secrets_and_the_data_folder_are_absent(tmp_path):
