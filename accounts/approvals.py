@@ -5,7 +5,8 @@ explicit calls a reader can follow from the app that owns the change:
 
 - accounts: `maintenance.on`, `maintenance.off`, `role.grant`, `breakglass.grant` (Security);
 - orders: `order.refund` above MARKETPLACE_APPROVAL_REFUND_MINOR (Finance);
-- licensing: `signing_key.rotate`, `signing_key.revoke` (Security).
+- licensing: `signing_key.rotate`, `signing_key.revoke` (Security);
+- previews: `previews.isolate_all` (Security): every preview session revoked, new ones paused.
 
 A kind is `summary(params)` (what will happen, in words, for the people deciding), `apply(params,
 actor)` (the service call that makes the change and records its own audit events; it answers
