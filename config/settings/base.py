@@ -238,6 +238,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
+# Celery closes every database connection before and after each task unless told to reuse them;
+# reused, they follow CONN_MAX_AGE and its health checks as web requests do (config.celery), so
+# a task does not pay for a new connection (about 8 ms on PostgreSQL).
+CELERY_DB_REUSE_MAX = env.int("MARKETPLACE_CELERY_DB_REUSE_MAX", default=1000)
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 # --- Outside services --------------------------------------------------------------------------
@@ -362,6 +366,14 @@ PREVIEW_CAPACITY = env.int("MARKETPLACE_PREVIEW_CAPACITY", default=20)
 PREVIEW_READY_WAIT_SECONDS = env.float("MARKETPLACE_PREVIEW_READY_WAIT_SECONDS", default=5.0)
 # A sandbox not answering on its socket this long after its start is torn down, marked failed.
 PREVIEW_START_TIMEOUT_SECONDS = env.float("MARKETPLACE_PREVIEW_START_TIMEOUT_SECONDS", default=10.0)
+# Serving /previews/{token}/ (previews.serving): the longest one exchange with a sandbox may
+# last, connect to the body's last byte; the longest it may wait at a time (to connect, for the
+# answer to begin, between bytes); requests of one session served at once; and each session's
+# request rate.
+PREVIEW_PROXY_SECONDS = env.float("MARKETPLACE_PREVIEW_PROXY_SECONDS", default=30.0)
+PREVIEW_PROXY_WAIT_SECONDS = env.float("MARKETPLACE_PREVIEW_PROXY_WAIT_SECONDS", default=10.0)
+PREVIEW_CONCURRENT_REQUESTS = env.int("MARKETPLACE_PREVIEW_CONCURRENT_REQUESTS", default=4)
+PREVIEW_REQUEST_RATE = env.str("MARKETPLACE_PREVIEW_REQUEST_RATE", default="600/min")
 # The origin preview URLs are built on (a separate one keeps sandbox pages further from the
 # platform's cookies); empty, the platform's own host.
 PREVIEW_BASE_URL = env.str("MARKETPLACE_PREVIEW_BASE_URL", default="")
@@ -412,9 +424,28 @@ _preview_problems = [
         ("MARKETPLACE_PREVIEW_SANDBOX_MEMORY_BYTES", PREVIEW_SANDBOX_MEMORY_BYTES, 32 * 1024**2),
         ("MARKETPLACE_PREVIEW_SANDBOX_CPU_SECONDS", PREVIEW_SANDBOX_CPU_SECONDS, 1),
         ("MARKETPLACE_PREVIEW_SANDBOX_TMPFS_BYTES", PREVIEW_SANDBOX_TMPFS_BYTES, 1024**2),
+        ("MARKETPLACE_PREVIEW_PROXY_SECONDS", PREVIEW_PROXY_SECONDS, 1),
+        ("MARKETPLACE_PREVIEW_PROXY_WAIT_SECONDS", PREVIEW_PROXY_WAIT_SECONDS, 1),
+        ("MARKETPLACE_PREVIEW_CONCURRENT_REQUESTS", PREVIEW_CONCURRENT_REQUESTS, 1),
     )
     if value < low
 ]
+
+
+def _preview_rate_problem(value: str) -> str | None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from marketplace.ratelimit import parse_rate
+
+    try:
+        parse_rate(value)
+    except ImproperlyConfigured as exc:
+        return f"MARKETPLACE_PREVIEW_REQUEST_RATE: {exc}"
+    return None
+
+
+if _rate_problem := _preview_rate_problem(PREVIEW_REQUEST_RATE):
+    _preview_problems.append(_rate_problem)
 if PREVIEW_PROVISIONER not in ("local", "kubernetes"):
     _preview_problems.append(
         f"MARKETPLACE_PREVIEW_PROVISIONER is {PREVIEW_PROVISIONER!r}; use local or kubernetes"

@@ -30,7 +30,7 @@ from audit.services import audit_append
 from catalog.models import Sku, SkuStatus
 from marketplace.actors import Actor
 from marketplace.models import User
-from previews import metrics
+from previews import metrics, notify
 from previews.exceptions import (
     PreviewCapacityFull,
     PreviewLimitReached,
@@ -284,6 +284,7 @@ def preview_start(*, session_id: Any) -> str:
             session.endpoint = environment.endpoint[:500]
             session.host = (environment.host or session.host)[:255]
             session.save(update_fields=["status", "ready_at", "endpoint", "host"])
+            notify.session_changed(session.pk)
             latency = (now - session.created_at).total_seconds()
             audit_append(
                 actor=SYSTEM,
@@ -327,6 +328,7 @@ def _end(session: PreviewSession, *, reason: str, detail: str, actor: Actor) -> 
     session.end_detail = detail[:DETAIL_MAX]
     session.ended_at = now
     session.save(update_fields=["status", "end_reason", "end_detail", "ended_at"])
+    notify.session_changed(session.pk)
     audit_append(
         actor=actor,
         action="preview.failed" if reason == EndReason.FAILED else "preview.ended",
@@ -429,13 +431,12 @@ def preview_wait(*, session: PreviewSession, seconds: float) -> PreviewSession:
     """Polls the session until it is no longer requested or starting, for at most `seconds`
     (capped by MARKETPLACE_PREVIEW_READY_WAIT_SECONDS); answers it as it then is."""
     deadline = time.monotonic() + min(seconds, settings.PREVIEW_READY_WAIT_SECONDS)
-    pause = 0.005
     while session.status in (SessionStatus.REQUESTED, SessionStatus.STARTING):
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        time.sleep(min(pause, left))
-        pause = min(pause * 1.5, 0.05)
+        # Bounded below the cache's socket timeout; the row is read again after each wake-up.
+        notify.wait_changed(session.pk, min(left, 1.0))
         session.refresh_from_db(
             fields=["status", "ready_at", "end_reason", "end_detail", "ended_at", "endpoint"]
         )
