@@ -175,6 +175,9 @@ def preview_open(*, buyer: User, sku_slug: str) -> PreviewOpened:
         session.status = SessionStatus.READY
         session.ready_at = now
     session.save(force_insert=True)
+    # Registered before the audit events' own after-commit work (the sealer's wake-up), so the
+    # sandbox's start is the first message a worker gets: it is what the buyer waits for.
+    _after_commit(session, start=sandboxed)
     actor = Actor.of_user(buyer)
     audit_append(
         actor=actor,
@@ -192,7 +195,6 @@ def preview_open(*, buyer: User, sku_slug: str) -> PreviewOpened:
     )
     if not sandboxed:
         audit_append(actor=actor, action="preview.ready", subject=("preview", session.id), data={})
-    _after_commit(session, start=sandboxed)
     return PreviewOpened(session=session, token=token)
 
 
