@@ -269,7 +269,19 @@ def hit_all(budgets: Sequence[tuple[str, str]], *, write: bool) -> None:
     """
     if not budgets:
         return
-    rates = [rate_of(scope) for scope, _ in budgets]
+    _hit_at_rates(budgets, [rate_of(scope) for scope, _ in budgets], write=write)
+
+
+def hit_at(scope: str, who: str, rate: Rate, *, write: bool) -> None:
+    """As hit, at a rate the caller reads from a setting of its own rather than from a scope of
+    DEFAULT_THROTTLE_RATES (the previews' per-session limit, MARKETPLACE_PREVIEW_REQUEST_RATE:
+    previews.serving)."""
+    _hit_at_rates([(scope, who)], [rate], write=write)
+
+
+def _hit_at_rates(
+    budgets: Sequence[tuple[str, str]], rates: Sequence[Rate], *, write: bool
+) -> None:
     counters = [
         (_key(scope, who), rate.limit, rate.seconds)
         for (scope, who), rate in zip(budgets, rates, strict=True)
