@@ -26,6 +26,7 @@ import logging
 import re
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO, TypeVar
@@ -49,7 +50,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from marketplace import ratelimit
 from marketplace.api.problems import error_response, problem_response
-from marketplace.exceptions import ApplicationError
+from marketplace.exceptions import ApplicationError, ServiceUnavailable
 from marketplace.ranges import RangeNotSatisfiable, requested_range
 from previews.exceptions import PreviewNotFound, SandboxUnavailable
 from previews.models import MaterialKind, PreviewFile, PreviewSession
@@ -126,6 +127,16 @@ _RETURNED = frozenset(
 )
 # RFC 9112 §5.2 obsolete line folding, replaced by a space as a proxy must.
 _OBS_FOLD = re.compile(r"\r?\n[ \t]+")
+
+
+class PreviewsBusy(ServiceUnavailable):
+    """This web process already serves MARKETPLACE_PREVIEW_PROCESS_REQUESTS preview requests."""
+
+    code = "previews-busy"
+    title = "Previews are busy"
+
+    def default_retry_after(self) -> int:
+        return 1
 
 
 class PreviewBusy(ApplicationError):
@@ -211,9 +222,9 @@ class _Slot:
     session kept the counter alive. The expiry is twice the proxy's deadline, which bounds an
     exchange with a sandbox; a sample's stream, which has no deadline, renews it as it goes."""
 
-    def __init__(self, key: str | None, owner: str = "") -> None:
+    def __init__(self, key: str | None, owner: str) -> None:
         self.key = key  # None: taken while the cache was unreachable, so not counted
-        self.owner = owner
+        self.owner = owner  # also this web process's slot (_PROCESS_SLOTS)
         self.renewed_at = time.monotonic()
         self.released = False
 
@@ -227,26 +238,66 @@ class _Slot:
         unreachable (django-redis then answers None) the request goes on uncounted, as the rate
         limits' reads do: the deadline still bounds it."""
         owner = secrets.token_hex(8)
+        if not _PROCESS_SLOTS.acquire(owner):
+            raise PreviewsBusy(
+                "The platform is answering as many previews as it may at once; retry shortly."
+            )
         for index in range(settings.PREVIEW_CONCURRENT_REQUESTS):
             key = f"preview-slot:{session_id}:{index}"
             taken = cache.add(key, owner, timeout=cls.seconds())
             if taken is None:
-                return cls(None)
+                return cls(None, owner)
             if taken:
                 return cls(key, owner)
+        _PROCESS_SLOTS.release(owner)
         return None
 
     def renew(self) -> None:
-        if self.key is not None and time.monotonic() - self.renewed_at > self.seconds() / 3:
+        if time.monotonic() - self.renewed_at > self.seconds() / 3:
             self.renewed_at = time.monotonic()
-            cache.touch(self.key, self.seconds())
+            _PROCESS_SLOTS.renew(self.owner)
+            if self.key is not None:
+                cache.touch(self.key, self.seconds())
 
     def release(self) -> None:
         # Only if still this request's: past its expiry another request may hold the key.
         if not self.released:
             self.released = True
+            _PROCESS_SLOTS.release(self.owner)
             if self.key is not None and cache.get(self.key) == self.owner:
                 cache.delete(self.key)
+
+
+class _ProcessSlots:
+    """Preview requests this web process serves at once (MARKETPLACE_PREVIEW_PROCESS_REQUESTS):
+    however many sessions ask, the rest of its threads stay for the API, the admin and the
+    webhooks. A slot not given back (a stream never closed) lapses after `_Slot.seconds()`, as
+    the sessions' do."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, float] = {}
+
+    def acquire(self, owner: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            self._held = {key: until for key, until in self._held.items() if until > now}
+            if len(self._held) >= settings.PREVIEW_PROCESS_REQUESTS:
+                return False
+            self._held[owner] = now + _Slot.seconds()
+            return True
+
+    def renew(self, owner: str) -> None:
+        with self._lock:
+            if owner in self._held:
+                self._held[owner] = time.monotonic() + _Slot.seconds()
+
+    def release(self, owner: str) -> None:
+        with self._lock:
+            self._held.pop(owner, None)
+
+
+_PROCESS_SLOTS = _ProcessSlots()
 
 
 def _busy(request: HttpRequest) -> HttpResponse:
@@ -311,7 +362,10 @@ def _sample(request: HttpRequest, session: PreviewSession, path: str) -> HttpRes
             )
         )
     # A stream to a client that reads slowly holds a thread as long as one to a sandbox does.
-    slot = _Slot.take(session.pk)
+    try:
+        slot = _Slot.take(session.pk)
+    except PreviewsBusy as exc:
+        return _refused(request, exc)
     if slot is None:
         return _busy(request)
     try:
@@ -497,7 +551,10 @@ def _proxy(
             )
         )
     # Taken before the body is read: a client sending it slowly holds a thread too.
-    slot = _Slot.take(session.pk)
+    try:
+        slot = _Slot.take(session.pk)
+    except PreviewsBusy as exc:
+        return _refused(request, exc)
     if slot is None:
         return _busy(request)
     try:

@@ -16,6 +16,7 @@ from django.test import Client
 
 from catalog.models import Sku
 from marketplace.models import User
+from previews import serving
 from previews.models import EndReason, MaterialKind, PreviewFile, PreviewSession, SessionStatus
 from previews.provisioners.local import LocalProvisioner
 from previews.sandbox import available
@@ -53,6 +54,13 @@ def assert_secured(response: Any) -> None:
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Referrer-Policy"] == "no-referrer"
     assert response["Cache-Control"] == "private, no-store"
+
+
+@pytest.fixture(autouse=True)
+def _process_slots_of_this_test_only():
+    """The web process's preview slots: a test's response left unread (a slow reader) holds one
+    until it lapses, which another test of this process must not count."""
+    serving._PROCESS_SLOTS = serving._ProcessSlots()
 
 
 @pytest.fixture
@@ -961,3 +969,24 @@ def test_a_sessions_requests_beyond_its_rate_are_429(client, token, buyer, sampl
     # Per session: another of the same buyer, from the same address, goes on.
     assert client.get(f"/previews/{other}/notes.txt").status_code == 200
     assert PreviewSession.objects.get(token_hash=token_hash(token)).requests_served == 3
+
+
+@pytest.mark.django_db
+def test_beyond_the_web_process_preview_requests_it_is_503_busy_for_every_session(
+    client, token, buyer, sample_sku, settings
+):
+    # However many sessions ask, the process keeps threads for everything else.
+    settings.PREVIEW_PROCESS_REQUESTS = 2
+    other = preview_open(buyer=buyer, sku_slug=sample_sku.slug).token
+    held = [client.get(f"/previews/{token}/notes.txt"), client.get(f"/previews/{other}/notes.txt")]
+
+    refused = client.get(f"/previews/{other}/notes.txt")
+
+    assert [r.status_code for r in held] == [200, 200]
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "previews-busy"
+    assert refused["Retry-After"] == "1"
+    assert_secured(refused)
+    assert body_of(held[0]) == NOTES  # read to its end: the process's slot is given back
+    assert body_of(client.get(f"/previews/{other}/notes.txt")) == NOTES
+    assert body_of(held[1]) == NOTES
