@@ -19,9 +19,12 @@ app.autodiscover_tasks()
 
 @task_prerun.connect
 @task_postrun.connect
-def _database_connections_as_for_a_request(**kwargs: Any) -> None:
+def _database_connections_as_for_a_request(task: Any = None, **kwargs: Any) -> None:
     """With CELERY_DB_REUSE_MAX, connections outlive a task: a broken or old one is closed here
-    (CONN_MAX_AGE, CONN_HEALTH_CHECKS) as Django does around each request."""
+    (CONN_MAX_AGE, CONN_HEALTH_CHECKS) as Django does around each request. Not for a task run
+    in the caller's process (`apply()`), whose connection and transaction are the caller's."""
     from django.db import close_old_connections
 
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
     close_old_connections()

@@ -678,6 +678,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Choice sets whose field name another model's uses too ("status", "kind").
+    "ENUM_NAME_OVERRIDES": {
+        "PreviewStatusEnum": "previews.models.SessionStatus",
+        "PreviewKindEnum": "previews.models.MaterialKind",
+    },
     # What every operation of a kind answers, and request bodies' unknown members refused:
     # marketplace.api.schema.
     "POSTPROCESSING_HOOKS": [
