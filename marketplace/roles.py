@@ -30,6 +30,12 @@ _ORDERS_FINANCE_VIEW = (
     "orders.view_refund",
     "marketplace.view_ledgerentry",
 )
+# Partner webhook messages, deliveries and attempts (orders.partner_webhooks).
+_PARTNER_WEBHOOKS_VIEW = (
+    "orders.view_partnerwebhookmessage",
+    "orders.view_partnerwebhookdelivery",
+    "orders.view_partnerwebhookattempt",
+)
 
 # Licenses, deliveries with their download links and log, and proofs: read in the admin by
 # Security and Support. Revoking, reissuing and regenerating are service calls allowed by role
@@ -79,6 +85,8 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         # Refunds, Finance and webhook replays, and delivery holds check the Finance group
         # itself (ORDER_ACTION_ROLES): they are service calls, not edits of a row.
         *_ORDERS_FINANCE_VIEW,
+        "orders.view_partnerwebhookendpoint",
+        *_PARTNER_WEBHOOKS_VIEW,
         # Pending approvals (refunds above the threshold); deciding is by role
         # (accounts.approvals), not a model permission.
         "accounts.view_approvalrequest",
@@ -114,6 +122,8 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "orders.view_order",
         "orders.view_webhookevent",
         "orders.view_webhookattempt",
+        "orders.view_partnerwebhookendpoint",
+        *_PARTNER_WEBHOOKS_VIEW,
         *_LICENSING_VIEW,
         *_PREVIEWS_VIEW,
     },
@@ -138,6 +148,12 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.view_royaltysplit",
         "orders.view_order",
         "orders.view_royaltyline",
+        # Their partner's webhook endpoints (registered and changed through the services), and
+        # the messages and attempts sent to them.
+        "orders.view_partnerwebhookendpoint",
+        "orders.add_partnerwebhookendpoint",
+        "orders.change_partnerwebhookendpoint",
+        *_PARTNER_WEBHOOKS_VIEW,
         # Their SKUs' preview material and sessions (without the buyers), not the pauses.
         *_PREVIEWS_MATERIAL,
         "previews.view_previewsession",

@@ -384,3 +384,13 @@ class Refund(models.Model):
 
     def __str__(self) -> str:
         return self.gateway_refund_id
+
+
+# Partner webhooks live in their own package (orders/partner_webhooks); imported here so
+# Django registers them with the orders app.
+from orders.partner_webhooks.models import (  # noqa: E402, F401
+    PartnerWebhookAttempt,
+    PartnerWebhookDelivery,
+    PartnerWebhookEndpoint,
+    PartnerWebhookMessage,
+)

@@ -65,3 +65,10 @@ def orders_metrics_refresh() -> dict[str, int]:
         orders_by_status.labels(status=status).set(count)
     finance_pending.set(FinancePosting.objects.filter(status=PostingStatus.PENDING).count())
     return counts
+
+
+# Partner webhooks' tasks, registered with the worker through this module.
+from orders.partner_webhooks.tasks import (  # noqa: E402, F401
+    partner_webhook_deliver,
+    partner_webhooks_retry_due,
+)

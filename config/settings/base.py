@@ -285,6 +285,30 @@ WEBHOOK_MAX_ATTEMPTS = env.int("MARKETPLACE_WEBHOOK_MAX_ATTEMPTS", default=8)
 # and the send): the beat sweep sends it again.
 WEBHOOK_STRANDED_SECONDS = env.int("MARKETPLACE_WEBHOOK_STRANDED_SECONDS", default=60)
 
+# Signed webhooks to partners (orders.partner_webhooks, docs/partner-webhooks.md).
+PARTNER_WEBHOOK_CONNECT_TIMEOUT_SECONDS = env.float(
+    "MARKETPLACE_PARTNER_WEBHOOK_CONNECT_TIMEOUT_SECONDS", default=3.0
+)
+PARTNER_WEBHOOK_TIMEOUT_SECONDS = env.float(
+    "MARKETPLACE_PARTNER_WEBHOOK_TIMEOUT_SECONDS", default=10.0
+)
+PARTNER_WEBHOOK_RETRY_HOURS = env.int("MARKETPLACE_PARTNER_WEBHOOK_RETRY_HOURS", default=72)
+PARTNER_WEBHOOK_RETRY_BASE_SECONDS = env.float(
+    "MARKETPLACE_PARTNER_WEBHOOK_RETRY_BASE_SECONDS", default=30.0
+)
+PARTNER_WEBHOOK_RETRY_CAP_SECONDS = env.float(
+    "MARKETPLACE_PARTNER_WEBHOOK_RETRY_CAP_SECONDS", default=6 * 3600.0
+)
+PARTNER_WEBHOOK_DISABLE_AFTER_HOURS = env.int(
+    "MARKETPLACE_PARTNER_WEBHOOK_DISABLE_AFTER_HOURS", default=72
+)
+PARTNER_WEBHOOK_SECRET_OVERLAP_HOURS = env.int(
+    "MARKETPLACE_PARTNER_WEBHOOK_SECRET_OVERLAP_HOURS", default=24
+)
+# Plain http to a loopback address, for the test suite's local receiver only: no variable sets
+# it, so no deployment can.
+PARTNER_WEBHOOK_ALLOW_LOOPBACK = False
+
 FINANCE_URL = env.str("MARKETPLACE_FINANCE_URL", default="").rstrip("/")
 FINANCE_TOKEN = env.str("MARKETPLACE_FINANCE_TOKEN", default="")
 FINANCE_TIMEOUT_SECONDS = env.float("MARKETPLACE_FINANCE_TIMEOUT_SECONDS", default=10.0)
@@ -512,6 +536,12 @@ CELERY_BEAT_SCHEDULE = {
     # Ledger entries Finance has not acknowledged yet (it was down): sent again.
     "orders-finance-replay": {
         "task": "orders.tasks.finance_replay_due",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    # Partner webhook deliveries due a retry, or whose hand-over to a worker was lost.
+    "orders-partner-webhooks-retry": {
+        "task": "orders.partner_webhooks.tasks.partner_webhooks_retry_due",
         "schedule": 30.0,
         "options": {"expires": 25},
     },

@@ -70,3 +70,5 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {scope: "100000/min" for scope in THR
 # The test client's login() authenticates without a request, which django-axes refuses; the
 # lockout's own tests turn it on.
 AXES_ENABLED = False
+# The suite's webhook receiver listens on 127.0.0.1 (orders.partner_webhooks.transport).
+PARTNER_WEBHOOK_ALLOW_LOOPBACK = True

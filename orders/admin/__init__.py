@@ -13,5 +13,6 @@ marketplace.roles.ORDER_ACTION_ROLES (a 403 for anyone else):
 """
 
 from orders.admin import finance, orders, royalties, webhooks
+from orders.partner_webhooks import admin as partner_webhooks
 
-__all__ = ["finance", "orders", "royalties", "webhooks"]
+__all__ = ["finance", "orders", "partner_webhooks", "royalties", "webhooks"]

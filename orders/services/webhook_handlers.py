@@ -38,6 +38,7 @@ from orders.models import (
     WebhookEvent,
     WebhookStatus,
 )
+from orders.partner_webhooks.events import order_status_emit
 from orders.royalties import royalty_shares
 
 WEBHOOK_WORKER = Actor.service("payments-worker")
@@ -77,6 +78,9 @@ def _transition(
         subject=order,
         data={"from": previous, "to": status, **cause, **data},
     )
+    # Partners with a share of the order are told (paid, refunded, disputed), in this
+    # transaction: the messages are an outbox sent after the commit.
+    order_status_emit(order)
     return True
 
 

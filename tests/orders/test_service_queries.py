@@ -125,6 +125,7 @@ def test_marking_an_order_paid_updates_it_once(order: Order):
         "INSERT orders_royaltyline",  # every line in one statement
         "SELECT orders_financeposting",  # the sale's ledger entry, once
         "INSERT orders_financeposting",
+        "SELECT orders_partnerwebhookendpoint",  # who is told of it (order.paid): none here
         "UPDATE orders_order",  # paid, its intent, finance pending: one UPDATE
         "UPDATE orders_webhookevent",
         "INSERT orders_webhookattempt",
