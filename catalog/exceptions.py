@@ -66,3 +66,16 @@ class InvalidSku(InvalidInput):
 class KeptUploadRefused(InvalidInput):
     code = "kept-upload-refused"
     title = "The kept upload cannot be used"
+
+
+class ModerationNotAllowed(ApplicationError):
+    """Only a Moderator decides, and never on their own upload."""
+
+    code = "moderation-not-allowed"
+    title = "You cannot take this moderation decision"
+    status = 403
+
+
+class ModerationDecisionRefused(Conflict):
+    code = "moderation-decision-refused"
+    title = "The review cannot take that decision"

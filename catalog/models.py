@@ -451,3 +451,114 @@ class RoyaltySplit(ConstraintErrorsAtFields, models.Model):
 
     def __str__(self) -> str:
         return f"{self.partner.slug}: {self.basis_points / 100:.2f}%"
+
+
+class ModerationSubject(models.TextChoices):
+    ARTIFACT = "artifact", "Artifact"
+    MANIFEST = "manifest", "Manifest"
+    LISTING = "listing", "Listing (title, summary, description, version)"
+
+
+class ModerationState(models.TextChoices):
+    PASSED = "passed", "Passed"
+    FLAGGED = "flagged", "Flagged: waits for a moderator"
+    BLOCKED = "blocked", "Blocked"
+    APPROVED = "approved", "Approved by a moderator"
+    REJECTED = "rejected", "Rejected by a moderator"
+    OVERRIDDEN = "overridden", "Overridden by a moderator"
+
+
+# The states in which the reviewed content may go on sale.
+MODERATION_CLEARED = frozenset(
+    {ModerationState.PASSED, ModerationState.APPROVED, ModerationState.OVERRIDDEN}
+)
+
+
+class ModerationReviewQuerySet(models.QuerySet["ModerationReview"]):
+    def waiting(self) -> "ModerationReviewQuerySet":
+        return self.filter(state=ModerationState.FLAGGED)
+
+
+class ModerationReview(ConstraintErrorsAtFields, models.Model):
+    """The moderation verdict on one item of a SKU as it was: an artifact, a manifest or the
+    listing's text, named by `fingerprint` (the artifact's SHA-256, or the SHA-256 of the
+    canonical manifest or text). A change makes a new row; a moderator's decision changes the
+    row's state once (catalog.services.moderation)."""
+
+    sku = models.ForeignKey(Sku, on_delete=models.PROTECT, related_name="moderation_reviews")
+    subject = models.CharField(max_length=16, choices=ModerationSubject.choices)
+    fingerprint = models.CharField(max_length=64)
+    artifact = models.ForeignKey(
+        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    sku_version = models.CharField(max_length=50)
+    backend = models.CharField(max_length=16)
+    outcome = models.CharField(max_length=8)  # the backend's: pass, flag or block
+    reasons = models.JSONField(default=list, blank=True)  # [{"code", "outcome", "message"}]
+    state = models.CharField(max_length=16, choices=ModerationState.choices)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decision_reason = models.CharField(max_length=500, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ModerationReviewQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(subject__in=ModerationSubject.values),
+                name="moderationreview_subject_valid",
+                violation_error_code="moderationreview_subject_valid",
+                violation_error_message="A review is of an artifact, a manifest or a listing.",
+            ),
+            models.CheckConstraint(
+                condition=Q(state__in=ModerationState.values),
+                name="moderationreview_state_valid",
+                violation_error_code="moderationreview_state_valid",
+                violation_error_message="The review's state is not one moderation knows.",
+            ),
+            models.CheckConstraint(
+                condition=Q(outcome__in=["pass", "flag", "block"]),
+                name="moderationreview_outcome_valid",
+                violation_error_code="moderationreview_outcome_valid",
+                violation_error_message="An outcome is pass, flag or block.",
+            ),
+            # Nobody reviews their own upload, whatever path the write takes.
+            models.CheckConstraint(
+                condition=Q(decided_by__isnull=True)
+                | Q(submitted_by__isnull=True)
+                | ~Q(decided_by=F("submitted_by")),
+                name="moderationreview_not_own",
+                violation_error_code="moderationreview_not_own",
+                violation_error_message="The uploader cannot review their own upload.",
+            ),
+            # One verdict per content: the same bytes or text again keep theirs.
+            models.UniqueConstraint(
+                fields=["sku", "subject", "fingerprint"],
+                name="moderationreview_one_per_content",
+                violation_error_code="moderationreview_one_per_content",
+                violation_error_message="This content of the SKU already has a review.",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="modreview_waiting",
+                condition=Q(state="flagged"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sku.slug} {self.subject} {self.fingerprint[:12]}… ({self.state})"
+
+    def is_cleared(self) -> bool:
+        return self.state in MODERATION_CLEARED
+
+    def reason_codes(self) -> list[str]:
+        return [reason.get("code", "") for reason in self.reasons]

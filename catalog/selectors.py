@@ -1,7 +1,7 @@
 """Reads of the catalog. Each does its own select_related, so a page's query count does not
 depend on its length."""
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -13,10 +13,13 @@ from catalog.models import (
     BASIS_POINTS_TOTAL,
     Category,
     ManifestStatus,
+    ModerationReview,
+    ModerationState,
     Partner,
     Sku,
     SkuStatus,
 )
+from catalog.moderation.items import CurrentItem, sku_moderation_items
 from catalog.search import sku_search
 
 # What a list of SKUs shows (catalog.api.serializers.sku_list_items) and orders by (the cursor
@@ -138,10 +141,12 @@ def category_list_public() -> list[CategoryNode]:
     return [CategoryNode(category, totals[category.path]) for category in categories]
 
 
-def sku_activation_blockers(sku: Sku) -> list[str]:
+def sku_activation_blockers(sku: Sku, *, moderation: bool = True) -> list[str]:
     """Every reason the SKU cannot go on sale now, in plain words; empty when it can.
 
-    Uses the recorded manifest verdict; sku_activate records a fresh one first.
+    Uses the recorded manifest and moderation verdicts; sku_activate records a fresh manifest
+    verdict first, and asks moderation about what has none. `moderation=False` leaves the
+    moderation verdicts out (sku_activate asks moderation only about an otherwise ready SKU).
     """
     reasons: list[str] = []
     if not sku.can_become(SkuStatus.ACTIVE):
@@ -179,4 +184,78 @@ def sku_activation_blockers(sku: Sku) -> list[str]:
         reasons.append(f"the royalty splits sum to {splits['total']:,} basis points, not 10,000")
     if splits["inactive"]:
         reasons.append(f"{splits['inactive']} partner(s) in the royalty splits are deactivated")
+    if moderation:
+        # An item without a verdict yet is named only once nothing else stands in the way:
+        # activation then asks moderation about it itself (sku_activate).
+        reasons.extend(moderation_blockers(sku, unreviewed=not reasons))
     return reasons
+
+
+# --- Moderation --------------------------------------------------------------------------------
+
+
+def moderation_reviewed_keys(sku: Sku, items: Iterable[CurrentItem]) -> set[tuple[str, str]]:
+    """The (subject, fingerprint) of `items` that already have a verdict."""
+    return set(
+        ModerationReview.objects.filter(
+            sku=sku, fingerprint__in=[current.fingerprint for current in items]
+        ).values_list("subject", "fingerprint")
+    )
+
+
+def sku_unmoderated_items(sku: Sku) -> list[CurrentItem]:
+    """The SKU's current items that have no verdict yet."""
+    items = sku_moderation_items(sku)
+    reviewed = moderation_reviewed_keys(sku, items)
+    return [
+        current for current in items if (current.item.subject, current.fingerprint) not in reviewed
+    ]
+
+
+def sku_current_reviews(sku: Sku) -> list[tuple[CurrentItem, ModerationReview | None]]:
+    """Each current item of the SKU with its verdict, None where it has none yet; one query."""
+    items = sku_moderation_items(sku)
+    reviews = {
+        (review.subject, review.fingerprint): review
+        for review in ModerationReview.objects.filter(
+            sku=sku, fingerprint__in=[current.fingerprint for current in items]
+        )
+    }
+    return [
+        (current, reviews.get((current.item.subject, current.fingerprint))) for current in items
+    ]
+
+
+def _rules_broken(review: ModerationReview) -> str:
+    return "; ".join(f"[{reason.get('code')}] {reason.get('message')}" for reason in review.reasons)
+
+
+def moderation_blockers(sku: Sku, *, unreviewed: bool = True) -> list[str]:
+    """Why moderation keeps the SKU off sale, per item: waiting for a moderator, blocked or
+    rejected, with the rules it broke, and (with `unreviewed`) not moderated yet. Empty when
+    every current item has passed."""
+    reasons: list[str] = []
+    for current, review in sku_current_reviews(sku):
+        subject = current.item.subject
+        if review is None:
+            if unreviewed:
+                reasons.append(f"the {subject} has not been through moderation yet")
+        elif review.state == ModerationState.FLAGGED:
+            reasons.append(f"the {subject} waits for a moderator's review: {_rules_broken(review)}")
+        elif review.state == ModerationState.BLOCKED:
+            reasons.append(f"moderation blocked the {subject}: {_rules_broken(review)}")
+        elif review.state == ModerationState.REJECTED:
+            reasons.append(
+                f"a moderator rejected the {subject}: {review.decision_reason}"
+                + (f" ({_rules_broken(review)})" if review.reasons else "")
+            )
+    return reasons
+
+
+def moderation_queue() -> QuerySet[ModerationReview]:
+    """The flagged reviews waiting for a moderator, oldest first."""
+    return (
+        ModerationReview.objects.waiting()
+        .select_related("sku", "sku__partner", "submitted_by", "artifact")
+        .order_by("created_at", "id")
+    )

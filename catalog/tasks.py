@@ -11,8 +11,10 @@ from django.utils import timezone
 
 from catalog import services
 from catalog.models import ManifestStatus, Sku, SkuStatus
+from catalog.moderation.backends import ModerationUnavailable
 from marketplace.actors import Actor
 from marketplace.backoff import Backoff
+from marketplace.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +92,29 @@ def artifact_orphans_delete() -> int:
     if removed:
         logger.info("removed %d stored artifact file(s) that nothing refers to", len(removed))
     return len(removed)
+
+
+# Before a moderation the backend could not give is asked again: 30 s, doubling, at most
+# 30 minutes; activation asks again too.
+MODERATION_BACKOFF = Backoff(base=30, cap=1800)
+
+
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=150, max_retries=8)
+def sku_moderate(sku_id: int, submitted_by_uuid: str | None = None) -> int:
+    """Asks moderation about what of a SKU has no verdict yet (services.sku_moderate); a run
+    twice records nothing the second time. A backend that gives no verdict is retried with
+    backoff. Returns the number of reviews made."""
+    submitter = (
+        User.objects.filter(uuid=submitted_by_uuid).values_list("pk", flat=True).first()
+        if submitted_by_uuid
+        else None
+    )
+    try:
+        made = services.sku_moderate(sku_id=sku_id, actor=WORKER, submitted_by_id=submitter)
+    except Sku.DoesNotExist:
+        return 0
+    except ModerationUnavailable as exc:
+        logger.warning("moderation of SKU %s gave no verdict: %s", sku_id, exc)
+        countdown = MODERATION_BACKOFF.seconds(sku_moderate.request.retries + 1)
+        raise sku_moderate.retry(countdown=countdown) from exc
+    return len(made)

@@ -74,6 +74,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         "catalog.delete_category",
         "catalog.view_artifact",
         "catalog.publish_sku",
+        "catalog.view_moderationreview",  # why a SKU waits; deciding is the Moderator's
         *_PREVIEWS_VIEW,
         *_PREVIEWS_MATERIAL,
     },
@@ -127,12 +128,14 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
         *_LICENSING_VIEW,
         *_PREVIEWS_VIEW,
     },
-    # What they review and decide is added with moderation; until then they read the catalog.
+    # They read the review queue; deciding (approve, reject, override) checks the Moderator
+    # group itself (catalog.services.moderation_decide), not a model permission.
     MODERATOR: {
         "catalog.view_partner",
         "catalog.view_category",
         "catalog.view_sku",
         "catalog.view_artifact",
+        "catalog.view_moderationreview",
     },
     # Every admin page these reach is narrowed to the member's own partner
     # (catalog.partner_scope): their drafts, keys, sales and royalty lines. Publishing, splits

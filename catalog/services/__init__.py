@@ -25,6 +25,13 @@ from catalog.services.categories import (
     category_parent_problem,
     category_save,
 )
+from catalog.services.moderation import (
+    Decision,
+    moderation_decide,
+    moderation_decide_check,
+    moderation_decided_payload,
+    sku_moderate,
+)
 from catalog.services.partners import (
     partner_key_build,
     partner_key_register,
@@ -53,6 +60,7 @@ from catalog.services.skus import (
 
 __all__ = [
     "KEPT_UPLOAD_MAX_AGE",
+    "Decision",
     "InvalidSku",
     "KeptUploadRefused",
     "ManifestCheck",
@@ -68,6 +76,9 @@ __all__ = [
     "category_save",
     "manifest_check",
     "manifest_signature_parse",
+    "moderation_decide",
+    "moderation_decide_check",
+    "moderation_decided_payload",
     "partner_key_build",
     "partner_key_register",
     "partner_key_revoke",
@@ -81,6 +92,7 @@ __all__ = [
     "sku_fixed_fields",
     "sku_manifest_attach",
     "sku_manifest_verify",
+    "sku_moderate",
     "sku_retire",
     "sku_save",
     "sku_splits_check",

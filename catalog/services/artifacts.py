@@ -32,6 +32,7 @@ from catalog.models import (
     SkuStatus,
 )
 from catalog.services.locks import sku_lock
+from catalog.services.moderation import sku_moderation_enqueue
 from catalog.services.status import sku_status_change
 from catalog.services.verdicts import signed_manifest_recheck
 from marketplace.actors import Actor
@@ -154,7 +155,8 @@ def sku_artifact_attach(
     """Makes a stored file the SKU's artifact. The manifest must then name its hash: a verified
     manifest that names other bytes becomes a mismatch, and a mismatch whose manifest names the
     new bytes is verified again (catalog.services.verdicts). Records `sku.artifact_uploaded`,
-    then the manifest's new verdict if it changed."""
+    then the manifest's new verdict if it changed; moderation judges the new bytes once this
+    commits (sku_moderation_enqueue)."""
     sku = sku_lock(sku_id)
     _check_artifact_changeable(sku)
     artifact = Artifact.objects.create(
@@ -183,6 +185,7 @@ def sku_artifact_attach(
     fields = ["artifact", "updated_at", *signed_manifest_recheck(sku, actor=actor)]
     sku.save(update_fields=fields)
     catalog_changed(sku)
+    sku_moderation_enqueue(sku_id=sku.pk, actor=actor)
     return artifact
 
 

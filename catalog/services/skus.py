@@ -27,9 +27,12 @@ from catalog.models import (
     Sku,
     SkuStatus,
 )
-from catalog.selectors import sku_activation_blockers
+from catalog.moderation.backends import ModerationUnavailable
+from catalog.moderation.items import LISTING_FIELDS
+from catalog.selectors import sku_activation_blockers, sku_unmoderated_items
 from catalog.services.changes import NOTE_MAX, changes, recorded, sku_fields, splits_record
 from catalog.services.locks import sku_lock
+from catalog.services.moderation import sku_moderate, sku_moderation_enqueue
 from catalog.services.status import sku_status_change
 from catalog.services.verdicts import (
     signed_manifest_detail,
@@ -60,6 +63,9 @@ _SERVICE_OWNED_FIELDS = (
     "manifest_checked_at",
 )
 
+
+# The fields of the listing moderation judges (catalog.moderation.items).
+MODERATED_FIELDS = (*LISTING_FIELDS, "version")
 
 # Fields that cannot change while the SKU is on sale: they identify the goods sold.
 _FIXED_WHILE_ON_SALE = ("partner", "version")
@@ -158,6 +164,8 @@ def sku_save(*, sku: Sku, actor: Actor) -> Sku:
         audit_append(actor=actor, action="sku.created", subject=sku, data=recorded(after))
     elif change := changes(sku_fields(before), after):
         audit_append(actor=actor, action="sku.updated", subject=sku, data=change)
+    if before is None or (change and set(change["changed"]) & set(MODERATED_FIELDS)):
+        sku_moderation_enqueue(sku_id=sku.pk, actor=actor)
     catalog_changed(before, sku)
     return sku
 
@@ -242,6 +250,7 @@ def sku_manifest_attach(
         },
     )
     catalog_changed(sku)
+    sku_moderation_enqueue(sku_id=sku.pk, actor=actor)
 
     from catalog.tasks import sku_manifest_verify as sku_manifest_verify_task
 
@@ -349,11 +358,27 @@ def sku_manifest_verify(*, sku_id: int, actor: Actor) -> ManifestCheck | None:
     return check
 
 
-def sku_activate(*, sku_id: int, actor: Actor) -> Sku:
-    """Puts a draft or suspended SKU on sale, after a fresh check of its manifest.
+def _moderate_before_activation(*, sku_id: int, actor: Actor) -> str:
+    """Asks moderation about the items of an otherwise ready SKU that have no verdict yet (a
+    lost task, a change just made), so activation need not wait for a worker. Returns why
+    moderation gave no verdict, or "". Outside any transaction: the backend may call out."""
+    sku = Sku.objects.select_related("partner", "category", "artifact").get(pk=sku_id)
+    if sku_activation_blockers(sku, moderation=False) or not sku_unmoderated_items(sku):
+        return ""
+    try:
+        sku_moderate(sku_id=sku_id, actor=actor)
+    except ModerationUnavailable as exc:
+        return f"moderation gave no verdict: {exc}"
+    return ""
 
-    Raises TransitionRefused listing every unmet condition. Records the check (see
-    sku_manifest_verify) in its own transaction, then `sku.activated`.
+
+def sku_activate(*, sku_id: int, actor: Actor) -> Sku:
+    """Puts a draft or suspended SKU on sale, after a fresh check of its manifest and a
+    moderation verdict on whatever of it has none.
+
+    Raises TransitionRefused listing every unmet condition, moderation's among them. Records
+    the check (see sku_manifest_verify) and the reviews (see sku_moderate) in their own
+    transactions, then `sku.activated`.
     """
     sku = Sku.objects.get(pk=sku_id)
     if not sku.can_become(SkuStatus.ACTIVE):
@@ -364,10 +389,13 @@ def sku_activate(*, sku_id: int, actor: Actor) -> Sku:
         )
     if sku.manifest is not None:
         sku_manifest_verify(sku_id=sku_id, actor=actor)
+    moderation_problem = _moderate_before_activation(sku_id=sku_id, actor=actor)
 
     with transaction.atomic():
         sku = sku_lock(sku_id)
         reasons = sku_activation_blockers(sku)
+        if moderation_problem and reasons:
+            reasons.append(moderation_problem)
         if reasons:
             raise TransitionRefused(slug=sku.slug, target=SkuStatus.ACTIVE, reasons=reasons)
         now = timezone.now()

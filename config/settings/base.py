@@ -252,6 +252,33 @@ KERNEL_KEY = env.str("MARKETPLACE_KERNEL_KEY", default="")
 KERNEL_CA = env.str("MARKETPLACE_KERNEL_CA", default="")
 KERNEL_TIMEOUT_SECONDS = env.float("MARKETPLACE_KERNEL_TIMEOUT_SECONDS", default=10.0)
 
+# The moderation gate before publish (catalog.moderation, docs/moderation.md).
+MODERATION_BACKEND = env.str("MARKETPLACE_MODERATION_BACKEND", default="local")
+MODERATION_URL = env.str("MARKETPLACE_MODERATION_URL", default="")
+MODERATION_TOKEN = env.str("MARKETPLACE_MODERATION_TOKEN", default="")
+MODERATION_TIMEOUT_SECONDS = env.float("MARKETPLACE_MODERATION_TIMEOUT_SECONDS", default=30.0)
+# {"<category slug>": {"types": [groups or types], "max_bytes": N}} over the defaults.
+MODERATION_CATEGORY_TYPES = env.json("MARKETPLACE_MODERATION_CATEGORY_TYPES", default={})
+MODERATION_ARCHIVE_MAX_ENTRIES = env.int(
+    "MARKETPLACE_MODERATION_ARCHIVE_MAX_ENTRIES", default=10_000
+)
+MODERATION_ARCHIVE_MAX_RATIO = env.int("MARKETPLACE_MODERATION_ARCHIVE_MAX_RATIO", default=100)
+MODERATION_ARCHIVE_MAX_UNPACKED_BYTES = env.int(
+    "MARKETPLACE_MODERATION_ARCHIVE_MAX_UNPACKED_BYTES", default=50 * 1024**3
+)
+if MODERATION_BACKEND not in ("local", "http"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"MARKETPLACE_MODERATION_BACKEND is {MODERATION_BACKEND!r}; use local or http"
+    )
+if MODERATION_BACKEND == "http" and not MODERATION_URL:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "MARKETPLACE_MODERATION_URL is not set; the http moderation backend needs it"
+    )
+
 LICENSE_SIGNER_KEY_ID = env.str("MARKETPLACE_LICENSE_SIGNER_KEY_ID", default="")
 # The local key store's master key (32 bytes, base64); unset, a key file in DATA_DIR/keys.
 KEYSTORE_MASTER_KEY = env.str("MARKETPLACE_KEYSTORE_MASTER_KEY", default="")

@@ -72,6 +72,8 @@ if not KERNEL_URL:
     _refuse("MARKETPLACE_KERNEL_URL", "not set (the local manifest verifier is refused)")
 else:
     _refuse_http("MARKETPLACE_KERNEL_URL", KERNEL_URL)
+if MODERATION_BACKEND == "http":
+    _refuse_http("MARKETPLACE_MODERATION_URL", MODERATION_URL)
 if not KERNEL_CERT:
     _refuse("MARKETPLACE_KERNEL_CERT", "not set (the Kernel requires an mTLS client certificate)")
 if not KERNEL_KEY:

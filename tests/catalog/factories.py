@@ -92,12 +92,15 @@ def publish_sku(
     activate: bool = True,
     **sku_fields: Any,
 ) -> Sku:
-    """A SKU with an uploaded artifact, a manifest signed by the publisher and full splits;
-    activated unless told otherwise."""
+    """A SKU with an uploaded artifact, a manifest signed by the publisher, full splits and
+    moderation's verdicts (the local rules pass the default content); activated unless told
+    otherwise."""
     sku = SkuFactory(partner=publisher.partner, **sku_fields)
     artifact = services.sku_artifact_upload(
         sku=sku,
-        content=io.BytesIO(content or os.urandom(4096)),
+        # The leading zero byte keeps random bytes from starting with a file type's magic
+        # (MZ, a gzip header, ...), which moderation would judge by.
+        content=io.BytesIO(content or b"\x00" + os.urandom(4095)),
         filename="package.zip",
         actor=TEST_ACTOR,
     )
@@ -112,6 +115,7 @@ def publish_sku(
     services.sku_splits_set(
         sku_id=sku.pk, splits=splits or [(publisher.partner, 10_000)], actor=TEST_ACTOR
     )
+    services.sku_moderate(sku_id=sku.pk, actor=TEST_ACTOR)
     if activate:
         services.sku_activate(sku_id=sku.pk, actor=TEST_ACTOR)
     sku.refresh_from_db()

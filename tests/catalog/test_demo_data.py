@@ -114,6 +114,8 @@ def test_demo_data_leaves_an_audit_chain_that_verifies():
         "sku.manifest_verified": skus - 1,
         "sku.manifest_mismatch": 1,
         "sku.activated": skus - statuses[SkuStatus.DRAFT],
+        # Activation has moderation judge each SKU's listing, artifact and manifest.
+        "sku.moderation_reviewed": 3 * (skus - statuses[SkuStatus.DRAFT]),
         "sku.suspended": statuses[SkuStatus.SUSPENDED],
         "sku.retired": statuses[SkuStatus.RETIRED],
         # A sandbox and four samples (previews.demo), each switched on.

@@ -194,6 +194,7 @@ def test_sku_activate_and_suspend():
         "RELEASE SAVEPOINT",
     ]
     services.sku_splits_set(sku_id=sku.pk, splits=[(partner, 10_000)], actor=TEST_ACTOR)
+    services.sku_moderate(sku_id=sku.pk, actor=TEST_ACTOR)
 
     with statements() as activated:
         services.sku_activate(sku_id=sku.pk, actor=TEST_ACTOR)
@@ -206,10 +207,15 @@ def test_sku_activate_and_suspend():
         locked("catalog_sku"),
         "UPDATE catalog_sku",
         "RELEASE SAVEPOINT",
+        # whether an otherwise ready SKU has anything moderation has not judged yet:
+        "SELECT catalog_sku",
+        "SELECT catalog_royaltysplit",
+        "SELECT catalog_moderationreview",
         # then the activation, under the lock again:
         "SAVEPOINT",
         locked("catalog_sku"),
         "SELECT catalog_royaltysplit",  # the splits are complete
+        "SELECT catalog_moderationreview",  # every current item has passed moderation
         "UPDATE catalog_sku",
         "RELEASE SAVEPOINT",
     ]
