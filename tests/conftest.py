@@ -40,6 +40,15 @@ def _clear_cache() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _preview_process_slots_of_this_test_only() -> None:
+    """The web process's preview slots (previews.serving): a test's response left unread (a slow
+    reader) holds one until it lapses, which a later test in this process must not count."""
+    from previews import serving
+
+    serving._PROCESS_SLOTS = serving._ProcessSlots()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
     _clear_cache()
     yield

@@ -16,7 +16,6 @@ from django.test import Client
 
 from catalog.models import Sku
 from marketplace.models import User
-from previews import serving
 from previews.models import EndReason, MaterialKind, PreviewFile, PreviewSession, SessionStatus
 from previews.provisioners.local import LocalProvisioner
 from previews.sandbox import available
@@ -54,13 +53,6 @@ def assert_secured(response: Any) -> None:
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Referrer-Policy"] == "no-referrer"
     assert response["Cache-Control"] == "private, no-store"
-
-
-@pytest.fixture(autouse=True)
-def _process_slots_of_this_test_only():
-    """The web process's preview slots: a test's response left unread (a slow reader) holds one
-    until it lapses, which another test of this process must not count."""
-    serving._PROCESS_SLOTS = serving._ProcessSlots()
 
 
 @pytest.fixture
