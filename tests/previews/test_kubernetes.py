@@ -62,7 +62,8 @@ def make_request(**overrides: Any) -> StartRequest:
     return StartRequest(**values)
 
 
-def start(request: StartRequest | None = None, *, timeout: float = 5.0) -> Any:
+def start(request: StartRequest | None = None, *, timeout: float = 30.0) -> Any:
+    # Long: a start that succeeds returns once the pod is ready, and a loaded machine is slow.
     return KubernetesProvisioner().start(request or make_request(), timeout=timeout)
 
 
